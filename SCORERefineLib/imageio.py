@@ -7,8 +7,11 @@ Use :attr:`Geometry.spacing_zyx` for array-axis computations.
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -118,11 +121,50 @@ def _read_sitk(path: Path, what: str) -> sitk.Image:
         raise InputError(f"{what} path {path} is a folder; give the image file itself "
                          f"(NIfTI .nii/.nii.gz or NRRD .nrrd).")
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise InputError(f"cannot read {what} {path}: the file is unreadable or truncated "
                          f"({first}). Re-export it as NIfTI (.nii.gz) or NRRD.") from exc
+    _check_complete(path, image, what)
+    return image
+
+
+def _nifti_stream_length(path: Path) -> tuple[int, bytes]:
+    """(decompressed length, first 352 bytes) of a .nii/.nii.gz file; raises on a broken gzip stream."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    total, head = 0, b""
+    with opener(path, "rb") as fh:
+        while True:
+            chunk = fh.read(1 << 22)
+            if not chunk:
+                break
+            if len(head) < 352:
+                head += chunk[: 352 - len(head)]
+            total += len(chunk)
+    return total, head
+
+
+def _check_complete(path: Path, image: sitk.Image, what: str) -> None:
+    """ITK reads a truncated NIfTI without complaint; compare the data the header promises
+    with what the file holds, and check a gzip stream's integrity."""
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    try:
+        total, head = _nifti_stream_length(path)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InputError(f"cannot read {what} {path}: the file is unreadable or truncated "
+                         f"(compressed stream ends early: {exc}). Re-export it.") from exc
+    if len(head) < 352:
+        return
+    endian = "<" if struct.unpack("<i", head[:4])[0] == 348 else ">"
+    vox_offset = int(struct.unpack(endian + "f", head[108:112])[0])
+    expected = vox_offset + int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel() \
+        * np.dtype(sitk.GetArrayViewFromImage(image).dtype).itemsize
+    if total < expected:
+        raise InputError(f"cannot read {what} {path}: the file is unreadable or truncated "
+                         f"(holds {total} of the {expected} bytes its header promises). Re-export it.")
 
 
 def _check_3d(image: sitk.Image, path: Path, what: str) -> sitk.Image:
