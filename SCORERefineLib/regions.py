@@ -1,0 +1,370 @@
+"""Split a mask's boundary band into regions a rater can judge at a glance.
+
+The *band* holds the voxels near the mask surface on both sides (inside and outside), so an
+over-segmentation (mask too big: extra voxels inside the mask near its surface) and an
+under-segmentation (mask too small: missing voxels just outside it) both fall in some region.
+
+Two methods:
+
+``patches``
+    compact surface patches: seeded k-means (k-means++ init, Lloyd iterations) of the surface
+    voxels' millimetre coordinates.
+``slabs``
+    equal-length slabs along the structure's principal axis (PCA of the mask voxels in mm);
+    natural for a long bone (head, neck, shaft, distal end). Labels run along the axis.
+
+For both, each band voxel takes the region of its nearest surface voxel (Euclidean, in mm),
+so the inner and outer band voxels at one place of the surface share a region.
+
+Connected components (26-connectivity) each get a share of the ``n_regions`` target
+proportional to their surface area (surface voxel count), at least one each, so a tiny
+component still gets a region of its own. When the mask has more components than
+``n_regions``, the regions go to the largest components in proportion to their surface and the
+surface of the components left without one joins the region whose centre is nearest (such a
+region is then not connected), so ``K <= n_regions`` always.
+
+Fewer than ``n_regions`` regions are made when the mask is too small: a patch needs at least
+:data:`MIN_SURFACE_VOXELS_PER_PATCH` surface voxels, a slab must be at least as long as the
+coarsest voxel spacing, and empty clusters or slabs are dropped. Labels are then renumbered
+``1..K`` with no gap.
+
+All work is done on the bounding box of the band, so a small structure in a large CT is fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .errors import InputError
+from .imageio import Volume
+
+METHODS = ("patches", "slabs")
+
+#: a surface patch holds at least this many surface voxels (else fewer patches are made)
+MIN_SURFACE_VOXELS_PER_PATCH = 8
+
+_KMEANS_ITERATIONS = 50
+_KMEANS_MAX_FIT = 20000   # k-means is fitted on at most this many surface points
+_FACE = ndi.generate_binary_structure(3, 1)  # 6-neighbourhood: what "touching" the surface means
+_FULL = ndi.generate_binary_structure(3, 3)  # 26-connectivity: what one component is
+
+
+@dataclass
+class RegionParams:
+    """How to split: ``method`` (one of :data:`METHODS`), the target ``n_regions``, the band
+    half-width ``band_mm`` (mm, each side of the surface) and the k-means ``seed``."""
+
+    method: str = "patches"
+    n_regions: int = 12
+    band_mm: float = 3.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"unknown region method '{self.method}'; use one of {', '.join(METHODS)}.")
+        if isinstance(self.n_regions, bool) or int(self.n_regions) != self.n_regions or self.n_regions < 1:
+            raise InputError(f"n_regions must be a whole number >= 1, got {self.n_regions!r}.")
+        if not np.isfinite(self.band_mm) or self.band_mm <= 0:
+            raise InputError(f"band_mm must be a positive width in millimetres, got {self.band_mm!r}.")
+
+    def info(self) -> dict:
+        """The parameters as a plain dict (stored in feedback.json's ``regions`` entry)."""
+        d = asdict(self)
+        d["n_regions"] = int(d["n_regions"])
+        d["band_mm"] = float(d["band_mm"])
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# checks and helpers
+
+
+def _as_mask(mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise InputError(f"a mask for regions must be 3D (z, y, x); got shape {mask.shape}.")
+    mask = mask != 0
+    if not mask.any():
+        raise InputError("the mask is empty (no foreground voxel), so it has no boundary to split "
+                         "into regions. Check that the segmentation ran and the right label was chosen.")
+    return mask
+
+
+def _as_spacing(spacing_zyx: Sequence[float]) -> np.ndarray:
+    sp = np.asarray(spacing_zyx, dtype=float).reshape(-1)
+    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise InputError(f"spacing_zyx must be three positive millimetre values (z, y, x); "
+                         f"got {spacing_zyx!r}.")
+    return sp
+
+
+def _band_crop(mask: np.ndarray, sp: np.ndarray, band_mm: float) -> tuple[slice, ...]:
+    """The mask's bounding box grown by the band width (+1 voxel), clipped to the volume."""
+    nz = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0], \
+        np.nonzero(mask.any(axis=(0, 1)))[0]
+    pad = np.ceil(band_mm / sp).astype(int) + 1
+    return tuple(slice(max(int(idx[0]) - p, 0), min(int(idx[-1]) + p + 1, n))
+                 for idx, p, n in zip(nz, pad, mask.shape))
+
+
+def _band_in_crop(m: np.ndarray, sp: np.ndarray, band_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(band, surface)`` on a crop ``m`` (bool ``(z, y, x)``): surface = mask voxels that touch
+    background (6-neighbourhood)."""
+    if m.all():
+        raise InputError("the mask fills the whole volume, so it has no boundary inside the image "
+                         "to split into regions. Check the label (is it inverted?).")
+    surface = m & ~ndi.binary_erosion(m, _FACE, border_value=1)
+    outer = ~m & ndi.binary_dilation(m, _FACE)
+    d_in = ndi.distance_transform_edt(m, sampling=sp)       # mm to the nearest outside voxel
+    d_out = ndi.distance_transform_edt(~m, sampling=sp)     # mm to the nearest inside voxel
+    band = surface | outer | (m & (d_in <= band_mm)) | (~m & (d_out <= band_mm))
+    return band, surface
+
+
+def boundary_band(mask: np.ndarray, spacing_zyx: Sequence[float], band_mm: float) -> np.ndarray:
+    """Voxels within ``band_mm`` of the mask surface, inside and outside.
+
+    A voxel is in the band when the nearest voxel centre on the other side of the surface is at
+    most ``band_mm`` away (Euclidean, in mm, so anisotropic spacing is honoured). The one-voxel
+    layers touching the surface (6-neighbourhood) are always in, so a band narrower than the
+    spacing still catches both sides. The volume's edge is not a surface.
+
+    Args:
+        mask: ``(z, y, x)``, any dtype, non-zero = inside.
+        spacing_zyx: voxel spacing in mm, array-axis order.
+        band_mm: half-width of the band on each side, mm (> 0).
+
+    Returns:
+        bool ``(z, y, x)``.
+
+    Raises:
+        InputError: empty mask, a mask that fills the volume, bad spacing or width.
+    """
+    mask = _as_mask(mask)
+    sp = _as_spacing(spacing_zyx)
+    if not np.isfinite(band_mm) or band_mm <= 0:
+        raise InputError(f"band_mm must be a positive width in millimetres, got {band_mm!r}.")
+    crop = _band_crop(mask, sp, band_mm)
+    band, _ = _band_in_crop(mask[crop], sp, band_mm)
+    out = np.zeros(mask.shape, dtype=bool)
+    out[crop] = band
+    return out
+
+
+def _allocate(areas: np.ndarray, caps: np.ndarray, n_regions: int) -> np.ndarray:
+    """Regions per component ``(C,)`` from surface areas ``(C,)`` and caps ``(C,)``.
+
+    With at most ``n_regions`` components each gets one first; the rest are handed out one at a
+    time to the component with the largest ``area / (k + 1)`` (D'Hondt: proportional to
+    area), never above its cap. With more components than ``n_regions`` there is no "one
+    each": the largest components get the regions and the others get none.
+    """
+    k = np.zeros(len(areas), dtype=int)
+    if np.count_nonzero(caps) <= n_regions:
+        k = np.minimum(caps, 1)
+    for _ in range(max(n_regions - int(k.sum()), 0)):
+        room = k < caps
+        if not room.any():
+            break
+        k[int(np.argmax(np.where(room, areas / (k + 1), -np.inf)))] += 1
+    return k
+
+
+def _principal_axis(points_mm: np.ndarray) -> np.ndarray:
+    """Unit vector of largest variance of ``points_mm`` ``(N, 3)``; sign fixed so its largest
+    component is positive (deterministic)."""
+    centred = points_mm - points_mm.mean(axis=0)
+    if len(points_mm) < 2:
+        return np.array([1.0, 0.0, 0.0])
+    _, vecs = np.linalg.eigh(centred.T @ centred)
+    axis = vecs[:, -1]
+    if axis[np.argmax(np.abs(axis))] < 0:
+        axis = -axis
+    return axis
+
+
+def _nearest_centre(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre ``(k, 3)`` for each point ``(N, 3)`` -> ``(N,)``."""
+    d2 = (points ** 2).sum(1)[:, None] - 2.0 * points @ centres.T + (centres ** 2).sum(1)[None, :]
+    return np.argmin(d2, axis=1)
+
+
+def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded k-means (k-means++ init, Lloyd). ``points`` ``(N, 3)`` -> (labels ``(N,)`` in
+    ``0..k'-1`` with no empty cluster, centres ``(k', 3)``). Large point sets are fitted on a
+    seeded subsample of :data:`_KMEANS_MAX_FIT` points, then every point takes its nearest centre."""
+    n = len(points)
+    k = min(k, n)
+    fit = points if n <= _KMEANS_MAX_FIT else points[np.sort(rng.choice(n, _KMEANS_MAX_FIT, replace=False))]
+    m = len(fit)
+    centres = np.empty((k, 3))
+    centres[0] = fit[rng.integers(m)]
+    d2 = np.sum((fit - centres[0]) ** 2, axis=1)
+    for j in range(1, k):
+        total = d2.sum()
+        idx = int(rng.choice(m, p=d2 / total)) if total > 0 else int(rng.integers(m))
+        centres[j] = fit[idx]
+        d2 = np.minimum(d2, np.sum((fit - centres[j]) ** 2, axis=1))
+    labels = np.zeros(m, dtype=int)
+    for it in range(_KMEANS_ITERATIONS):
+        new = _nearest_centre(fit, centres)
+        if it > 0 and np.array_equal(new, labels):
+            break
+        labels = new
+        counts = np.bincount(labels, minlength=k)
+        for ax in range(3):
+            sums = np.bincount(labels, weights=fit[:, ax], minlength=k)
+            centres[:, ax] = np.where(counts > 0, sums / np.maximum(counts, 1), centres[:, ax])
+    if m < n:
+        labels = _nearest_centre(points, centres)
+    used = np.unique(labels)
+    remap = np.full(k, -1)
+    remap[used] = np.arange(len(used))
+    return remap[labels], centres[used]
+
+
+def _split_component(points_mm: np.ndarray, voxels_mm: np.ndarray, k: int, method: str,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Group one component's surface points ``(N, 3)`` into up to ``k`` regions ordered along
+    the component's principal axis. Returns (group ``(N,)`` in ``0..k'-1``, centres ``(k', 3)``)."""
+    axis = _principal_axis(voxels_mm)
+    if method == "slabs":
+        t_vox = voxels_mm @ axis
+        lo, hi = float(t_vox.min()), float(t_vox.max())
+        t = points_mm @ axis
+        if hi - lo <= 0 or k == 1:
+            group = np.zeros(len(points_mm), dtype=int)
+        else:
+            group = np.clip(((t - lo) / (hi - lo) * k).astype(int), 0, k - 1)
+    else:
+        group, _ = _kmeans(points_mm, k, rng)
+    used = np.unique(group)
+    counts = np.bincount(group)[used]
+    centres = np.stack([np.bincount(group, weights=points_mm[:, a])[used] / counts for a in range(3)], 1)
+    order = np.argsort(centres @ axis, kind="stable")   # run along the axis
+    remap = np.empty(len(used), dtype=int)
+    remap[order] = np.arange(len(used))
+    lut = np.full(int(group.max()) + 1, -1)
+    lut[used] = remap
+    return lut[group], centres[order]
+
+
+def split_regions(mask: np.ndarray, spacing_zyx: Sequence[float],
+                  params: Optional[RegionParams] = None) -> np.ndarray:
+    """Split the boundary band of ``mask`` into regions labelled ``1..K``.
+
+    Args:
+        mask: ``(z, y, x)``, non-zero = inside.
+        spacing_zyx: voxel spacing in mm, array-axis order (anisotropy is honoured).
+        params: method, target count, band width, seed (defaults: patches, 12, 3 mm, 0).
+
+    Returns:
+        int16 ``(z, y, x)``: 0 outside the band; every band voxel has exactly one label in
+        ``1..K`` with ``K <= params.n_regions`` (fewer for a small mask, see the module notes),
+        no empty label, and the same output for the same mask and parameters.
+
+    Raises:
+        InputError: empty mask, a mask with no boundary inside the volume, bad parameters.
+    """
+    params = params or RegionParams()
+    params.validate()
+    mask = _as_mask(mask)
+    sp = _as_spacing(spacing_zyx)
+    crop = _band_crop(mask, sp, params.band_mm)
+    m = mask[crop]
+    band, surface = _band_in_crop(m, sp, params.band_mm)
+
+    comp, n_comp = ndi.label(m, structure=_FULL)
+    surf_idx = np.argwhere(surface)                       # (N, 3) crop indices, C order
+    surf_comp = comp[surface] - 1                         # (N,)
+    surf_mm = surf_idx * sp
+    areas = np.bincount(surf_comp, minlength=n_comp).astype(float)
+
+    # mask voxels grouped by component (one sort, not one scan per component)
+    vox_comp = comp[m] - 1
+    order = np.argsort(vox_comp, kind="stable")
+    vox_mm_sorted = np.argwhere(m)[order] * sp
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(vox_comp, minlength=n_comp))])
+    comp_voxels = [vox_mm_sorted[bounds[c]:bounds[c + 1]] for c in range(n_comp)]
+    if params.method == "slabs":
+        lengths = np.zeros(n_comp)
+        for c in np.nonzero(areas)[0]:
+            t = comp_voxels[c] @ _principal_axis(comp_voxels[c])
+            lengths[c] = t.max() - t.min()
+        caps = np.maximum(1, np.floor(lengths / sp.max()).astype(int))
+    else:
+        caps = np.maximum(1, areas.astype(int) // MIN_SURFACE_VOXELS_PER_PATCH)
+    caps[areas == 0] = 0
+    k_comp = _allocate(areas, caps, int(params.n_regions))
+
+    rng = np.random.default_rng(params.seed)
+    surf_label = np.zeros(len(surf_idx), dtype=np.int32)  # 1-based, 0 = not yet assigned
+    centres: list[np.ndarray] = []
+    for c in np.argsort(-areas, kind="stable"):
+        if k_comp[c] == 0:
+            continue
+        sel = surf_comp == c
+        group, cent = _split_component(surf_mm[sel], comp_voxels[c], int(k_comp[c]),
+                                       params.method, rng)
+        surf_label[sel] = group + len(centres) + 1
+        centres.extend(cent)
+    rest = surf_label == 0
+    if rest.any():  # components beyond n_regions join the region with the nearest centre
+        cen = np.asarray(centres)
+        surf_label[rest] = _nearest_centre(surf_mm[rest], cen) + 1
+
+    # every band voxel takes the label of its nearest surface voxel (mm)
+    surf_map = np.zeros(m.shape, dtype=np.int32)
+    surf_map[surface] = surf_label
+    nearest = ndi.distance_transform_edt(~surface, sampling=sp, return_distances=False,
+                                         return_indices=True)
+    labels_crop = np.where(band, surf_map[tuple(nearest)], 0)
+
+    used = np.unique(labels_crop[labels_crop > 0])
+    lut = np.zeros(int(labels_crop.max()) + 1, dtype=np.int16)
+    lut[used] = np.arange(1, len(used) + 1, dtype=np.int16)
+    out = np.zeros(mask.shape, dtype=np.int16)
+    out[crop] = lut[labels_crop]
+    return out
+
+
+def region_centres(regions: np.ndarray, spacing_zyx: Optional[Sequence[float]] = None
+                   ) -> dict[int, tuple[int, int, int]]:
+    """A voxel ``(z, y, x)`` inside each region, the one nearest the region's centroid.
+
+    Args:
+        regions: int ``(z, y, x)`` label map, 0 = no region.
+        spacing_zyx: optional spacing (mm) so "nearest" is measured in mm; default voxel units.
+
+    Returns:
+        ``{label: (z, y, x)}`` for every label > 0 present, sorted by label.
+    """
+    regions = np.asarray(regions)
+    idx = np.argwhere(regions > 0)
+    if len(idx) == 0:
+        return {}
+    lab = regions[regions > 0].astype(np.int64)
+    sp = np.ones(3) if spacing_zyx is None else _as_spacing(spacing_zyx)
+    counts = np.bincount(lab)
+    present = np.nonzero(counts)[0]
+    cent = np.stack([np.bincount(lab, weights=idx[:, a].astype(float)) for a in range(3)], 1)
+    cent[present] /= counts[present, None]
+    d = (((idx - cent[lab]) * sp) ** 2).sum(axis=1)
+    order = np.lexsort((d, lab))                  # by label, then distance
+    first = order[np.r_[0, np.nonzero(np.diff(lab[order]))[0] + 1]]
+    return {int(lab[i]): tuple(int(v) for v in idx[i]) for i in first}
+
+
+def region_sizes(regions: np.ndarray) -> dict[int, int]:
+    """Voxel count of each label > 0 of ``regions`` ``(z, y, x)``."""
+    counts = np.bincount(np.asarray(regions)[np.asarray(regions) > 0].astype(np.int64))
+    return {int(lab): int(counts[lab]) for lab in np.nonzero(counts)[0]}
+
+
+def make_regions(initial: Volume, params: Optional[RegionParams] = None) -> Volume:
+    """:func:`split_regions` on a mask volume at its own spacing; int16 on the same grid."""
+    return initial.with_array(split_regions(initial.array, initial.geometry.spacing_zyx, params))
