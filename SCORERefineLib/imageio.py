@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .atomicio import atomic_path
 from .errors import GridMismatchError, InputError
 
 _GRID_TOL = 1e-4
@@ -257,19 +257,10 @@ def check_same_grid(a: Geometry, b: Geometry, name_a: str = "image", name_b: str
 def write_volume(volume: Volume, path: str | os.PathLike, dtype=None) -> Path:
     """Write atomically (temporary file in the same folder, then rename). Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = volume.array if dtype is None else volume.array.astype(dtype)
     image = volume.geometry.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(array)))
-    suffix = "".join(path.suffixes) or ".nii.gz"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
     return path
 
 

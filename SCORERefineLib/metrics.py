@@ -29,6 +29,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from .case import list_cases
+from .atomicio import atomic_write_text
 from .errors import InputError
 
 METRICS = ("dice", "hd95", "assd")
@@ -215,12 +216,7 @@ def write_rows_csv(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
 
 def write_json(data, path: str | os.PathLike) -> Path:
     """Write ``data`` as standard JSON (NaN as null), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_json_safe(data), indent=1))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(_json_safe(data), indent=1))
 
 
 def format_table(rows: Sequence[Mapping], summary: Mapping) -> str:

@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from .case import Case, cases_dir, write_case
 from .errors import InputError
+from .atomicio import atomic_write_text
 from .imageio import Geometry, Volume
 
 ERROR_TYPES = ("head_under", "leakage", "dilation", "holes", "blocky")
@@ -619,9 +620,7 @@ def make_cohort(dataset: Union[str, os.PathLike], n: int, seed: int,
                                                if k != "initial_dice"},
                                     "params": ph.params})
             bar.update(dice=round(ph.errors["initial_dice"], 4))
-    tmp = dataset / f".{COHORT_FILE}.tmp"
-    tmp.write_text(json.dumps(cohort, indent=1, default=float))
-    os.replace(tmp, dataset / COHORT_FILE)
+    atomic_write_text(dataset / COHORT_FILE, json.dumps(cohort, indent=1, default=float))
     return cases
 
 

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..benchmark import render_markdown, run_benchmark, write_report
+    from ..benchmark import run_benchmark, write_report
     from ..pipeline import format_table
     from ..progress import CancelToken
 
