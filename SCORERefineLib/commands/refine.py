@@ -1,0 +1,145 @@
+"""``scorerefine refine``: refine masks with a trained refiner (or the classical baseline).
+
+One case from files::
+
+    scorerefine refine --model model.pt --image ct.nii.gz --mask seg.nii.gz --label 69 --out refined.nii.gz
+
+Every case of a dataset (writes ``cases/<id>/predictions/<name>.nii.gz`` and ``<name>.json``)::
+
+    scorerefine refine --model model.pt --dataset DATASET [--name refined] [--case ID ...]
+
+``--model classical`` (or ``--classical``) runs the non-learned baseline (closing, hole filling,
+largest component) instead of a network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+
+HELP = "refine initial masks with a trained refiner (--model model.pt) or the classical baseline"
+
+CLASSICAL = "classical"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_argument_group("method")
+    what.add_argument("--model", metavar="MODEL",
+                      help="checkpoint written by `scorerefine train`, or 'classical' for the "
+                           "non-learned baseline")
+    what.add_argument("--classical", action="store_true", help="same as --model classical")
+    one = parser.add_argument_group("one case from files")
+    one.add_argument("--image", type=Path, help="CT (NIfTI/NRRD, HU); needed with a network")
+    one.add_argument("--mask", type=Path, help="initial segmentation on the CT grid")
+    one.add_argument("--label", type=int,
+                     help="label to refine in a multi-label mask (e.g. 69 = humerus_left)")
+    one.add_argument("--out", type=Path, help="refined mask to write (.nii.gz)")
+    many = parser.add_argument_group("a dataset")
+    many.add_argument("--dataset", type=Path, help="dataset folder (holds cases/<case_id>/)")
+    many.add_argument("--name", help="prediction name (default: 'refined', or 'classical' with "
+                                     "the classical baseline)")
+    many.add_argument("--case", nargs="+", metavar="ID", help="only these cases")
+    net = parser.add_argument_group("network inference")
+    net.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    net.add_argument("--margin-mm", type=float, default=10.0,
+                     help="only voxels within this distance of the mask's bounding box may change "
+                          "(default 10)")
+    net.add_argument("--threshold", type=float, default=0.5, help="probability threshold (0.5)")
+    net.add_argument("--overlap", type=float, default=0.25,
+                     help="sliding-window overlap in [0, 1) (default 0.25)")
+    net.add_argument("--sw-batch-size", type=int, default=1,
+                     help="windows per forward pass (default 1; raise on a large GPU)")
+    cls = parser.add_argument_group("classical baseline")
+    cls.add_argument("--closing-mm", type=float, default=2.0,
+                     help="radius of the closing ball in mm (default 2)")
+    parser.add_argument("--progress", choices=["bar", "json", "none"],
+                        help="bar (default on a terminal), json lines for programs, none")
+
+
+def _check(args: argparse.Namespace) -> bool:
+    """Validate the argument combination; returns True for the classical baseline."""
+    classical = bool(args.classical) or (args.model or "").strip().lower() == CLASSICAL
+    if args.classical and args.model and args.model.strip().lower() != CLASSICAL:
+        raise InputError(f"give either --model {args.model} or --classical, not both.")
+    if not classical and not args.model:
+        raise InputError("say which refiner to use: --model model.pt (from `scorerefine train`) or "
+                         "--model classical for the non-learned baseline.")
+    single = [n for n in ("image", "mask", "out", "label") if getattr(args, n) is not None]
+    if args.dataset is not None:
+        if single:
+            raise InputError(f"--dataset refines the dataset's cases; drop "
+                             f"{', '.join('--' + n for n in single)} (those are for one case).")
+        return classical
+    if args.case:
+        raise InputError("--case needs --dataset.")
+    missing = [n for n in ("mask", "out") if getattr(args, n) is None]
+    if not classical and args.image is None:
+        missing.insert(0, "image")
+    if missing:
+        raise InputError(f"missing {', '.join('--' + n for n in missing)}: give --image CT --mask "
+                         f"MASK --out REFINED for one case, or --dataset DATASET.")
+    if args.out.suffix not in (".gz", ".nii", ".nrrd"):
+        raise InputError(f"--out {args.out} should be a NIfTI (.nii.gz/.nii) or NRRD (.nrrd) file.")
+    return classical
+
+
+def _report(info: dict, case_id: str, mode: str) -> None:
+    from ..refiner.postprocess import format_summary
+
+    if mode == "json":
+        record = {"stage": "refine", "event": "case", "case": case_id}
+        record.update({k: v for k, v in info.items() if k != "case_id"})
+        sys.stdout.write(json.dumps(record, default=str) + "\n")
+        sys.stdout.flush()
+    else:
+        print(format_summary(case_id, info))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..progress import CancelToken
+
+    classical = _check(args)
+    mode = args.progress or ("bar" if sys.stderr.isatty() else "none")
+    cancel = CancelToken()
+    cancel.install_signal_handlers()
+
+    if args.dataset is None:
+        if classical:
+            from ..refiner.postprocess import postprocess_file
+            info = postprocess_file(args.mask, args.out, label=args.label, image_path=args.image,
+                                    closing_mm=args.closing_mm)
+        else:
+            from ..refiner.inference import refine_file
+            info = refine_file(args.model, args.image, args.mask, args.out, label=args.label,
+                               device=args.device, margin_mm=args.margin_mm,
+                               threshold=args.threshold, overlap=args.overlap,
+                               sw_batch_size=args.sw_batch_size, progress=mode, cancel=cancel)
+        _report(info, Path(args.mask).name, mode)
+        if mode != "json":
+            print(f"wrote {info['out']}")
+        return 0
+
+    name = args.name or (CLASSICAL if classical else "refined")
+    if classical:
+        from ..refiner.postprocess import iter_postprocess_dataset
+        results = iter_postprocess_dataset(args.dataset, name, args.case, args.closing_mm,
+                                           progress=mode, cancel=cancel)
+    else:
+        from ..refiner.inference import load_model, iter_refine_dataset, resolve_device
+        dev = resolve_device(args.device)
+        model, metadata = load_model(args.model, dev)
+        results = iter_refine_dataset(args.dataset, model, metadata, name, args.case, dev,
+                                      args.margin_mm, args.threshold, args.overlap,
+                                      args.sw_batch_size, progress=mode, cancel=cancel,
+                                      model_label=str(args.model))
+    n = 0
+    for case, _path, info in results:
+        _report(info, case.case_id, mode)
+        n += 1
+    if mode != "json":
+        print(f"wrote {n} prediction(s) '{name}' under {Path(args.dataset) / 'cases'}/<id>/predictions/")
+    return 0

@@ -1,0 +1,228 @@
+"""Classical (non-learned) post-processing of an initial mask: row 2 of the benchmark.
+
+Morphological closing with a ball of radius ``closing_mm`` (an ellipsoid in voxels on anisotropic
+grids), hole filling (3D, then per axial slice) and removal of small spurious components. Only
+scipy; no torch import, so this module stays cheap to load.
+
+Also holds the helpers every prediction writer shares: :func:`change_summary` (voxels
+added/removed, volume before/after) and the per-prediction sidecar ``predictions/<name>.json``
+(timing and change summary) that the benchmark reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..case import Case, get_case, list_cases
+from ..errors import InputError
+from ..imageio import read_image, read_mask, write_volume
+from ..atomicio import atomic_write_text
+from ..progress import CancelToken, Progress
+
+__all__ = ["ball_structure", "classical_postprocess", "change_summary", "info_path",
+           "write_prediction_info", "read_prediction_info", "select_cases", "postprocess_dataset",
+           "iter_postprocess_dataset", "postprocess_file", "format_summary"]
+
+
+def ball_structure(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """A boolean ball of ``radius_mm`` on a grid with ``spacing_zyx`` (mm): an ellipsoid in voxels.
+
+    Shape ``(2*rz+1, 2*ry+1, 2*rx+1)`` with ``r_i = floor(radius_mm / spacing_i)``; a voxel offset
+    ``d`` belongs to the ball when ``sum((d_i * spacing_i / radius_mm)**2) <= 1``. A radius below
+    every spacing gives a single voxel (no-op for morphology).
+    """
+    if radius_mm < 0:
+        raise InputError(f"closing radius must be >= 0 mm, got {radius_mm}")
+    sp = np.asarray(spacing_zyx, dtype=float)
+    if sp.shape != (3,) or np.any(sp <= 0):
+        raise InputError(f"spacing must be three positive numbers (z, y, x) mm, got {spacing_zyx}")
+    if radius_mm == 0:
+        return np.ones((1, 1, 1), dtype=bool)
+    r = np.floor(radius_mm / sp + 1e-9).astype(int)
+    grids = np.ogrid[tuple(slice(-ri, ri + 1) for ri in r)]
+    dist2 = sum((g * s / radius_mm) ** 2 for g, s in zip(grids, sp))
+    return dist2 <= 1.0 + 1e-9
+
+
+def _bbox(mask: np.ndarray, pad: Sequence[int]) -> tuple[slice, ...]:
+    """Bounding box of the foreground, grown by ``pad`` voxels per axis and clipped to the array."""
+    idx = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0], \
+        np.nonzero(mask.any(axis=(0, 1)))[0]
+    return tuple(slice(max(int(i[0]) - p, 0), min(int(i[-1]) + 1 + p, n))
+                 for i, p, n in zip(idx, pad, mask.shape))
+
+
+def _fill_holes_2d(mask: np.ndarray) -> np.ndarray:
+    """Fill holes in every axial slice (array axis 0) separately."""
+    out = mask.copy()
+    for z in range(mask.shape[0]):
+        if mask[z].any():
+            out[z] = ndimage.binary_fill_holes(mask[z])
+    return out
+
+
+def classical_postprocess(mask: np.ndarray, spacing_zyx: Sequence[float], closing_mm: float = 2.0,
+                          keep_largest: bool = True, fill_holes: bool = True,
+                          fill_holes_2d: bool = True,
+                          min_component_mm3: Optional[float] = None) -> np.ndarray:
+    """Close, fill and clean a binary mask ``(z, y, x)``; returns a new uint8 {0, 1} array.
+
+    1. closing (dilation then erosion) with :func:`ball_structure` ``(closing_mm, spacing_zyx)``;
+       computed on a zero-padded crop, so a mask touching the volume border is not eroded there;
+    2. ``fill_holes``: 3D hole filling, then (``fill_holes_2d``) per axial slice, which also fills
+       cavities open at the ends such as a medullary canal;
+    3. ``keep_largest``: keep the largest 26-connected component; ``min_component_mm3`` instead
+       keeps every component at least that large (mm^3). Both off: keep all.
+
+    An empty mask is returned unchanged (as uint8).
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise InputError(f"mask must be 3D (z, y, x), got shape {mask.shape}")
+    fg = mask != 0
+    if not fg.any():
+        return fg.astype(np.uint8)
+    ball = ball_structure(closing_mm, spacing_zyx)
+    radius = [s // 2 for s in ball.shape]
+    # Everything below only changes voxels within `radius` of the foreground: work on a crop.
+    roi = _bbox(fg, [r + 1 for r in radius])
+    work = fg[roi]
+    if ball.size > 1:
+        padded = np.pad(work, [(r + 1, r + 1) for r in radius])
+        closed = ndimage.binary_erosion(ndimage.binary_dilation(padded, ball), ball)
+        work = closed[tuple(slice(r + 1, -(r + 1)) for r in radius)] | work
+    if fill_holes:
+        work = ndimage.binary_fill_holes(work)
+        if fill_holes_2d:
+            work = _fill_holes_2d(work)
+    if keep_largest or min_component_mm3 is not None:
+        labels, n = ndimage.label(work, structure=np.ones((3, 3, 3), dtype=bool))
+        if n > 1:
+            sizes = np.bincount(labels.ravel())[1:]
+            if min_component_mm3 is not None:
+                voxel_mm3 = float(np.prod(spacing_zyx))
+                keep = np.nonzero(sizes * voxel_mm3 >= min_component_mm3)[0] + 1
+                if keep.size == 0:  # nothing is large enough: keep the largest rather than nothing
+                    keep = np.array([int(np.argmax(sizes)) + 1])
+            else:
+                keep = np.array([int(np.argmax(sizes)) + 1])
+            work = np.isin(labels, keep)
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    out[roi] = work
+    return out
+
+
+def change_summary(before: np.ndarray, after: np.ndarray, voxel_volume_mm3: float) -> dict:
+    """Voxels added/removed and volume before/after (mL) between two binary masks of one grid."""
+    b, a = np.asarray(before) != 0, np.asarray(after) != 0
+    if b.shape != a.shape:
+        raise InputError(f"masks of different shapes {b.shape} and {a.shape}")
+    nb, na = int(b.sum()), int(a.sum())
+    return {"voxels_added": int(np.count_nonzero(a & ~b)),
+            "voxels_removed": int(np.count_nonzero(b & ~a)),
+            "voxels_before": nb, "voxels_after": na,
+            "volume_before_ml": nb * voxel_volume_mm3 / 1000.0,
+            "volume_after_ml": na * voxel_volume_mm3 / 1000.0}
+
+
+def format_summary(case_id: str, info: dict) -> str:
+    """One human line: ``case: +added -removed voxels, before mL -> after mL (seconds s)``."""
+    text = (f"{case_id}: +{info['voxels_added']} / -{info['voxels_removed']} voxels, "
+            f"{info['volume_before_ml']:.2f} mL -> {info['volume_after_ml']:.2f} mL")
+    if "seconds" in info:
+        text += f" ({info['seconds']:.2f} s)"
+    return text
+
+
+def info_path(case: Case, name: str) -> Path:
+    """The sidecar of a prediction: ``<case>/predictions/<name>.json``."""
+    return case.prediction_path(name).with_name(f"{name}.json")
+
+
+def write_prediction_info(case: Case, name: str, info: dict) -> Path:
+    """Write the sidecar JSON atomically (timing in ``seconds``, change summary, settings)."""
+    return atomic_write_text(info_path(case, name),
+                             json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_prediction_info(case: Case, name: str) -> Optional[dict]:
+    """The sidecar of prediction ``name`` of ``case`` (``seconds``, voxel counts...), or None."""
+    path = info_path(case, name)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def select_cases(dataset: str | os.PathLike, case_ids: Optional[Sequence[str]] = None) -> list[Case]:
+    """Every case of ``dataset`` (sorted), or the given ``case_ids`` in their order."""
+    if case_ids:
+        return [get_case(dataset, cid) for cid in case_ids]
+    return list_cases(dataset)
+
+
+def postprocess_file(mask_path: str | os.PathLike, out_path: str | os.PathLike,
+                     label: Optional[int] = None, image_path: Optional[str | os.PathLike] = None,
+                     closing_mm: float = 2.0, keep_largest: bool = True,
+                     fill_holes: bool = True) -> dict:
+    """Classical baseline for one mask file (``label`` of a multi-label map); writes ``out_path``.
+
+    ``image_path``: when given, the mask must lie on its grid (GridMismatchError otherwise).
+    Returns a summary: ``out``, ``seconds``, voxels added/removed, volume before/after (mL).
+    """
+    like = read_image(image_path).geometry if image_path is not None else None
+    initial = read_mask(mask_path, label=label, like=like)
+    t0 = time.perf_counter()
+    out = classical_postprocess(initial.array, initial.geometry.spacing_zyx, closing_mm,
+                                keep_largest=keep_largest, fill_holes=fill_holes)
+    seconds = time.perf_counter() - t0
+    path = write_volume(initial.with_array(out), out_path, dtype=np.uint8)
+    return {"out": str(path), "seconds": seconds, "method": "classical", "closing_mm": closing_mm,
+            **change_summary(initial.array, out, initial.geometry.voxel_volume_mm3)}
+
+
+def iter_postprocess_dataset(dataset: str | os.PathLike, name: str = "classical",
+                             case_ids: Optional[Sequence[str]] = None, closing_mm: float = 2.0,
+                             keep_largest: bool = True, fill_holes: bool = True,
+                             progress: str = "bar", cancel: Optional[CancelToken] = None
+                             ) -> Iterator[tuple[Case, Path, dict]]:
+    """Post-process each case's initial mask; yields ``(case, prediction path, info)`` per case.
+
+    Writes ``predictions/<name>.nii.gz`` and the sidecar ``predictions/<name>.json``.
+    """
+    cases = select_cases(dataset, case_ids)
+    with Progress(f"classical ({name})", len(cases), progress) as bar:
+        for case in cases:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            t0 = time.perf_counter()
+            initial = case.load_initial()
+            out = classical_postprocess(initial.array, initial.geometry.spacing_zyx, closing_mm,
+                                        keep_largest=keep_largest, fill_holes=fill_holes)
+            seconds = time.perf_counter() - t0
+            path = write_volume(initial.with_array(out), case.prediction_path(name), dtype=np.uint8)
+            info = {"case_id": case.case_id, "name": name, "method": "classical",
+                    "seconds": seconds, "closing_mm": closing_mm, "keep_largest": keep_largest,
+                    "fill_holes": fill_holes,
+                    **change_summary(initial.array, out, initial.geometry.voxel_volume_mm3)}
+            write_prediction_info(case, name, info)
+            bar.update(case=case.case_id, seconds=round(seconds, 3))
+            yield case, path, info
+
+
+def postprocess_dataset(dataset: str | os.PathLike, name: str = "classical",
+                        case_ids: Optional[Sequence[str]] = None, closing_mm: float = 2.0,
+                        keep_largest: bool = True, fill_holes: bool = True,
+                        progress: str = "bar", cancel: Optional[CancelToken] = None) -> list[Path]:
+    """Write ``cases/<id>/predictions/<name>.nii.gz`` (classical baseline) for every case."""
+    return [path for _, path, _ in iter_postprocess_dataset(
+        dataset, name, case_ids, closing_mm, keep_largest, fill_holes, progress, cancel)]
