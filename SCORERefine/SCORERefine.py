@@ -1,0 +1,749 @@
+"""SCORERefine: refine a foundation model's segmentation from regional quality ratings.
+
+The panel is thin: it binds Qt widgets to SCORERefineLib objects (the rating session, the MRML
+bridge, the background training job, the TotalSegmentator runner). Every decision about the data
+is made there, where pytest reaches it without Slicer; this file only forwards clicks and keys and
+redraws when the engine says something changed.
+
+(No ``from __future__ import annotations`` here: parameterNodeWrapper reads the annotations.)
+"""
+
+import importlib.util
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Optional
+
+import qt
+
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+# In an extension build SCORERefineLib sits beside this file (qt-scripted-modules/); when the module
+# is loaded from the source tree (developer mode) it is one folder up.
+try:
+    import SCORERefineLib  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import SCORERefineLib  # noqa: F401
+
+from SCORERefineLib import device_info
+from SCORERefineLib import mrml_bridge as bridge
+from SCORERefineLib.errors import SCORERefineError
+from SCORERefineLib.session import EVENT_ALL_RATED, EVENT_CURRENT, KEY_HELP, RatingSession
+
+#: Python packages the engine needs (import name -> what to tell the person)
+ENGINE_IMPORTS = {"torch": "PyTorch", "monai": "MONAI", "scipy": "SciPy", "tqdm": "tqdm"}
+RATING_KEYS = ("1", "2", "3", "4", "5", "O", "U", "N", "Space")
+
+
+#
+# SCORERefine
+#
+
+class SCORERefine(ScriptedLoadableModule):
+    """Module metadata (see ScriptedLoadableModule)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("SCORE Refine")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []  # PyTorch and TotalSegmentator extensions are used when present
+        self.parent.contributors = ["SCORERefine developers"]
+        self.parent.helpText = _("""
+Refine a segmentation (TotalSegmentator's humerus in CT) from light feedback.
+<ol>
+<li><b>Input</b>: choose the CT; run TotalSegmentator (structures to keep, default humerus left and
+right) or pick an existing segmentation and segment.</li>
+<li><b>Regions</b>: split the segment's boundary into numbered, coloured regions.</li>
+<li><b>Rate</b>: for each region give a score 1-5 (5 = correct) and say whether it is over- (O) or
+under-segmented (U). Keys: 1-5, O, U, N or Space for the next unrated region. Click a region in a
+slice view to make it current. Ratings are kept in the scene.</li>
+<li><b>Dataset</b>: save the case (image, initial mask, regions, ratings) into a dataset folder;
+Next case loads the next one you have not rated.</li>
+<li><b>Train</b>: train the refiner from the ratings in the background (Cancel keeps the last
+checkpoint).</li>
+<li><b>Apply</b>: refine the segment in place; Undo restores the initial segment exactly.</li>
+</ol>
+See the <a href="https://github.com/scorerefine/SlicerSCORERefine/blob/main/docs/slicer-module.md">module documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+SCORE (Segmentation COrrection from Regional Evaluations). Uses 3D Slicer, MONAI, PyTorch and
+TotalSegmentator (Wasserthal et al., Radiology: AI 2023). Panel structure follows the Slicer
+scripted module template.
+""")
+
+
+#
+# Parameter node
+#
+
+@parameterNodeWrapper
+class SCORERefineParameterNode:
+    """Everything the panel shows, saved with the scene."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    segmentId: str = ""
+    structures: str = "humerus_left humerus_right"
+    fast: bool = True
+    regionMethod: Annotated[str, Choice(["patches", "slabs"])] = "patches"
+    regionCount: Annotated[int, WithinRange(1, 200)] = 12
+    bandWidthMm: Annotated[float, WithinRange(0.5, 20.0)] = 3.0
+    regions: vtkMRMLSegmentationNode
+    raterName: str = "clinician"
+    datasetFolder: Path = Path.home() / "SCORERefine" / "dataset"
+    caseId: str = "case_000"
+    trainMode: Annotated[str, Choice(["score", "full"])] = "score"
+    trainSteps: Annotated[int, WithinRange(1, 100000)] = 300
+    device: str = "auto"
+    modelPath: Path = Path.home() / "SCORERefine" / "model.pt"
+
+
+#
+# Widget
+#
+
+class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Binds the .ui to the logic; holds no state of its own beyond Qt objects."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: Optional[SCORERefineLogic] = None
+        self._parameterNode: Optional[SCORERefineParameterNode] = None
+        self._parameterNodeGuiTag = None
+        self._shortcuts: list = []
+        self._clickObservers: list = []
+        self._pressPosition = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(500)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SCORERefine.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SCORERefineLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneImported)
+
+        u = self.ui
+        u.installDependenciesButton.clicked.connect(self.onInstallDependencies)
+        u.runTotalSegmentatorButton.clicked.connect(self.onRunTotalSegmentator)
+        u.segmentSelector.currentNodeChanged.connect(self.onSegmentationChanged)
+        u.segmentSelector.currentSegmentChanged.connect(self.onSegmentChanged)
+        u.splitButton.clicked.connect(self.onSplit)
+        for score in range(1, 6):
+            getattr(u, f"score{score}Button").clicked.connect(lambda _=False, s=score: self.onKey(str(s)))
+        u.overButton.clicked.connect(lambda: self.onKey("O"))
+        u.underButton.clicked.connect(lambda: self.onKey("U"))
+        u.previousButton.clicked.connect(lambda: self.runCommand("previous"))
+        u.nextButton.clicked.connect(lambda: self.runCommand("next"))
+        u.nextUnratedButton.clicked.connect(lambda: self.runCommand("next_unrated"))
+        u.undoRatingButton.clicked.connect(lambda: self.runCommand("undo"))
+        u.regionTable.cellClicked.connect(self.onTableClicked)
+        u.saveCaseButton.clicked.connect(self.onSaveCase)
+        u.nextCaseButton.clicked.connect(self.onNextCase)
+        u.trainButton.clicked.connect(self.onTrain)
+        u.cancelTrainingButton.clicked.connect(self.onCancelTraining)
+        u.applyButton.clicked.connect(self.onApply)
+        u.undoRefineButton.clicked.connect(self.onUndoRefine)
+        self._timer.timeout.connect(self.onTimer)
+
+        u.trainDeviceComboBox.clear()
+        u.trainDeviceComboBox.addItems(device_info.choices() if self.logic.has_torch() else ["auto", "cpu"])
+        u.trainDeviceComboBox.currentTextChanged.connect(self.updateDeviceLabel)
+        u.keyHelpLabel.text = "Keys: " + "; ".join(f"{k} {what}" for k, what in KEY_HELP) + \
+            ". Click a region in a slice view to make it current."
+        self.initializeParameterNode()
+        self.updateDependencyStatus()
+        self.restoreSessionFromScene()
+
+    def cleanup(self) -> None:
+        """Module reload or application exit: stop observing; a running training is cancelled."""
+        self._timer.stop()
+        self.removeObservers()
+        self.enableRatingInput(False)
+        if self.logic is not None:
+            self.logic.cancel_training(wait=False)
+            self.logic.detach_session()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self.enableRatingInput(True)
+
+    def exit(self) -> None:
+        self.enableRatingInput(False)
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+
+    # ---------------------------------------------------------------- scene and parameter node
+    def onSceneStartClose(self, caller, event) -> None:
+        self.logic.detach_session()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+        self.refreshRating()
+
+    def onSceneImported(self, caller, event) -> None:
+        self.initializeParameterNode()
+        self.restoreSessionFromScene()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            node = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if node:
+                self._parameterNode.inputVolume = node
+
+    def setParameterNode(self, inputParameterNode: Optional[SCORERefineParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            if self._parameterNode.segmentation:
+                self.ui.segmentSelector.setCurrentNode(self._parameterNode.segmentation)
+                if self._parameterNode.segmentId:
+                    self.ui.segmentSelector.setCurrentSegmentID(self._parameterNode.segmentId)
+
+    def onSegmentationChanged(self, node) -> None:
+        if self._parameterNode:
+            self._parameterNode.segmentation = node
+
+    def onSegmentChanged(self, segmentId) -> None:
+        if self._parameterNode:
+            self._parameterNode.segmentId = segmentId or ""
+
+    # ---------------------------------------------------------------- helpers
+    def _run(self, label, function, *args, **kwargs):
+        """Run an engine call; its SCORERefineError is shown as it is (no traceback needed)."""
+        try:
+            with slicer.util.WaitCursor():
+                return function(*args, **kwargs)
+        except SCORERefineError as exc:
+            label.text = str(exc)
+            slicer.util.errorDisplay(str(exc), windowTitle="SCORERefine")
+        except Exception as exc:  # a bug: keep the traceback in the log
+            logging.exception("SCORERefine")
+            label.text = f"Unexpected error: {exc}"
+            slicer.util.errorDisplay(f"Unexpected error: {exc}", detailedText=str(exc))
+        return None
+
+    def updateDependencyStatus(self) -> None:
+        missing = self.logic.missing_dependencies()
+        self.ui.dependencyStatusLabel.text = (
+            "All dependencies are installed." if not missing else
+            f"Missing: {', '.join(missing)}. Click 'Install dependencies' (you are asked first).")
+        self.ui.installDependenciesButton.enabled = bool(missing)
+        self.updateDeviceLabel()
+
+    def updateDeviceLabel(self, *_args) -> None:
+        requested = self.ui.trainDeviceComboBox.currentText or "auto"
+        self.ui.deviceLabel.text = self.logic.describe_device(requested)
+
+    # ---------------------------------------------------------------- 0 set-up
+    def onInstallDependencies(self) -> None:
+        if self._run(self.ui.dependencyStatusLabel, self.logic.install_dependencies, True) is not None:
+            self.updateDependencyStatus()
+
+    # ---------------------------------------------------------------- 1 input
+    def onRunTotalSegmentator(self) -> None:
+        p = self._parameterNode
+        result = self._run(self.ui.inputStatusLabel, self.logic.run_totalsegmentator,
+                           p.inputVolume, p.structures.split(), p.fast)
+        if result is not None:
+            segmentation, segmentId, message = result
+            self.ui.segmentSelector.setCurrentNode(segmentation)
+            self.ui.segmentSelector.setCurrentSegmentID(segmentId)
+            self.ui.inputStatusLabel.text = message
+
+    # ---------------------------------------------------------------- 2 regions
+    def onSplit(self) -> None:
+        p = self._parameterNode
+        result = self._run(self.ui.regionsStatusLabel, self.logic.split, p.inputVolume, p.segmentation,
+                           p.segmentId, p.regionMethod, p.regionCount, p.bandWidthMm, p.regions,
+                           p.caseId, p.raterName)
+        if result is None:
+            return
+        p.regions = result.regions_node
+        self.ui.regionsStatusLabel.text = f"{result.n_regions} regions. {result.message}".strip()
+        self.attachSession()
+
+    # ---------------------------------------------------------------- 3 rate
+    def attachSession(self) -> None:
+        session = self.logic.session
+        if session is not None:
+            session.add_observer(self.onSessionEvent)
+        self.refreshRating()
+        self.centreOnCurrent()
+
+    def restoreSessionFromScene(self) -> None:
+        p = self._parameterNode
+        restored = self._run(self.ui.rateStatusLabel, self.logic.restore_session,
+                             p.inputVolume if p else None, p.regions if p else None)
+        if restored:
+            if p is not None:
+                p.regions = self.logic.regions_node
+            self.attachSession()
+            self.ui.rateStatusLabel.text = "Ratings restored from the scene. " + self.logic.session.status_text()
+
+    def onSessionEvent(self, event, session) -> None:
+        self.refreshRating()
+        if event == EVENT_CURRENT:
+            self.centreOnCurrent()
+        elif event == EVENT_ALL_RATED:
+            self.ui.rateStatusLabel.text = "All regions are rated. Save the case (step 4)."
+
+    def refreshRating(self) -> None:
+        table = self.ui.regionTable
+        session = self.logic.session if self.logic else None
+        rows = session.rows() if session is not None else []
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate(row.cells):
+                item = qt.QTableWidgetItem(text)
+                if row.current:
+                    item.setBackground(qt.QBrush(qt.QColor(255, 230, 150)))
+                table.setItem(r, c, item)
+        if session is not None:
+            table.selectRow(session.current_index)
+            self.ui.rateStatusLabel.text = session.status_text()
+        self.ui.undoRatingButton.enabled = bool(session and session.can_undo)
+
+    def centreOnCurrent(self) -> None:
+        if self.logic.session is not None:
+            self.logic.centre_views_on_current()
+
+    def onKey(self, key: str) -> None:
+        if self.logic.session is None:
+            self.ui.rateStatusLabel.text = "Split the segment into regions first (step 2)."
+            return
+        self._run(self.ui.rateStatusLabel, self.logic.session.handle_key, key)
+
+    def runCommand(self, name: str) -> None:
+        if self.logic.session is not None:
+            from SCORERefineLib.session import Command
+            self._run(self.ui.rateStatusLabel, self.logic.session.execute, Command(name))
+
+    def onTableClicked(self, row, _column) -> None:
+        if self.logic.session is not None:
+            self.logic.session.go_to(self.logic.session.labels[row])
+
+    def enableRatingInput(self, enable: bool) -> None:
+        """Rating keys and clicks in slice views act only while this module is shown."""
+        for shortcut in self._shortcuts:
+            shortcut.activated.disconnect()
+            shortcut.setParent(None)
+        self._shortcuts = []
+        for interactor, tag in self._clickObservers:
+            interactor.RemoveObserver(tag)
+        self._clickObservers = []
+        if not enable or slicer.app.layoutManager() is None:
+            return
+        mainWindow = slicer.util.mainWindow()
+        for key in RATING_KEYS:
+            shortcut = qt.QShortcut(qt.QKeySequence(key), mainWindow)
+            shortcut.activated.connect(lambda k=key: self.onKey(k))
+            self._shortcuts.append(shortcut)
+        lm = slicer.app.layoutManager()
+        for name in lm.sliceViewNames():
+            sliceWidget = lm.sliceWidget(name)
+            interactor = sliceWidget.sliceView().interactor()
+            for event in ("LeftButtonPressEvent", "LeftButtonReleaseEvent"):
+                tag = interactor.AddObserver(event, lambda caller, ev, w=sliceWidget: self.onSliceClick(w, caller, ev))
+                self._clickObservers.append((interactor, tag))
+
+    def onSliceClick(self, sliceWidget, interactor, event) -> None:
+        position = interactor.GetEventPosition()
+        if event == "LeftButtonPressEvent":
+            self._pressPosition = position
+            return
+        if self._pressPosition is None or self.logic.session is None:
+            return
+        moved = abs(position[0] - self._pressPosition[0]) + abs(position[1] - self._pressPosition[1])
+        self._pressPosition = None
+        if moved <= 2:  # a click, not a drag (window/level, panning)
+            self.logic.select_region_at(sliceWidget.mrmlSliceNode(), position)
+
+    # ---------------------------------------------------------------- 4 dataset
+    def onSaveCase(self) -> None:
+        p = self._parameterNode
+        case = self._run(self.ui.datasetStatusLabel, self.logic.save_case, p.datasetFolder, p.caseId,
+                         p.inputVolume, p.segmentation, p.segmentId)
+        if case is not None:
+            self.ui.datasetStatusLabel.text = f"Saved {case.case_id} to {case.folder}"
+
+    def onNextCase(self) -> None:
+        p = self._parameterNode
+        loaded = self._run(self.ui.datasetStatusLabel, self.logic.next_case, p.datasetFolder,
+                           p.raterName, p.caseId)
+        if loaded is None:
+            return
+        if loaded is False:
+            self.ui.datasetStatusLabel.text = "Every case of this dataset is rated by you."
+            return
+        p.inputVolume = loaded.volume_node
+        p.caseId = loaded.case.case_id
+        p.regions = loaded.regions_node
+        self.ui.segmentSelector.setCurrentNode(loaded.segmentation_node)
+        self.ui.segmentSelector.setCurrentSegmentID(loaded.segment_id)
+        slicer.util.setSliceViewerLayers(background=loaded.volume_node, fit=True)
+        self.attachSession()
+        self.ui.datasetStatusLabel.text = f"Loaded {loaded.case.case_id}."
+
+    # ---------------------------------------------------------------- 5 train
+    def onTrain(self) -> None:
+        p = self._parameterNode
+        out = Path(p.modelPath) if str(p.modelPath) else Path(p.datasetFolder) / "model.pt"
+        job = self._run(self.ui.trainStatusLabel, self.logic.start_training, p.datasetFolder, out,
+                        p.trainMode, p.trainSteps, self.ui.trainDeviceComboBox.currentText)
+        if job is None:
+            return
+        self.ui.trainButton.enabled = False
+        self.ui.cancelTrainingButton.enabled = True
+        self.ui.trainProgressBar.value = 0
+        self._timer.start()
+
+    def onTimer(self) -> None:
+        job = self.logic.poll_training()
+        if job is None:
+            self._timer.stop()
+            return
+        self.ui.trainProgressBar.value = job.progress.percent
+        self.ui.trainStatusLabel.text = job.status_text()
+        if not job.running:
+            self._timer.stop()
+            self.ui.trainButton.enabled = True
+            self.ui.cancelTrainingButton.enabled = False
+            if job.state == "finished" and job.checkpoint is not None:
+                self._parameterNode.modelPath = job.checkpoint
+
+    def onCancelTraining(self) -> None:
+        self.logic.cancel_training(wait=False)
+        self.ui.trainStatusLabel.text = "stopping..."
+
+    # ---------------------------------------------------------------- 6 apply
+    def onApply(self) -> None:
+        p = self._parameterNode
+        result = self._run(self.ui.applyStatusLabel, self.logic.refine, p.inputVolume, p.segmentation,
+                           p.segmentId, p.modelPath, self.ui.trainDeviceComboBox.currentText)
+        if result is not None:
+            self.ui.applyStatusLabel.text = result.summary()
+
+    def onUndoRefine(self) -> None:
+        p = self._parameterNode
+        done = self._run(self.ui.applyStatusLabel, self.logic.undo_refine, p.segmentation, p.segmentId)
+        if done is not None:
+            self.ui.applyStatusLabel.text = ("Initial segment restored." if done else
+                                             "Nothing to undo: the segment was not refined.")
+
+
+#
+# Logic
+#
+
+class SCORERefineLogic(ScriptedLoadableModuleLogic):
+    """Thin: calls SCORERefineLib (mrml_bridge, session, training_job, totalseg) on slicer.mrmlScene."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.session: Optional[RatingSession] = None
+        self.regions_node = None
+        self.job = None
+        self._sessionObserver = None
+
+    def getParameterNode(self):
+        return SCORERefineParameterNode(super().getParameterNode())
+
+    # ---------------------------------------------------------------- dependencies and device
+    @staticmethod
+    def missing_dependencies() -> list[str]:
+        return [what for name, what in ENGINE_IMPORTS.items() if importlib.util.find_spec(name) is None]
+
+    @staticmethod
+    def has_torch() -> bool:
+        return importlib.util.find_spec("torch") is not None
+
+    def describe_device(self, requested: str = "auto") -> str:
+        if not self.has_torch():
+            return device_info.describe(requested, device_info.DeviceInfo(False))
+        return device_info.describe(requested)
+
+    def install_dependencies(self, confirm: bool = True) -> bool:
+        """Install what is missing, after asking. Never called by tests (nothing installed there)."""
+        if slicer.app.testingEnabled():
+            raise SCORERefineError("dependencies are not installed while testing.")
+        missing = self.missing_dependencies()
+        if not missing:
+            return True
+        if confirm and not slicer.util.confirmOkCancelDisplay(
+                f"SCORERefine needs {', '.join(missing)}. Install now? This downloads packages "
+                f"from the internet and can take several minutes.", windowTitle="SCORERefine"):
+            return False
+        if "PyTorch" in missing:
+            try:
+                import PyTorchUtils
+            except ImportError as exc:
+                raise SCORERefineError("PyTorch is missing and the PyTorch extension is not installed: "
+                                       "install 'PyTorch' from the Extensions Manager, restart Slicer "
+                                       "and try again.") from exc
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if not torchLogic.torchInstalled():
+                torchLogic.installTorch(askConfirmation=False)
+        requirements = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
+        pydeps = getattr(slicer, "pydeps", None) or getattr(slicer, "packaging", None)
+        if pydeps is not None and hasattr(pydeps, "pip_ensure"):   # Slicer >= 5.12
+            reqs = pydeps.load_requirements(requirements)
+            try:
+                pydeps.pip_ensure(reqs, skip_packages=["torch"], prompt_install=False,
+                                  requester="SCORERefine")
+            except TypeError:  # an older pip_ensure without skip_packages
+                pydeps.pip_ensure(reqs, prompt_install=False, requester="SCORERefine")
+        else:
+            slicer.util.pip_install(["-r", str(requirements)])
+        return True
+
+    # ---------------------------------------------------------------- 1 input
+    def run_totalsegmentator(self, volumeNode, structures, fast=True):
+        """Segment with TotalSegmentator and merge the structures into one segment.
+
+        Returns ``(segmentation node, segment ID, message)``.
+        """
+        from SCORERefineLib import totalseg
+
+        image = bridge.volume_from_node(volumeNode)  # says "no volume selected" when None
+        structures = list(structures) or list(totalseg.DEFAULT_STRUCTURES)
+        name = "+".join(structures)
+        segmentation = bridge.new_segmentation_node(slicer.mrmlScene, f"{volumeNode.GetName()} TotalSegmentator",
+                                                    volumeNode)
+        useCpu = not self._cuda_available()
+        if hasattr(slicer.modules, "totalsegmentator"):
+            tsLogic = slicer.util.getModuleLogic("TotalSegmentator")
+            try:
+                tsLogic.process(volumeNode, segmentation, fast=fast, cpu=useCpu, task="total",
+                                subset=structures)
+            except TypeError:  # an older extension without the subset argument
+                tsLogic.process(volumeNode, segmentation, fast=fast, cpu=useCpu, task="total")
+            segmentId = bridge.merge_segments(segmentation, structures, image.geometry, name,
+                                              totalseg.segment_name_candidates)
+            return segmentation, segmentId, f"TotalSegmentator (extension): {name}"
+        result = totalseg.run_totalsegmentator(image, structures, fast=fast, device="cpu" if useCpu else "gpu")
+        segmentId = bridge.add_mask_segment(segmentation, result.mask, name)
+        empty = f" Not found in this CT: {', '.join(result.empty)}." if result.empty else ""
+        return segmentation, segmentId, f"TotalSegmentator: {name}.{empty}"
+
+    @staticmethod
+    def _cuda_available() -> bool:
+        if importlib.util.find_spec("torch") is None:
+            return False
+        import torch
+        return bool(torch.cuda.is_available())
+
+    # ---------------------------------------------------------------- 2 regions, 3 rate
+    def split(self, volumeNode, segmentationNode, segmentId, method, count, bandMm, regionsNode=None,
+              caseId="case_000", rater="clinician"):
+        from SCORERefineLib.regions import RegionParams
+
+        params = RegionParams(method=method, n_regions=int(count), band_mm=float(bandMm))
+        self.detach_session()
+        result = bridge.split_segment_into_regions(slicer.mrmlScene, volumeNode, segmentationNode,
+                                                   segmentId, params, regionsNode)
+        self.session = RatingSession(caseId, result.regions, rater=rater, region_info=params.info())
+        self.regions_node = result.regions_node
+        self._sessionObserver = bridge.attach_session(self.session, self.regions_node)
+        self.session.add_observer(self._onSession)
+        bridge.highlight_region(self.regions_node, self.session.current)
+        return result
+
+    def _onSession(self, event, session) -> None:
+        if event == EVENT_CURRENT:
+            bridge.highlight_region(self.regions_node, session.current)
+
+    def detach_session(self) -> None:
+        self.session = None
+        self.regions_node = None
+        self._sessionObserver = None
+
+    def restore_session(self, volumeNode=None, regionsNode=None) -> bool:
+        """After a module reload or a scene load: take the ratings stored in the scene back."""
+        session, node = bridge.restore_session(slicer.mrmlScene, volumeNode, regionsNode)
+        if session is None:
+            return False
+        self.session, self.regions_node = session, node
+        self._sessionObserver = bridge.attach_session(session, node)
+        session.add_observer(self._onSession)
+        return True
+
+    def centre_views_on_current(self) -> None:
+        bridge.centre_slice_views(slicer.mrmlScene, self.session.centre_ras())
+        bridge.highlight_region(self.regions_node, self.session.current)
+
+    def select_region_at(self, sliceNode, xy) -> Optional[int]:
+        ras = bridge.slice_xy_to_ras(sliceNode, xy)
+        label = self.session.region_at_ras(ras)
+        if label is not None:
+            self.session.go_to(label)
+        return label
+
+    # ---------------------------------------------------------------- 4 dataset
+    def save_case(self, dataset, caseId, volumeNode, segmentationNode, segmentId):
+        if self.session is not None and self.session.case_id != caseId:
+            self.session.rename_case(caseId)
+        return bridge.save_case_from_scene(dataset, caseId, volumeNode, segmentationNode, segmentId,
+                                           self.regions_node, self.session)
+
+    def next_case(self, dataset, rater, after=None):
+        from SCORERefineLib.session import next_case_to_rate
+
+        case = next_case_to_rate(dataset, rater, after=after)
+        if case is None:
+            return False
+        self.detach_session()
+        loaded = bridge.load_case_into_scene(slicer.mrmlScene, case, rater=rater)
+        self.session, self.regions_node = loaded.session, loaded.regions_node
+        if self.session is not None:
+            self.session.add_observer(self._onSession)
+        return loaded
+
+    # ---------------------------------------------------------------- 5 train
+    def start_training(self, dataset, out, mode="score", steps=300, device="auto", extra=()):
+        from SCORERefineLib import training_job
+
+        if self.job is not None and self.job.running:
+            raise SCORERefineError("training is already running; cancel it or wait for it to end.")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        self.job = training_job.start_training(dataset, out, mode=mode, steps=int(steps),
+                                               device=device or "auto", extra=extra)
+        if self.job.state == training_job.FAILED:
+            raise SCORERefineError(self.job.error_message)
+        return self.job
+
+    def poll_training(self):
+        if self.job is not None:
+            self.job.poll()
+        return self.job
+
+    def cancel_training(self, wait: bool = False) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel(wait=wait)
+
+    # ---------------------------------------------------------------- 6 apply
+    def refine(self, volumeNode, segmentationNode, segmentId, modelPath, device="auto", refineFunction=None):
+        """Refine the segment in place with the model (or ``refineFunction(image, initial)``)."""
+        refine = refineFunction or bridge.model_refiner(modelPath, device or "auto")
+        return bridge.refine_segment(volumeNode, segmentationNode, segmentId, refine)
+
+    def undo_refine(self, segmentationNode, segmentId) -> bool:
+        return bridge.undo_refinement(segmentationNode, bridge.find_segment(segmentationNode, segmentId))
+
+
+#
+# Test (runs inside Slicer: Reload and Test in developer mode, or ctest in an extension build)
+#
+
+class SCORERefineTest(ScriptedLoadableModuleTest):
+    """The whole workflow on a synthetic CT (no download) with a tiny CPU training."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_bad_input()
+        self.setUp()
+        self.test_full_workflow()
+
+    def _synthetic_case(self):
+        import numpy as np
+        from SCORERefineLib.imageio import Geometry, Volume
+
+        geometry = Geometry(size=(48, 44, 24), spacing=(0.9, 0.9, 2.0), origin=(-20.0, 15.0, -60.0))
+        zz, yy, xx = np.indices(geometry.shape, dtype=float)
+        shaft = ((yy - 22) / 7.0) ** 2 + ((xx - 24) / 6.0) ** 2 <= 1.0
+        ct = np.where(shaft, 900.0, -50.0).astype(np.float32)
+        initial = np.roll(shaft, 1, axis=2).astype(np.uint8)  # a shifted (imperfect) initial mask
+        volumeNode = bridge.volume_to_node(slicer.mrmlScene, Volume(ct, geometry), "SyntheticCT")
+        segmentation = bridge.new_segmentation_node(slicer.mrmlScene, "Initial", volumeNode)
+        segmentId = bridge.add_mask_segment(segmentation, Volume(initial, geometry), "humerus_left")
+        return volumeNode, segmentation, segmentId, initial
+
+    def test_bad_input(self):
+        self.delayDisplay("Bad input gives clear errors")
+        logic = SCORERefineLogic()
+        empty = bridge.new_segmentation_node(slicer.mrmlScene, "Empty")
+        for call, expected in ((lambda: logic.split(None, empty, "x", "patches", 4, 3.0), "no volume selected"),):
+            try:
+                call()
+            except SCORERefineError as exc:
+                self.assertIn(expected, str(exc))
+            else:
+                self.fail("bad input was accepted")
+        volumeNode, _segmentation, _segmentId, _initial = self._synthetic_case()
+        with self.assertRaises(SCORERefineError):
+            logic.split(volumeNode, empty, "humerus_left", "patches", 4, 3.0)
+        self.delayDisplay("Bad input test passed")
+
+    def test_full_workflow(self):
+        import numpy as np
+
+        self.delayDisplay("Full SCORERefine workflow")
+        logic = SCORERefineLogic()
+        volumeNode, segmentation, segmentId, initial = self._synthetic_case()
+
+        # 2 regions
+        result = logic.split(volumeNode, segmentation, segmentId, "slabs", 4, 3.0, caseId="case_000",
+                             rater="tester")
+        self.assertEqual(result.n_regions, len(logic.session.labels))
+        # 3 rate with the keys: under-segmented everywhere but the last region
+        session = logic.session
+        for _label in session.labels[:-1]:
+            session.handle_key("3")
+            session.handle_key("U")
+            session.handle_key("N")
+        session.handle_key("5")
+        self.assertTrue(session.all_rated)
+        # the module reloaded in the middle: ratings come back from the scene
+        reloaded = SCORERefineLogic()
+        self.assertTrue(reloaded.restore_session(volumeNode))
+        self.assertEqual(reloaded.session.feedback.to_dict(), session.feedback.to_dict())
+
+        # 4 dataset
+        dataset = Path(tempfile.mkdtemp(prefix="SCORERefineTest-"))
+        case = logic.save_case(dataset, "case_000", volumeNode, segmentation, segmentId)
+        self.assertTrue(case.feedback_path.exists() and case.regions_path.exists())
+
+        # 5 train (background process, tiny network, CPU), Slicer stays responsive
+        job = logic.start_training(dataset, dataset / "model.pt", "score", 3, "cpu",
+                                   extra=["--network", "tiny", "--patch", "16", "16", "16", "--batch", "1"])
+        import time
+        deadline = time.monotonic() + 300
+        while job.running and time.monotonic() < deadline:
+            slicer.app.processEvents()
+            logic.poll_training()
+            time.sleep(0.1)
+        self.assertEqual(job.state, "finished", job.error_message)
+        self.assertTrue((dataset / "model.pt").exists())
+
+        # 6 apply in place, then undo restores the initial segment exactly
+        res = logic.refine(volumeNode, segmentation, segmentId, dataset / "model.pt", "cpu")
+        self.assertGreaterEqual(res.volume_after_ml, 0.0)
+        self.assertTrue(logic.undo_refine(segmentation, segmentId))
+        image = bridge.volume_from_node(volumeNode)
+        restored = bridge.segment_mask(segmentation, segmentId, image.geometry).mask.array
+        self.assertTrue(np.array_equal(restored, initial))
+        self.delayDisplay("Full workflow test passed")
