@@ -20,7 +20,8 @@ from .feedback import save_feedback
 from .imageio import write_volume
 from .metrics import case_metrics
 from .phantoms import make_cohort
-from .progress import CancelToken, Progress
+from .predictions import Predictor, iter_predict_dataset
+from .progress import CancelToken
 from .rater import simulate_feedback
 from .regions import RegionParams, make_regions
 
@@ -125,29 +126,22 @@ class EvalResult:
     seconds_per_case: list
 
 
-def evaluate_masks(test: Path, name: str, predict, progress: str = "none",
+def evaluate_masks(test: Path, name: str, predict: Predictor, progress: str = "none",
                    cancel: Optional[CancelToken] = None) -> EvalResult:
     """Apply ``predict(image, initial) -> mask array`` to every test case; score against reference.
 
-    Predictions are written to ``cases/<id>/predictions/<name>.nii.gz``.
+    Predictions (and their sidecars) are written to ``cases/<id>/predictions/<name>.*``.
     """
     rows, times = [], []
-    cases = list_cases(test)
-    with Progress(f"evaluate {name}", len(cases), mode=progress) as bar:
-        for case in cases:
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            image = case.load_image()
-            initial = case.load_initial(like=image)
-            reference = case.load_reference(like=image)
-            t0 = time.perf_counter()
-            pred = predict(image, initial)
-            times.append(time.perf_counter() - t0)
-            write_volume(initial.with_array(pred.astype(np.uint8)), case.prediction_path(name))
-            row = {"case": case.case_id}
-            row.update(case_metrics(pred, reference.array, image.geometry.spacing_zyx))
-            rows.append(row)
-            bar.update()
+    for case, path, info in iter_predict_dataset(test, name, predict, {"method": name},
+                                                 progress=progress, cancel=cancel):
+        image = case.load_image()
+        pred = case.load_prediction(name, like=image).array
+        row = {"case": case.case_id}
+        row.update(case_metrics(pred, case.load_reference(like=image).array,
+                                image.geometry.spacing_zyx))
+        rows.append(row)
+        times.append(info["seconds"])
     return EvalResult(name, rows, times)
 
 

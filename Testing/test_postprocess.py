@@ -9,9 +9,9 @@ import pytest
 
 from SCORERefineLib.case import write_case
 from SCORERefineLib.imageio import Geometry, Volume, read_mask
-from SCORERefineLib.refiner.postprocess import (ball_structure, change_summary,
-                                                 classical_postprocess, postprocess_dataset,
-                                                 read_prediction_info)
+from SCORERefineLib.predictions import change_summary, read_prediction_info
+from SCORERefineLib.refiner.postprocess import (ball_structure, classical_postprocess,
+                                                 postprocess_dataset)
 from conftest import ellipsoid
 
 ISO = (1.0, 1.0, 1.0)

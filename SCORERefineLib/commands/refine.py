@@ -88,7 +88,7 @@ def _check(args: argparse.Namespace) -> bool:
 
 
 def _report(info: dict, case_id: str, mode: str) -> None:
-    from ..refiner.postprocess import format_summary
+    from ..predictions import format_summary
 
     if mode == "json":
         record = {"stage": "refine", "event": "case", "case": case_id}

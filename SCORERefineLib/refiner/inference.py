@@ -28,7 +28,7 @@ from ..errors import CheckpointError, InputError, SCORERefineError
 from ..imageio import Geometry, Volume, check_same_grid, read_image, read_mask, write_volume
 from ..progress import CancelToken, Progress
 from .inputs import make_input
-from .postprocess import change_summary, select_cases, write_prediction_info
+from ..predictions import change_summary, iter_predict_dataset
 
 __all__ = ["resolve_device", "load_model", "roi_slices", "context_slices", "crop_geometry", "count_windows",
            "context_mm",
@@ -323,28 +323,13 @@ def iter_refine_dataset(dataset: str | os.PathLike, model: torch.nn.Module, meta
     ``seconds`` is the inference time (no file IO) the benchmark reports.
     """
     dev = resolve_device(device)
-    cases = select_cases(dataset, case_ids)
-    with Progress(f"refine ({name})", len(cases), progress) as bar:
-        for case in cases:
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            t0 = time.perf_counter()
-            image = case.load_image()
-            initial = case.load_initial(like=image)
-            t1 = time.perf_counter()
-            refined = refine_volume(model, metadata, image, initial, dev, margin_mm, threshold,
-                                    overlap, sw_batch_size, cancel=cancel)
-            seconds = time.perf_counter() - t1
-            path = write_volume(refined, case.prediction_path(name), dtype=np.uint8)
-            info = {"case_id": case.case_id, "name": name, "method": "refiner",
-                    "model": model_label, "device": str(dev), "seconds": seconds,
-                    "seconds_total": time.perf_counter() - t0, "margin_mm": margin_mm,
-                    "threshold": threshold, "overlap": overlap,
-                    **change_summary(initial.array, refined.array,
-                                     image.geometry.voxel_volume_mm3)}
-            write_prediction_info(case, name, info)
-            bar.update(case=case.case_id, seconds=round(seconds, 3))
-            yield case, path, info
+
+    def predict(image, initial):
+        return refine_volume(model, metadata, image, initial, dev, margin_mm, threshold, overlap,
+                             sw_batch_size, cancel=cancel).array
+    settings = {"method": "refiner", "model": model_label, "device": str(dev),
+                "margin_mm": margin_mm, "threshold": threshold, "overlap": overlap}
+    return iter_predict_dataset(dataset, name, predict, settings, case_ids, progress, cancel)
 
 
 def refine_dataset(dataset: str | os.PathLike, model_path: str | os.PathLike,

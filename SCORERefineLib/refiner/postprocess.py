@@ -4,14 +4,11 @@ Morphological closing with a ball of radius ``closing_mm`` (an ellipsoid in voxe
 grids), hole filling (3D, then per axial slice) and removal of small spurious components. Only
 scipy; no torch import, so this module stays cheap to load.
 
-Also holds the helpers every prediction writer shares: :func:`change_summary` (voxels
-added/removed, volume before/after) and the per-prediction sidecar ``predictions/<name>.json``
-(timing and change summary) that the benchmark reads.
+Predictions are written through :func:`SCORERefineLib.predictions.iter_predict_dataset`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -20,15 +17,14 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ..case import Case, get_case, list_cases
+from ..case import Case
 from ..errors import InputError
 from ..imageio import read_image, read_mask, write_volume
-from ..atomicio import atomic_write_text
-from ..progress import CancelToken, Progress
+from ..predictions import change_summary, iter_predict_dataset
+from ..progress import CancelToken
 
-__all__ = ["ball_structure", "classical_postprocess", "change_summary", "info_path",
-           "write_prediction_info", "read_prediction_info", "select_cases", "postprocess_dataset",
-           "iter_postprocess_dataset", "postprocess_file", "format_summary"]
+__all__ = ["ball_structure", "classical_postprocess", "postprocess_dataset",
+           "iter_postprocess_dataset", "postprocess_file"]
 
 
 def ball_structure(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
@@ -119,55 +115,16 @@ def classical_postprocess(mask: np.ndarray, spacing_zyx: Sequence[float], closin
     return out
 
 
-def change_summary(before: np.ndarray, after: np.ndarray, voxel_volume_mm3: float) -> dict:
-    """Voxels added/removed and volume before/after (mL) between two binary masks of one grid."""
-    b, a = np.asarray(before) != 0, np.asarray(after) != 0
-    if b.shape != a.shape:
-        raise InputError(f"masks of different shapes {b.shape} and {a.shape}")
-    nb, na = int(b.sum()), int(a.sum())
-    return {"voxels_added": int(np.count_nonzero(a & ~b)),
-            "voxels_removed": int(np.count_nonzero(b & ~a)),
-            "voxels_before": nb, "voxels_after": na,
-            "volume_before_ml": nb * voxel_volume_mm3 / 1000.0,
-            "volume_after_ml": na * voxel_volume_mm3 / 1000.0}
 
 
-def format_summary(case_id: str, info: dict) -> str:
-    """One human line: ``case: +added -removed voxels, before mL -> after mL (seconds s)``."""
-    text = (f"{case_id}: +{info['voxels_added']} / -{info['voxels_removed']} voxels, "
-            f"{info['volume_before_ml']:.2f} mL -> {info['volume_after_ml']:.2f} mL")
-    if "seconds" in info:
-        text += f" ({info['seconds']:.2f} s)"
-    return text
 
 
-def info_path(case: Case, name: str) -> Path:
-    """The sidecar of a prediction: ``<case>/predictions/<name>.json``."""
-    return case.prediction_path(name).with_name(f"{name}.json")
 
 
-def write_prediction_info(case: Case, name: str, info: dict) -> Path:
-    """Write the sidecar JSON atomically (timing in ``seconds``, change summary, settings)."""
-    return atomic_write_text(info_path(case, name),
-                             json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def read_prediction_info(case: Case, name: str) -> Optional[dict]:
-    """The sidecar of prediction ``name`` of ``case`` (``seconds``, voxel counts...), or None."""
-    path = info_path(case, name)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
-def select_cases(dataset: str | os.PathLike, case_ids: Optional[Sequence[str]] = None) -> list[Case]:
-    """Every case of ``dataset`` (sorted), or the given ``case_ids`` in their order."""
-    if case_ids:
-        return [get_case(dataset, cid) for cid in case_ids]
-    return list_cases(dataset)
 
 
 def postprocess_file(mask_path: str | os.PathLike, out_path: str | os.PathLike,
@@ -199,24 +156,12 @@ def iter_postprocess_dataset(dataset: str | os.PathLike, name: str = "classical"
 
     Writes ``predictions/<name>.nii.gz`` and the sidecar ``predictions/<name>.json``.
     """
-    cases = select_cases(dataset, case_ids)
-    with Progress(f"classical ({name})", len(cases), progress) as bar:
-        for case in cases:
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            t0 = time.perf_counter()
-            initial = case.load_initial()
-            out = classical_postprocess(initial.array, initial.geometry.spacing_zyx, closing_mm,
-                                        keep_largest=keep_largest, fill_holes=fill_holes)
-            seconds = time.perf_counter() - t0
-            path = write_volume(initial.with_array(out), case.prediction_path(name), dtype=np.uint8)
-            info = {"case_id": case.case_id, "name": name, "method": "classical",
-                    "seconds": seconds, "closing_mm": closing_mm, "keep_largest": keep_largest,
-                    "fill_holes": fill_holes,
-                    **change_summary(initial.array, out, initial.geometry.voxel_volume_mm3)}
-            write_prediction_info(case, name, info)
-            bar.update(case=case.case_id, seconds=round(seconds, 3))
-            yield case, path, info
+    def predict(image, initial):
+        return classical_postprocess(initial.array, initial.geometry.spacing_zyx, closing_mm,
+                                     keep_largest=keep_largest, fill_holes=fill_holes)
+    settings = {"method": "classical", "closing_mm": closing_mm, "keep_largest": keep_largest,
+                "fill_holes": fill_holes}
+    return iter_predict_dataset(dataset, name, predict, settings, case_ids, progress, cancel)
 
 
 def postprocess_dataset(dataset: str | os.PathLike, name: str = "classical",
