@@ -1,0 +1,76 @@
+"""``scorerefine train``: train the refiner from ratings (``--mode score``) or references (``full``).
+
+Ctrl-C / SIGTERM saves a checkpoint and exits (status 130); ``--resume`` continues from it.
+Several GPUs: ``torchrun --nproc-per-node N -m SCORERefineLib.cli train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "train the refiner from regional ratings (score) or dense references (full)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..refiner.modes import MODES
+    from ..refiner.network import PRESETS
+
+    p.add_argument("dataset", help="dataset folder (cases/<id>/image.nii.gz, initial, regions, feedback.json)")
+    p.add_argument("--out", required=True, help="checkpoint file to write (e.g. model.pt)")
+    p.add_argument("--mode", choices=sorted(MODES), default="score",
+                   help="score: from feedback.json only; full: from reference.nii.gz (upper bound)")
+    p.add_argument("--steps", type=int, default=900, help="optimisation steps (default 900)")
+    p.add_argument("--patch", type=int, nargs=3, default=[48, 48, 48], metavar=("Z", "Y", "X"),
+                   help="patch size in voxels (multiples of 4 tiny / 8 small / 16 large)")
+    p.add_argument("--batch", type=int, default=2, help="patches per step (default 2)")
+    p.add_argument("--lr", type=float, default=4e-3, help="Adam learning rate, default 4e-3 (cosine decay to lr/10)")
+    p.add_argument("--network", choices=sorted(PRESETS), default="small",
+                   help="network size: tiny (tests), small (CPU), large (GPU)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                   help="bar on a terminal, json: one JSON object per line on stdout")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --out's checkpoint (its step and optimizer state)")
+    p.add_argument("--no-edge", action="store_true", help="ablation: no edge-prior input channel")
+    p.add_argument("--no-direction", action="store_true", help="ablation: ignore the error type (over/under) everywhere")
+    p.add_argument("--no-amount", action="store_true", help="ablation: ignore how much the score says (pseudo/amount off, direction only)")
+    p.add_argument("--loss-weights", default="",
+                   help="SCORE loss weights, e.g. 'pseudo=1,pin=1,anchor=0.5,edge=0.05,pseudo_fraction=0.6' "
+                        "(see docs/score-loss.md)")
+    p.add_argument("--checkpoint-every", type=int, default=50,
+                   help="write a checkpoint every K steps (0: only at the end/cancel)")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--no-augment", action="store_true", help="no flips/rotations/intensity jitter")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def config_from_args(args):
+    from ..errors import InputError
+    from ..refiner.losses import ScoreLossWeights
+    from ..refiner.trainer import TrainConfig
+
+    try:
+        weights = ScoreLossWeights.parse(args.loss_weights or "")
+    except ValueError as exc:
+        raise InputError(f"--loss-weights: {exc}") from exc
+    return TrainConfig.with_ablations(
+        no_edge=args.no_edge, no_direction=args.no_direction, no_amount=args.no_amount,
+        mode=args.mode, steps=args.steps, patch_size=tuple(args.patch), batch_size=args.batch,
+        lr=args.lr, network=args.network, device=args.device, seed=args.seed, weights=weights,
+        checkpoint_every=args.checkpoint_every, resume=args.resume, amp=not args.no_amp,
+        augment=not args.no_augment, num_threads=args.threads)
+
+
+def run(args) -> int:
+    from ..progress import CancelToken
+    from ..refiner.trainer import train
+
+    config = config_from_args(args)
+    cancel = CancelToken()
+    cancel.install_signal_handlers()
+    out = train(args.dataset, args.out, config, progress=args.progress, cancel=cancel)
+    if args.progress != "json":
+        print(f"checkpoint written: {out}", file=sys.stderr)
+    return 0

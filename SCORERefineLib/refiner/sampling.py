@@ -1,0 +1,122 @@
+"""Patch sampling and augmentation for training.
+
+Patch centres are drawn from :meth:`TrainingMode.sampling_weights` (ScoreMode: a voxel of a rated
+region, region weight ``(6 - s)^2`` so low scores are drawn more, plus a share anywhere on the
+boundary band), jittered by up to a quarter patch, and cropped with zero padding where the patch
+leaves the volume (``valid`` marks real voxels). Each rank of a distributed run draws from its
+own random stream (``seed + rank``), so ranks see different patches.
+
+Augmentation (MONAI dictionary transforms): random flips on each axis and in-plane (y, x) 90 degree
+rotations, applied jointly to every image channel and target map (exact permutations: labels stay
+labels); Gaussian noise and intensity scaling on the CT channel only.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .modes import CaseTargets, TrainingMode
+
+
+def build_augmentation(spatial_keys: Sequence[str], ct_key: Optional[str], seed: int):
+    from monai.transforms import (Compose, RandFlipd, RandGaussianNoised, RandRotate90d,
+                                  RandScaleIntensityd)
+
+    keys = list(spatial_keys)
+    tr = [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(3)]
+    tr.append(RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(1, 2)))
+    if ct_key is not None:
+        tr.append(RandGaussianNoised([ct_key], prob=0.3, mean=0.0, std=0.02))
+        tr.append(RandScaleIntensityd([ct_key], factors=0.1, prob=0.3))
+    comp = Compose(tr)
+    comp.set_random_state(seed=int(seed) % (2 ** 32))
+    return comp
+
+
+def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill=0) -> np.ndarray:
+    """Crop ``array[..., z, y, x]`` at ``start`` (may be negative/out of range) with padding."""
+    lead = array.shape[:-3]
+    out = np.full(lead + tuple(size), fill, dtype=array.dtype)
+    src, dst = [], []
+    for s, n, dim in zip(start, size, array.shape[-3:]):
+        a, b = max(s, 0), min(s + n, dim)
+        if b <= a:
+            return out
+        src.append(slice(a, b))
+        dst.append(slice(a - s, b - s))
+    out[(Ellipsis, *dst)] = array[(Ellipsis, *src)]
+    return out
+
+
+class PatchSampler:
+    """Draws augmented training batches from prepared cases."""
+
+    def __init__(self, targets: list[CaseTargets], mode: TrainingMode, patch_size: Sequence[int],
+                 seed: int = 0, augment: bool = True):
+        self.targets, self.mode = targets, mode
+        self.patch = tuple(int(p) for p in patch_size)
+        self.rng = np.random.default_rng(seed)
+        self.cands, self.case_w = [], []
+        for t in targets:
+            idx, w = mode.sampling_weights(t)
+            total = float(np.sum(w))
+            self.cands.append((idx, w / total if total > 0 else w))
+            self.case_w.append(total if len(idx) else 0.0)
+        cw = np.asarray(self.case_w, float)
+        if cw.sum() <= 0:
+            raise ValueError("no patch centre candidates in any case")
+        self.case_p = cw / cw.sum()
+        self.channel_names = list(mode.config.channels)
+        self.map_keys = sorted({k for t in targets for k in t.maps})
+        self.label_keys = [k for k in self.map_keys if k in mode.label_maps]
+        self.table_keys = sorted({k for t in targets for k in t.tables})
+        spatial = [f"ch_{c}" for c in self.channel_names] + ["initial", "valid"] + self.map_keys
+        ct_key = "ch_ct" if "ct" in self.channel_names else None
+        self.augment = build_augmentation(spatial, ct_key, seed) if augment else None
+
+    def _one(self) -> dict:
+        ci = int(self.rng.choice(len(self.targets), p=self.case_p))
+        t = self.targets[ci]
+        idx, w = self.cands[ci]
+        flat = int(idx[self.rng.choice(len(idx), p=w)])
+        centre = np.array(np.unravel_index(flat, t.initial.shape))
+        jitter = np.array([self.rng.integers(-(p // 4), p // 4 + 1) for p in self.patch])
+        start = centre + jitter - np.array(self.patch) // 2
+        item = {}
+        for i, name in enumerate(self.channel_names):
+            item[f"ch_{name}"] = crop(t.image[i:i + 1], start, self.patch)
+        item["initial"] = crop(t.initial[None].astype(np.float32), start, self.patch)
+        item["valid"] = crop(np.ones((1,) + t.initial.shape, np.float32), start, self.patch)
+        for k in self.map_keys:
+            arr = t.maps.get(k)
+            if arr is None:
+                arr = np.zeros(t.initial.shape, np.float32)
+            item[k] = crop(arr[None], start, self.patch)
+        if self.augment is not None:
+            item = self.augment(item)
+        out = {k: torch.as_tensor(np.ascontiguousarray(np.asarray(v))) for k, v in item.items()}
+        out["_case"] = ci
+        return out
+
+    def sample(self, batch_size: int) -> dict:
+        """A batch: ``image`` (B,C,...) float32, ``initial``/``valid`` (B,1,...), maps (B,1,...),
+        per-region tables padded to (B, K+1)."""
+        items = [self._one() for _ in range(int(batch_size))]
+        batch = {"image": torch.stack([torch.cat([it[f"ch_{c}"] for c in self.channel_names], 0)
+                                       for it in items]).float()}
+        batch["initial"] = torch.stack([it["initial"] for it in items]).float()
+        batch["valid"] = torch.stack([it["valid"] for it in items]).float()
+        for k in self.map_keys:
+            v = torch.stack([it[k] for it in items])
+            batch[k] = v.long() if k in self.label_keys and k != "reference" else v.float()
+        for k in self.table_keys:
+            tabs = [self.targets[it["_case"]].tables[k] for it in items]
+            n = max(len(a) for a in tabs)
+            pad = np.zeros((len(tabs), n), dtype=tabs[0].dtype)
+            for i, a in enumerate(tabs):
+                pad[i, :len(a)] = a
+            batch[k] = torch.as_tensor(pad)
+        return batch
