@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
 from .. import __version__
+from ..atomicio import atomic_path
 from ..errors import CheckpointError
 
 FORMAT = "scorerefine-checkpoint"
@@ -63,15 +62,8 @@ def save_checkpoint(path, model: torch.nn.Module, metadata: dict,
                "state_dict": state,
                "optimizer": optimizer.state_dict() if optimizer is not None else None,
                "extra": extra or {}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix="") as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
