@@ -6,7 +6,6 @@ evaluated on the held-out split, and that the report states the command, machine
 
 import json
 
-import numpy as np
 import pytest
 
 from SCORERefineLib.benchmark import (ROW_LABELS, evaluate_targets, render_markdown, run_benchmark,

@@ -1,7 +1,6 @@
 """Image IO: geometry carried through reads and writes; bad input gives clear errors."""
 
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -19,7 +19,7 @@ Ablations (benchmark): ``ModeConfig.weights.direction = 0`` (no direction term),
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch

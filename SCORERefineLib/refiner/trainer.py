@@ -20,12 +20,10 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-import numpy as np
 import torch
 
-from .. import __version__
 from ..case import list_cases
 from ..errors import Cancelled, CheckpointError, InputError, TrainingError
 from ..progress import CancelToken, Progress
