@@ -247,8 +247,23 @@ def render_markdown(report: dict, command: str) -> str:
         lines.append(f"| {t['target']} | {val} | {'yes' if t['met'] else '**no (missed)**'} |")
     if not report["targets"]:
         lines.append("| (no SCORE row was run) | | |")
-    lines.append("")
+    lines += ["", "## Notes", "",
+              "- Ablations (flags of `scorerefine train`): `--no-direction` drops every use of the "
+              "over/under label; `--no-amount` drops every use of the score's size (the pseudo-label, "
+              "amount and volume terms; regions rated 5 still pin the mask); `--no-edge` removes the "
+              "edge-prior input channel. See docs/score-loss.md.",
+              f"- GPU figures: {gpu_note(m)}",
+              "- Rerun: the command above (as `.venv/bin/scorerefine ...`) from the repository root after `make test` or `make demo` "
+              "(`make benchmark` runs the full preset). Single seed; differences below about 0.005 "
+              "Dice are within run-to-run noise.", ""]
     return "\n".join(lines)
+
+
+def gpu_note(machine: dict) -> str:
+    if machine.get("device", "cpu").startswith("cuda"):
+        return f"this run used {machine['device']}."
+    return ("none in this report: it ran on the CPU (no GPU was available to this run). On a GPU "
+            "machine rerun the command with `--device cuda` and keep both reports.")
 
 
 def write_report(report: dict, out_md: Path, command: str) -> tuple[Path, Path]:
