@@ -63,7 +63,9 @@ class Progress:
         self._bar = None
         if mode == "bar":
             from tqdm import tqdm
-            self._bar = tqdm(total=self.total, desc=stage, file=self.stream, dynamic_ncols=True)
+            # redraw at most once a second (a log file would otherwise get a line per step)
+            self._bar = tqdm(total=self.total, desc=stage, file=self.stream, dynamic_ncols=True,
+                             mininterval=1.0)
         elif mode == "json":
             self.emit(event="start")
 

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-test", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="default", help="phantom preset (tiny|default)")
-    p.add_argument("--steps", type=int, default=600, help="SCORE training steps")
+    p.add_argument("--steps", type=int, default=1200, help="SCORE training steps")
     p.add_argument("--network", default="small", help="network preset (tiny|small|large)")
     p.add_argument("--patch", type=int, nargs=3, default=[48, 48, 48])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
