@@ -304,6 +304,18 @@ def pseudo_label_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torc
     return (bce * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def _follow_initial(logits: torch.Tensor, initial: torch.Tensor, selection: torch.Tensor,
+                    margin: Optional[float]) -> torch.Tensor:
+    """Mean over ``selection`` (weights, (B,1,z,y,x)) of how far the logits are from following
+    M0: BCE when ``margin`` is None, else the squared hinge ``relu(margin - (2 M0 - 1) z)^2``
+    (zero once a voxel agrees with M0 by ``margin`` logits)."""
+    if margin is None:
+        per = F.binary_cross_entropy_with_logits(logits, initial, reduction="none")
+    else:
+        per = F.relu(float(margin) - (2.0 * initial - 1.0) * logits) ** 2
+    return (per * selection).sum() / selection.sum().clamp_min(1.0)
+
+
 def anchor_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
                 valid: Optional[torch.Tensor] = None,
                 weight: Optional[torch.Tensor] = None,
@@ -323,11 +335,7 @@ def anchor_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Tens
         mask = mask * valid
     if weight is not None:
         mask = mask * weight
-    if margin is None:
-        per = F.binary_cross_entropy_with_logits(logits, initial, reduction="none")
-    else:
-        per = F.relu(float(margin) - (2.0 * initial - 1.0) * logits) ** 2
-    return (per * mask).sum() / mask.sum().clamp_min(1.0)
+    return _follow_initial(logits, initial, mask, margin)
 
 
 def pin_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
@@ -347,11 +355,7 @@ def pin_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
     sel = torch.gather(r.reshape(-1).to(logits.dtype), 0, _flat_ids(regions, k)).view_as(logits)
     if valid is not None:
         sel = sel * valid
-    if margin is None:
-        per = F.binary_cross_entropy_with_logits(logits, initial, reduction="none")
-    else:
-        per = F.relu(float(margin) - (2.0 * initial - 1.0) * logits) ** 2
-    return (per * sel).sum() / sel.sum().clamp_min(1.0)
+    return _follow_initial(logits, initial, sel, margin)
 
 
 def spatial_gradient_magnitude(prob: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
