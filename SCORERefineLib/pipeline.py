@@ -18,7 +18,7 @@ import numpy as np
 from .case import Case, list_cases
 from .feedback import save_feedback
 from .imageio import write_volume
-from .metrics import case_metrics
+from .metrics import case_metrics, summarise
 from .phantoms import make_cohort
 from .predictions import Predictor, iter_predict_dataset
 from .progress import CancelToken
@@ -132,13 +132,17 @@ def evaluate_masks(test: Path, name: str, predict: Predictor, progress: str = "n
 
     Predictions (and their sidecars) are written to ``cases/<id>/predictions/<name>.*``.
     """
-    rows, times = [], []
-    for case, path, info in iter_predict_dataset(test, name, predict, {"method": name},
+    rows, times, last = [], [], {}
+
+    def keep(image, initial):  # keep what the loop has in memory instead of reading it back
+        last["image"], last["pred"] = image, predict(image, initial)
+        return last["pred"]
+
+    for case, path, info in iter_predict_dataset(test, name, keep, {"method": name},
                                                  progress=progress, cancel=cancel):
-        image = case.load_image()
-        pred = case.load_prediction(name, like=image).array
+        image = last["image"]
         row = {"case": case.case_id}
-        row.update(case_metrics(pred, case.load_reference(like=image).array,
+        row.update(case_metrics(last["pred"], case.load_reference(like=image).array,
                                 image.geometry.spacing_zyx))
         rows.append(row)
         times.append(info["seconds"])
@@ -157,10 +161,9 @@ def classical_predictor(image, initial):
 def model_predictor(model_path: Path, device: str = "auto"):
     """A predictor that refines with a trained checkpoint (the function the Slicer module calls)."""
     from .refiner.checkpoint import load_refiner
-    from .refiner.inference import refine_volume
-    import torch
+    from .refiner.inference import refine_volume, resolve_device
 
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    dev = resolve_device(device)
     model, metadata = load_refiner(model_path, device=dev)
 
     def predict(image, initial):
@@ -174,11 +177,8 @@ def summary_table(results: Sequence[EvalResult], baseline: str = "initial") -> l
     table = []
     for res in results:
         entry = {"method": res.name, "n": len(res.rows)}
-        for metric in ("dice", "hd95", "assd"):
-            vals = np.array([r[metric] for r in res.rows], float)
-            finite = vals[np.isfinite(vals)]
-            entry[f"{metric}_mean"] = float(finite.mean()) if finite.size else float("nan")
-            entry[f"{metric}_std"] = float(finite.std()) if finite.size else float("nan")
+        for metric, stats in summarise(res.rows).items():
+            entry[f"{metric}_mean"], entry[f"{metric}_std"] = stats["mean"], stats["std"]
         deltas = np.array([r["dice"] - base[r["case"]]["dice"] for r in res.rows])
         entry["dice_gain"] = float(deltas.mean())
         entry["improved"] = float((deltas > 1e-4).mean())

@@ -34,7 +34,7 @@ def _print_case_ratings(case) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..case import list_cases
-    from ..metrics import summarise
+    from ..metrics import evaluate_dataset
     from ..overlay import save_overlay
     from ..pipeline import (classical_predictor, evaluate_masks, format_table, initial_predictor,
                             make_split, model_predictor, summary_table, train_model)
@@ -49,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     split = make_split(out, args.n_train, args.n_test, args.seed, args.preset, params)
     train_cases = list_cases(split.train)
     _print_case_ratings(train_cases[0])
-    init_rows = [r for r in evaluate_masks(split.train, "initial", initial_predictor).rows]
-    s = summarise(init_rows)
+    _, s = evaluate_dataset(split.train, "initial")
     print(f"  training cases' initial masks: Dice {s['dice']['mean']:.3f}, "
           f"HD95 {s['hd95']['mean']:.2f} mm (the rater saw these errors; the trainer never sees the "
           f"references)")
