@@ -1,0 +1,63 @@
+"""Names and labels of every extension point, without importing torch.
+
+This is what the command line's choices, the background training job, the Slicer panel's combo
+boxes (filled in ``setup()``) and the benchmark read. The implementations live in registries next
+to the code (``refiner/modes/``, the region splitters); each registers under a name listed here,
+and a test checks that the two agree.
+
+Adding a training mode: one file in ``refiner/modes/`` plus one :class:`Entry` line in
+:data:`TRAINING_MODES`. Adding a region method: one splitter plus one line in
+:data:`REGION_METHODS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered name: ``label`` (what a person sees), ``description`` (one sentence),
+    ``requires`` (case files it reads beyond image/initial, e.g. ``("feedback",)``)."""
+
+    name: str
+    label: str
+    description: str
+    requires: tuple[str, ...] = ()
+
+
+def _index(*entries: Entry) -> dict[str, Entry]:
+    return {e.name: e for e in entries}
+
+
+#: training modes (implementations: ``SCORERefineLib.refiner.modes``)
+TRAINING_MODES: dict[str, Entry] = _index(
+    Entry("score", "SCORE (region ratings)",
+          "learns from the 1-5 region ratings and over/under labels in feedback.json only",
+          ("regions", "feedback")),
+    Entry("full", "Full supervision (dense reference)",
+          "learns from reference.nii.gz: the fully supervised upper bound", ("reference",)),
+)
+
+#: region splitters (implementations: ``SCORERefineLib.regions``)
+REGION_METHODS: dict[str, Entry] = _index(
+    Entry("patches", "Surface patches", "compact patches of the boundary band (k-means in mm)"),
+    Entry("slabs", "Slabs along the long axis", "slabs of the boundary band along each component's "
+          "principal axis"),
+)
+
+#: refiners that ``scorerefine refine --model`` accepts besides a checkpoint path
+BUILTIN_REFINERS: dict[str, Entry] = _index(
+    Entry("classical", "Classical post-processing", "closing, hole filling, largest component"),
+    Entry("identity", "No change", "returns the initial mask (a baseline)"),
+)
+
+
+def names(registry: dict[str, Entry]) -> list[str]:
+    """The registered names in catalog order."""
+    return list(registry)
+
+
+def labels(registry: dict[str, Entry]) -> list[tuple[str, str]]:
+    """``(name, label)`` pairs in catalog order, for combo boxes."""
+    return [(e.name, e.label) for e in registry.values()]
