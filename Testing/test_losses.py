@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from dataclasses import replace
+
 from SCORERefineLib.calibration import score_to_agreement
+from SCORERefineLib.refiner.targets import Batch
 from SCORERefineLib.refiner.losses import (NONE, OVER, UNDER, ScoreLossWeights, amount_loss,
                                            anchor_loss, direction_loss, edge_loss, full_loss,
                                            net_direction_loss, pin_loss, pseudo_label_loss,
@@ -122,7 +125,7 @@ def test_direction_resolves_amount_ambiguity(voxel_form):
     """Amount alone could reach c by adding or removing; 'over' must remove, 'under' must add."""
     m0, reg = toy()
     agreement, rated, error = tables({1: (2, OVER)})
-    batch = {"initial": m0, "regions": reg, "agreement": agreement, "rated": rated, "error": error}
+    batch = Batch(image=m0, initial=m0, regions=reg, agreement=agreement, rated=rated, error=error)
     w = ScoreLossWeights(direction=0.0 if voxel_form else 1.0, direction_voxel=1.0 if voxel_form else 0.0,
                          amount=1.0, anchor=0.0, edge=0.0)
     z0 = start_logits(m0, gain=3.0)
@@ -138,7 +141,7 @@ def test_direction_resolves_amount_ambiguity(voxel_form):
         assert p[outside].mean() <= p0[outside].mean() + 1e-4   # and never grew outside
     # the same with "under": must grow outside M0
     agreement, rated, error = tables({1: (2, UNDER)})
-    batch.update(agreement=agreement, rated=rated, error=error)
+    batch = replace(batch, agreement=agreement, rated=rated, error=error)
     z = optimise(z0, lambda z: score_loss(z, batch, w)[0], steps=80)
     p = torch.sigmoid(z)
     assert p[sel].sum() > p0[sel].sum() + 0.2 * m0[sel].sum()   # net growth
@@ -208,8 +211,8 @@ def test_edge_term_moves_boundary_toward_edge():
 def test_score_loss_terms_and_switches():
     m0, reg = toy()
     agreement, rated, error = tables({1: (3, OVER), 2: (5, NONE)})
-    batch = {"initial": m0, "regions": reg, "agreement": agreement, "rated": rated, "error": error,
-             "edge": torch.rand_like(m0), "valid": torch.ones_like(m0), "depth": _depth(m0)}
+    batch = Batch(image=m0, initial=m0, regions=reg, agreement=agreement, rated=rated, error=error,
+                  edge=torch.rand_like(m0), valid=torch.ones_like(m0), depth=_depth(m0))
     total, terms = score_loss(start_logits(m0, 2.0), batch, ScoreLossWeights())
     assert set(terms) == {"direction", "pseudo", "anchor", "edge", "pin"}
     assert np.isfinite(float(total))
@@ -227,8 +230,8 @@ def test_padding_is_ignored():
     valid = torch.ones_like(m0)
     valid[..., 12:] = 0
     z = start_logits(m0, 1.0).requires_grad_(True)
-    batch = {"initial": m0, "regions": reg, "agreement": agreement, "rated": rated, "error": error,
-             "valid": valid}
+    batch = Batch(image=m0, initial=m0, regions=reg, agreement=agreement, rated=rated, error=error,
+                  valid=valid)
     score_loss(z, batch, ScoreLossWeights(edge=0))[0].backward()
     assert float(z.grad[..., 12:].abs().sum()) == 0.0
 

@@ -20,6 +20,7 @@ from SCORERefineLib.imageio import Geometry, Volume, write_volume
 from SCORERefineLib.progress import CancelToken
 from SCORERefineLib.refiner import modes as modes_mod
 from SCORERefineLib.refiner.checkpoint import load_checkpoint, load_refiner
+from SCORERefineLib.refiner.modes import FullMode, ScoreConfig, ScoreMode, get_mode
 from SCORERefineLib.refiner.trainer import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,11 +80,11 @@ def test_score_training_never_reads_references(tiny, tmp_path, monkeypatch):
 
 
 def test_training_changes_weights_and_ablation_channels(tiny, tmp_path):
-    out = train(tiny, tmp_path / "m.pt", TrainConfig.with_ablations(
-        no_edge=True, no_direction=True, **{k: v for k, v in vars(cfg()).items()}), progress="none")
+    out = train(tiny, tmp_path / "m.pt", cfg(mode_config=ScoreConfig(no_edge=True, no_direction=True)),
+                progress="none")
     model, meta = load_refiner(out)
-    assert meta["channels"] == ["ct", "initial"]
-    assert meta["training"]["weights"]["direction"] == 0.0
+    assert meta["channels"] == ["ct", "initial"] and meta["task"] == "refiner"
+    assert meta["training"]["mode_config"]["no_direction"] is True
     assert float(model.head.weight.detach().abs().sum()) > 0  # the zero-initialised head has learnt
 
 
@@ -223,17 +224,22 @@ def test_cli_sigint_saves_checkpoint_and_resume_finishes(tiny, tmp_path):
 
 
 def test_ablation_switches_map_onto_the_loss():
-    base = TrainConfig()
-    assert base.weights.pseudo > 0 and base.weights.use_error_type > 0
-    nd = TrainConfig.with_ablations(no_direction=True)
-    assert nd.weights.direction == 0 and nd.weights.direction_voxel == 0
-    assert nd.weights.use_error_type == 0 and nd.weights.pseudo > 0
-    na = TrainConfig.with_ablations(no_amount=True)
-    assert na.weights.pseudo == 0 and na.weights.amount == 0 and na.weights.volume == 0
-    assert na.weights.direction > 0
-    ne = TrainConfig.with_ablations(no_edge=True)
-    assert ne.channels == ("ct", "initial")
-    assert TrainConfig().weights is not TrainConfig().weights  # no shared mutable default
+    base = ScoreMode()
+    assert base.weights.pseudo > 0 and base.weights.use_error_type is True
+    nd = ScoreMode(ScoreConfig(no_direction=True)).weights
+    assert nd.direction == 0 and nd.direction_voxel == 0
+    assert nd.use_error_type is False and nd.pseudo > 0
+    na = ScoreMode(ScoreConfig(no_amount=True)).weights
+    assert na.pseudo == 0 and na.amount == 0 and na.volume == 0
+    assert na.direction > 0
+    assert ScoreMode(ScoreConfig(no_edge=True)).channels == ("ct", "initial")
+    cfg_ = ScoreConfig(no_direction=True)
+    ScoreMode(cfg_)
+    assert cfg_.weights.direction > 0            # the switch does not rewrite the stored weights
+    assert ScoreConfig().weights is not ScoreConfig().weights  # no shared mutable default
+    assert ScoreConfig.from_dict(cfg_.to_dict()) == cfg_       # round trip through metadata
+    with pytest.raises(InputError, match="ScoreConfig"):
+        get_mode("score", FullMode.Config())
 
 
 def test_cli_flags_build_the_config():
@@ -242,15 +248,20 @@ def test_cli_flags_build_the_config():
 
     p = argparse.ArgumentParser()
     cmd.add_arguments(p)
-    args = p.parse_args(["ds", "--out", "m.pt", "--mode", "full", "--steps", "7", "--patch", "32", "32",
+    args = p.parse_args(["ds", "--out", "m.pt", "--mode", "score", "--steps", "7", "--patch", "32", "32",
                          "16", "--batch", "3", "--lr", "0.01", "--network", "tiny", "--no-edge",
                          "--no-direction", "--loss-weights", "pin=2,edge=0", "--checkpoint-every",
                          "3", "--seed", "5", "--device", "cpu"])
     c = cmd.config_from_args(args)
     assert (c.mode, c.steps, c.patch_size, c.batch_size, c.lr, c.network, c.seed) == \
-        ("full", 7, (32, 32, 16), 3, 0.01, "tiny", 5)
-    assert c.channels == ("ct", "initial") and c.weights.pin == 2 and c.weights.edge == 0
-    assert c.weights.use_error_type == 0 and c.checkpoint_every == 3
+        ("score", 7, (32, 32, 16), 3, 0.01, "tiny", 5)
+    mode = c.make_mode()
+    assert mode.channels == ("ct", "initial") and mode.weights.pin == 2 and mode.weights.edge == 0
+    assert mode.weights.use_error_type is False and c.checkpoint_every == 3
+    full = cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt", "--mode", "full", "--no-edge"]))
+    assert full.make_mode().channels == ("ct", "initial")
+    with pytest.raises(InputError, match="--no-direction"):
+        cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt", "--mode", "full", "--no-direction"]))
     bad = p.parse_args(["ds", "--out", "m.pt", "--loss-weights", "nonsense=1"])
     with pytest.raises(InputError, match="loss-weights"):
         cmd.config_from_args(bad)

@@ -13,13 +13,13 @@ HELP = "train the refiner from regional ratings (score) or dense references (ful
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..refiner.modes import MODES
+    from ..catalog import TRAINING_MODES, names
     from ..refiner.network import PRESETS
 
     p.add_argument("dataset", help="dataset folder (cases/<id>/image.nii.gz, initial, regions, feedback.json)")
     p.add_argument("--out", required=True, help="checkpoint file to write (e.g. model.pt)")
-    p.add_argument("--mode", choices=sorted(MODES), default="score",
-                   help="score: from feedback.json only; full: from reference.nii.gz (upper bound)")
+    p.add_argument("--mode", choices=names(TRAINING_MODES), default="score",
+                   help="; ".join(f"{e.name}: {e.description}" for e in TRAINING_MODES.values()))
     p.add_argument("--steps", type=int, default=900, help="optimisation steps (default 900)")
     p.add_argument("--patch", type=int, nargs=3, default=[48, 48, 48], metavar=("Z", "Y", "X"),
                    help="patch size in voxels (multiples of 4 tiny / 8 small / 16 large)")
@@ -47,20 +47,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
+    """The :class:`~SCORERefineLib.refiner.trainer.TrainConfig` the parsed flags describe.
+
+    The ablation flags and ``--loss-weights`` are settings of the chosen mode's own config; a
+    flag the mode does not have is an InputError.
+
+    Args:
+        args: the parsed ``scorerefine train`` arguments.
+
+    Returns:
+        The training config.
+    """
+    from dataclasses import fields
+
     from ..errors import InputError
     from ..refiner.losses import ScoreLossWeights
+    from ..refiner.modes import MODES, mode_config
     from ..refiner.trainer import TrainConfig
 
-    try:
-        weights = ScoreLossWeights.parse(args.loss_weights or "")
-    except ValueError as exc:
-        raise InputError(f"--loss-weights: {exc}") from exc
-    return TrainConfig.with_ablations(
-        no_edge=args.no_edge, no_direction=args.no_direction, no_amount=args.no_amount,
-        mode=args.mode, steps=args.steps, patch_size=tuple(args.patch), batch_size=args.batch,
-        lr=args.lr, network=args.network, device=args.device, seed=args.seed, weights=weights,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, amp=not args.no_amp,
-        augment=not args.no_augment, num_threads=args.threads)
+    given = {"no_edge": args.no_edge, "no_direction": args.no_direction, "no_amount": args.no_amount}
+    if args.loss_weights:
+        try:
+            given["weights"] = ScoreLossWeights.parse(args.loss_weights)
+        except ValueError as exc:
+            raise InputError(f"--loss-weights: {exc}") from exc
+    known = {f.name for f in fields(MODES[args.mode].Config)}
+    foreign = [k for k, v in given.items() if v and k not in known]
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-").replace("weights", "loss-weights") for k in foreign)
+        raise InputError(f"{flags} do(es) not apply to --mode {args.mode}.")
+    settings = {k: v for k, v in given.items() if k in known}
+    return TrainConfig(
+        mode=args.mode, mode_config=mode_config(args.mode, **settings), steps=args.steps,
+        patch_size=tuple(args.patch), batch_size=args.batch, lr=args.lr, network=args.network,
+        device=args.device, seed=args.seed, checkpoint_every=args.checkpoint_every,
+        resume=args.resume, amp=not args.no_amp, augment=not args.no_augment,
+        num_threads=args.threads)
 
 
 def run(args) -> int:

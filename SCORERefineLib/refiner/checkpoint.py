@@ -30,6 +30,8 @@ from ..errors import CheckpointError
 
 FORMAT = "scorerefine-checkpoint"
 FORMAT_VERSION = 1
+#: ``metadata["task"]`` of checkpoints written before tasks existed
+DEFAULT_TASK = "refiner"
 
 
 def _check_json(metadata: dict) -> None:
@@ -96,6 +98,7 @@ def load_checkpoint(path, map_location="cpu",
     meta = payload.get("metadata")
     if not isinstance(meta, dict) or not isinstance(payload.get("state_dict"), dict):
         raise CheckpointError(f"checkpoint {path} lacks metadata or weights; it is damaged. Retrain.")
+    meta.setdefault("task", DEFAULT_TASK)
     for key in ("channels", "network", "normalisation"):
         if key not in meta:
             raise CheckpointError(f"checkpoint {path} metadata lacks '{key}'; it is damaged. Retrain.")
@@ -117,6 +120,9 @@ def load_refiner(path, device="cpu", expect_channels: Optional[Sequence[str]] = 
 
     payload = load_checkpoint(path, map_location="cpu", expect_channels=expect_channels)
     meta = payload["metadata"]
+    if meta["task"] != DEFAULT_TASK:
+        raise CheckpointError(f"checkpoint {path} holds a '{meta['task']}' model, not a refiner; "
+                              f"use a checkpoint trained for refinement.")
     try:
         model = build_network(meta["network"])
         model.load_state_dict(payload["state_dict"])

@@ -32,13 +32,13 @@ patch corner has little say. See docs/score-loss.md for choices and experiments.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-NONE, OVER, UNDER = 0, 1, 2
-ERROR_CODES = {"none": NONE, "over": OVER, "under": UNDER}
+from .targets import ERROR_CODES, NONE, OVER, UNDER, Batch, target_volume_ratio  # noqa: F401
+
 _EPS = 1e-6
 
 
@@ -57,7 +57,7 @@ class ScoreLossWeights:
     sharp: float = 0.0            # decisiveness in the band (:func:`sharpness_loss`)
     pseudo: float = 1.0           # ranked per-voxel pseudo-labels (:func:`pseudo_label_loss`)
     pseudo_depth_per_mm: float = 1.0  # ranking prior: logit units per mm of depth
-    use_error_type: float = 1.0   # 0: pseudo-labels ignore over/under (the no-direction ablation)
+    use_error_type: bool = True   # False: pseudo-labels ignore over/under (the no-direction ablation)
     pseudo_flip_weight: float = 3.0   # BCE weight of voxels whose pseudo-label differs from M0
     pseudo_fraction: float = 0.6  # share of the implied number of changed voxels actually labelled
 
@@ -66,16 +66,32 @@ class ScoreLossWeights:
 
     @classmethod
     def parse(cls, text: str) -> "ScoreLossWeights":
-        """``"direction=1,amount=2,edge=0"`` -> weights (unnamed terms keep their default)."""
+        """Weights from text.
+
+        Args:
+            text: ``"direction=1,amount=2,edge=0,use_error_type=false"``; unnamed terms keep
+                their default.
+
+        Returns:
+            The weights.
+
+        Raises:
+            ValueError: a part is not ``name=value``, names no setting, or has a bad value.
+        """
         w = cls()
-        names = {f.name for f in fields(cls)}
+        kinds = {f.name: f.type for f in fields(cls)}
         for part in filter(None, (p.strip() for p in text.split(","))):
             if "=" not in part:
                 raise ValueError(f"loss weight '{part}' must look like name=value")
             k, v = (s.strip() for s in part.split("=", 1))
-            if k not in names:
-                raise ValueError(f"unknown loss term '{k}'; terms: {sorted(names)}")
-            setattr(w, k, float(v))
+            if k not in kinds:
+                raise ValueError(f"unknown loss term '{k}'; terms: {sorted(kinds)}")
+            if kinds[k] in (bool, "bool"):
+                if v.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(f"loss switch '{k}' takes true/false, got '{v}'")
+                setattr(w, k, v.lower() in ("1", "true", "yes", "on"))
+            else:
+                setattr(w, k, float(v))
         return w
 
 
@@ -102,7 +118,7 @@ def _weighted_mean(per_region: torch.Tensor, weight: torch.Tensor) -> torch.Tens
 
 
 def direction_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
-                   error: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   error: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Over: mean P over R\\M0; under: mean (1-P) over R&M0; averaged over regions with a direction.
 
     Shapes: prob/initial/regions/valid (B,1,z,y,x); error (B, K+1). Returns a scalar >= 0.
@@ -127,7 +143,7 @@ def direction_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Ten
 
 
 def net_direction_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
-                       error: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+                       error: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Net-volume direction: over -> ``relu(sum_R P - sum_R M0) / sum_R M0`` (no net growth),
     under -> ``relu(sum_R M0 - sum_R P) / sum_R M0`` (no net shrinkage).
 
@@ -151,7 +167,7 @@ def net_direction_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch
 
 
 def soft_dice_per_region(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
-                         n_table: int, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+                         n_table: int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Soft Dice between P and M0 inside each region: (B, K+1), ``2 sum PM0 / (sum P + sum M0)``."""
     v = torch.ones_like(prob) if valid is None else valid
     inter = region_sums(prob * initial * v, regions, n_table)
@@ -162,7 +178,7 @@ def soft_dice_per_region(prob: torch.Tensor, initial: torch.Tensor, regions: tor
 
 def amount_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
                 agreement: torch.Tensor, rated: torch.Tensor,
-                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+                valid: torch.Tensor | None = None) -> torch.Tensor:
     """``(softDice_R(P, M0) - c(s_R))^2`` averaged (voxel-count weighted) over rated regions.
 
     Shapes: prob/initial/regions/valid (B,1,z,y,x); agreement (B,K+1) float; rated (B,K+1) bool.
@@ -177,17 +193,9 @@ def amount_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor
     return _weighted_mean((dice - agreement) ** 2, weight)
 
 
-def target_volume_ratio(agreement: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
-    """|T & R| / |M0 & R| implied by Dice c and the error type, if the error is of one kind:
-    over (T inside M0): ``c / (2 - c)``; under (T contains M0): ``(2 - c) / c``; none: 1."""
-    c = agreement.clamp(0.05, 1.0)
-    return torch.where(error == OVER, c / (2.0 - c),
-                       torch.where(error == UNDER, (2.0 - c) / c, torch.ones_like(c)))
-
-
 def volume_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
                 agreement: torch.Tensor, rated: torch.Tensor, error: torch.Tensor,
-                valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+                valid: torch.Tensor | None = None) -> torch.Tensor:
     """``(sum_R P / sum_R M0 - rho(c, t))^2``, voxel-count weighted over rated regions.
 
     The amount and the direction in one number: the refined volume in R should be the truth's
@@ -208,7 +216,7 @@ def volume_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor
 
 
 def sharpness_loss(prob: torch.Tensor, regions: torch.Tensor,
-                   valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
     """``mean_{band} 4 P (1 - P)``: P decisive (near 0 or 1) in the regions, so the amount and
     volume terms are met by moving the boundary, not by making P fuzzy."""
     band = (regions > 0).to(prob.dtype)
@@ -219,7 +227,7 @@ def sharpness_loss(prob: torch.Tensor, regions: torch.Tensor,
 
 def pseudo_labels(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
                   agreement: torch.Tensor, rated: torch.Tensor, error: torch.Tensor,
-                  depth: torch.Tensor, valid: Optional[torch.Tensor] = None,
+                  depth: torch.Tensor, valid: torch.Tensor | None = None,
                   depth_per_mm: float = 1.0, use_error_type: bool = True,
                   fraction: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-voxel targets implied by each rated region's score and error type (no gradient).
@@ -287,7 +295,7 @@ def pseudo_labels(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Te
 
 def pseudo_label_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
                       agreement: torch.Tensor, rated: torch.Tensor, error: torch.Tensor,
-                      depth: torch.Tensor, valid: Optional[torch.Tensor] = None,
+                      depth: torch.Tensor, valid: torch.Tensor | None = None,
                       depth_per_mm: float = 1.0, use_error_type: bool = True,
                       flip_weight: float = 1.0, fraction: float = 1.0) -> torch.Tensor:
     """BCE(logits, :func:`pseudo_labels`) over rated region voxels: the amount and the direction
@@ -305,7 +313,7 @@ def pseudo_label_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torc
 
 
 def _follow_initial(logits: torch.Tensor, initial: torch.Tensor, selection: torch.Tensor,
-                    margin: Optional[float]) -> torch.Tensor:
+                    margin: float | None) -> torch.Tensor:
     """Mean over ``selection`` (weights, (B,1,z,y,x)) of how far the logits are from following
     M0: BCE when ``margin`` is None, else the squared hinge ``relu(margin - (2 M0 - 1) z)^2``
     (zero once a voxel agrees with M0 by ``margin`` logits)."""
@@ -317,9 +325,9 @@ def _follow_initial(logits: torch.Tensor, initial: torch.Tensor, selection: torc
 
 
 def anchor_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
-                valid: Optional[torch.Tensor] = None,
-                weight: Optional[torch.Tensor] = None,
-                margin: Optional[float] = None) -> torch.Tensor:
+                valid: torch.Tensor | None = None,
+                weight: torch.Tensor | None = None,
+                margin: float | None = None) -> torch.Tensor:
     """P follows M0 on voxels in no region (``regions == 0``) inside the image.
 
     ``margin=None``: BCE(logits, M0). ``margin=m``: the squared hinge
@@ -339,8 +347,8 @@ def anchor_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Tens
 
 
 def pin_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
-             agreement: torch.Tensor, rated: torch.Tensor, valid: Optional[torch.Tensor] = None,
-             margin: Optional[float] = 2.0, min_agreement: float = 0.999) -> torch.Tensor:
+             agreement: torch.Tensor, rated: torch.Tensor, valid: torch.Tensor | None = None,
+             margin: float | None = 2.0, min_agreement: float = 0.999) -> torch.Tensor:
     """Per-voxel anchor inside rated regions whose c(s) >= ``min_agreement`` (a consensus 5:
     "no visible error"): the same hinge/BCE as :func:`anchor_loss`, averaged over those voxels.
 
@@ -367,7 +375,7 @@ def spatial_gradient_magnitude(prob: torch.Tensor, eps: float = 1e-6) -> torch.T
 
 
 def edge_loss(prob: torch.Tensor, edge: torch.Tensor, regions: torch.Tensor,
-              valid: Optional[torch.Tensor] = None, tau: float = 1.0) -> torch.Tensor:
+              valid: torch.Tensor | None = None, tau: float = 1.0) -> torch.Tensor:
     """Geodesic energy ``mean_{regions} (tau - E) |grad (box3 * P)|``: P's boundary pulled onto high E.
 
     Shapes: prob/edge/regions/valid (B,1,z,y,x). P is first smoothed by a 3x3x3 box filter: on a
@@ -386,52 +394,124 @@ def edge_loss(prob: torch.Tensor, edge: torch.Tensor, regions: torch.Tensor,
     return (g * w * band).sum() / band.sum().clamp_min(1.0)
 
 
-def score_loss(logits: torch.Tensor, batch: dict, weights: ScoreLossWeights
+#: ``term(logits, prob, batch, weights) -> scalar`` (or None when the batch lacks what it needs)
+LossTerm = Callable[[torch.Tensor, torch.Tensor, Batch, "ScoreLossWeights"], "torch.Tensor | None"]
+
+#: the SCORE loss terms by name; each name is also a :class:`ScoreLossWeights` field (its weight).
+#: A term whose weight is 0 is not computed. Add a term: write its function, register it here and
+#: give it a weight field (default 0 keeps it off the main path).
+TERMS: dict[str, LossTerm] = {}
+
+
+def register_term(name: str) -> Callable[[LossTerm], LossTerm]:
+    """Decorator: register a loss term under ``name`` (a :class:`ScoreLossWeights` field)."""
+    def deco(fn: LossTerm) -> LossTerm:
+        TERMS[name] = fn
+        return fn
+    return deco
+
+
+def _margin(weights: ScoreLossWeights) -> float | None:
+    return weights.anchor_margin if weights.anchor_margin > 0 else None
+
+
+# the main path (on by default) ------------------------------------------------------------
+@register_term("direction")
+def _direction_term(logits, prob, b: Batch, w):
+    return net_direction_loss(prob, b.initial, b.regions, b.error, b.valid)
+
+
+@register_term("anchor")
+def _anchor_term(logits, prob, b: Batch, w):
+    return anchor_loss(logits, b.initial, b.regions, b.valid, b.anchor_weight, margin=_margin(w))
+
+
+@register_term("pseudo")
+def _pseudo_term(logits, prob, b: Batch, w):
+    if b.depth is None:
+        return None
+    return pseudo_label_loss(logits, b.initial, b.regions, b.agreement, b.rated, b.error, b.depth,
+                             b.valid, w.pseudo_depth_per_mm, use_error_type=bool(w.use_error_type),
+                             flip_weight=w.pseudo_flip_weight, fraction=w.pseudo_fraction)
+
+
+@register_term("pin")
+def _pin_term(logits, prob, b: Batch, w):
+    return pin_loss(logits, b.initial, b.regions, b.agreement, b.rated, b.valid, margin=_margin(w))
+
+
+@register_term("edge")
+def _edge_term(logits, prob, b: Batch, w):
+    if b.edge is None:
+        return None
+    return edge_loss(prob, b.edge.float(), b.regions, b.valid)
+
+
+# earlier forms and experiments (off by default; see docs/score-loss.md) -------------------
+@register_term("direction_voxel")
+def _direction_voxel_term(logits, prob, b: Batch, w):
+    return direction_loss(prob, b.initial, b.regions, b.error, b.valid)
+
+
+@register_term("amount")
+def _amount_term(logits, prob, b: Batch, w):
+    return amount_loss(prob, b.initial, b.regions, b.agreement, b.rated, b.valid)
+
+
+@register_term("volume")
+def _volume_term(logits, prob, b: Batch, w):
+    return volume_loss(prob, b.initial, b.regions, b.agreement, b.rated, b.error, b.valid)
+
+
+@register_term("sharp")
+def _sharp_term(logits, prob, b: Batch, w):
+    return sharpness_loss(prob, b.regions, b.valid)
+
+
+# evaluation order (kept from the first implementation, so totals sum in the same order)
+_ORDER = ("direction", "direction_voxel", "amount", "anchor", "volume", "pseudo", "sharp", "pin",
+          "edge")
+TERMS.update({name: TERMS.pop(name) for name in _ORDER})
+
+
+def score_loss(logits: torch.Tensor, batch: Batch, weights: ScoreLossWeights
                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum of the SCORE terms. ``batch`` keys: ``initial``, ``regions``, ``agreement``,
-    ``rated``, ``error``, optional ``valid``, ``anchor_weight`` and ``edge`` (needed when
-    ``weights.edge > 0``).
-    Returns ``(total, {term: value})``.
+    """Weighted sum of the registered SCORE terms (:data:`TERMS`) whose weight is non-zero.
+
+    Args:
+        logits: network output (B, 1, z, y, x).
+        batch: a :class:`~.targets.Batch` with ``initial``, ``regions``, the tables
+            (``agreement``, ``rated``, ``error``) and optionally ``valid``, ``anchor_weight``,
+            ``edge`` (edge term) and ``depth`` (pseudo-label term).
+        weights: the term weights.
+
+    Returns:
+        ``(total, {term: value})``.
     """
     logits = logits.float()
     prob = torch.sigmoid(logits)
-    m0, reg = batch["initial"].float(), batch["regions"]
-    valid = batch.get("valid")
-    terms: dict[str, torch.Tensor] = {}
-    if weights.direction:
-        terms["direction"] = net_direction_loss(prob, m0, reg, batch["error"], valid)
-    if weights.direction_voxel:
-        terms["direction_voxel"] = direction_loss(prob, m0, reg, batch["error"], valid)
-    if weights.amount:
-        terms["amount"] = amount_loss(prob, m0, reg, batch["agreement"], batch["rated"], valid)
-    if weights.anchor:
-        terms["anchor"] = anchor_loss(logits, m0, reg, valid, batch.get("anchor_weight"),
-                                      margin=weights.anchor_margin if weights.anchor_margin > 0 else None)
-    if weights.volume:
-        terms["volume"] = volume_loss(prob, m0, reg, batch["agreement"], batch["rated"],
-                                      batch["error"], valid)
-    if weights.pseudo and batch.get("depth") is not None:
-        terms["pseudo"] = pseudo_label_loss(logits, m0, reg, batch["agreement"], batch["rated"],
-                                            batch["error"], batch["depth"], valid,
-                                            weights.pseudo_depth_per_mm,
-                                            use_error_type=weights.use_error_type > 0,
-                                            flip_weight=weights.pseudo_flip_weight,
-                                            fraction=weights.pseudo_fraction)
-    if weights.sharp:
-        terms["sharp"] = sharpness_loss(prob, reg, valid)
-    if weights.pin:
-        terms["pin"] = pin_loss(logits, m0, reg, batch["agreement"], batch["rated"], valid,
-                                margin=weights.anchor_margin if weights.anchor_margin > 0 else None)
-    if weights.edge and batch.get("edge") is not None:
-        terms["edge"] = edge_loss(prob, batch["edge"].float(), reg, valid)
+    b = batch if batch.initial.dtype == torch.float32 else _with_float_initial(batch)
     total = logits.sum() * 0.0
-    for name, value in terms.items():
-        total = total + getattr(weights, name) * value
-    return total, {k: float(v.detach()) for k, v in terms.items()}
+    values: dict[str, float] = {}
+    for name, term in TERMS.items():
+        weight = float(getattr(weights, name))
+        if not weight:
+            continue
+        value = term(logits, prob, b, weights)
+        if value is None:
+            continue
+        total = total + weight * value
+        values[name] = float(value.detach())
+    return total, values
+
+
+def _with_float_initial(batch: Batch) -> Batch:
+    from dataclasses import replace
+    return replace(batch, initial=batch.initial.float())
 
 
 def full_loss(logits: torch.Tensor, reference: torch.Tensor,
-              valid: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, float]]:
+              valid: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Fully supervised DiceCE (MONAI ``DiceCELoss``, sigmoid) against the dense reference."""
     from monai.losses import DiceCELoss
 

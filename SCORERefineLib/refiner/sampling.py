@@ -13,15 +13,16 @@ labels); Gaussian noise and intensity scaling on the CT channel only.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from .modes import CaseTargets, TrainingMode
+from .targets import Batch, RegionTables
 
 
-def build_augmentation(spatial_keys: Sequence[str], ct_key: Optional[str], seed: int):
+def build_augmentation(spatial_keys: Sequence[str], ct_key: str | None, seed: int):
     from monai.transforms import (Compose, RandFlipd, RandGaussianNoised, RandRotate90d,
                                   RandScaleIntensityd)
 
@@ -69,10 +70,10 @@ class PatchSampler:
         if cw.sum() <= 0:
             raise ValueError("no patch centre candidates in any case")
         self.case_p = cw / cw.sum()
-        self.channel_names = list(mode.config.channels)
+        self.channel_names = list(mode.channels)
         self.map_keys = sorted({k for t in targets for k in t.maps})
         self.label_keys = [k for k in self.map_keys if k in mode.label_maps]
-        self.table_keys = sorted({k for t in targets for k in t.tables})
+        self.has_tables = any(t.tables is not None for t in targets)
         spatial = [f"ch_{c}" for c in self.channel_names] + ["initial", "valid"] + self.map_keys
         ct_key = "ch_ct" if "ct" in self.channel_names else None
         self.augment = build_augmentation(spatial, ct_key, seed) if augment else None
@@ -101,22 +102,40 @@ class PatchSampler:
         out["_case"] = ci
         return out
 
-    def sample(self, batch_size: int) -> dict:
-        """A batch: ``image`` (B,C,...) float32, ``initial``/``valid`` (B,1,...), maps (B,1,...),
-        per-region tables padded to (B, K+1)."""
+    def sample(self, batch_size: int) -> Batch:
+        """A batch of ``batch_size`` augmented patches.
+
+        Args:
+            batch_size: patches in the batch.
+
+        Returns:
+            A :class:`~.targets.Batch`: ``image`` (B,C,...) float32, ``initial``/``valid``
+            (B,1,...), maps (B,1,...; label maps long except ``reference``), per-region tables
+            padded to (B, K+1).
+        """
         items = [self._one() for _ in range(int(batch_size))]
-        batch = {"image": torch.stack([torch.cat([it[f"ch_{c}"] for c in self.channel_names], 0)
-                                       for it in items]).float()}
-        batch["initial"] = torch.stack([it["initial"] for it in items]).float()
-        batch["valid"] = torch.stack([it["valid"] for it in items]).float()
+        image = torch.stack([torch.cat([it[f"ch_{c}"] for c in self.channel_names], 0)
+                             for it in items]).float()
+        fields: dict = {"initial": torch.stack([it["initial"] for it in items]).float(),
+                        "valid": torch.stack([it["valid"] for it in items]).float()}
+        extra: dict = {}
         for k in self.map_keys:
             v = torch.stack([it[k] for it in items])
-            batch[k] = v.long() if k in self.label_keys and k != "reference" else v.float()
-        for k in self.table_keys:
-            tabs = [self.targets[it["_case"]].tables[k] for it in items]
-            n = max(len(a) for a in tabs)
-            pad = np.zeros((len(tabs), n), dtype=tabs[0].dtype)
-            for i, a in enumerate(tabs):
-                pad[i, :len(a)] = a
-            batch[k] = torch.as_tensor(pad)
-        return batch
+            v = v.long() if k in self.label_keys and k != "reference" else v.float()
+            (fields if k in Batch.MAP_FIELDS else extra)[k] = v
+        if self.has_tables:
+            tabs = [self.targets[it["_case"]].tables for it in items]
+            for k in RegionTables.LOSS_FIELDS:
+                fields[k] = _pad_tables([getattr(t, k) if t is not None else None for t in tabs])
+        return Batch(image=image, extra=extra, **fields)
+
+
+def _pad_tables(tables: list) -> torch.Tensor:
+    """Stack per-item tables of different lengths into (B, max length), zero padded."""
+    known = [a for a in tables if a is not None]
+    n = max(len(a) for a in known)
+    pad = np.zeros((len(tables), n), dtype=known[0].dtype)
+    for i, a in enumerate(tables):
+        if a is not None:
+            pad[i, :len(a)] = a
+    return torch.as_tensor(pad)

@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable
 
 import torch
 
@@ -28,19 +28,46 @@ from ..case import list_cases
 from ..errors import Cancelled, CheckpointError, InputError, TrainingError
 from ..progress import CancelToken, Progress
 from . import distributed as ddp
-from .checkpoint import load_checkpoint, save_checkpoint
-from .inputs import CHANNELS, NORMALISATION
-from .losses import ScoreLossWeights
-from .modes import CaseTargets, ModeConfig, get_mode
+from .checkpoint import DEFAULT_TASK, load_checkpoint, save_checkpoint
+from .device import resolve_device
+from .inputs import NORMALISATION
+from .modes import MODES, CaseTargets, ModeConfig, TrainingMode, get_mode
 from .network import build_network, network_config
 from .sampling import PatchSampler
 
 
+@dataclass(frozen=True)
+class Task:
+    """What is trained: ``network_config(train_config, channels)`` -> a network config with
+    ``to_dict()`` and ``divisor()``; ``build(network_config)`` -> the ``torch.nn.Module``. The
+    checkpoint's ``metadata["task"]`` names it (checkpoints without one are ``"refiner"``)."""
+
+    name: str
+    network_config: Callable
+    build: Callable
+
+
+def _refiner_network_config(config: "TrainConfig", channels: tuple):
+    return network_config(config.network, in_channels=channels, residual_gain=config.residual_gain)
+
+
+#: trainable tasks by name (a quality predictor would add its own network builder here)
+TASKS: dict[str, Task] = {
+    DEFAULT_TASK: Task(DEFAULT_TASK, _refiner_network_config, build_network),
+}
+
+
 @dataclass
 class TrainConfig:
-    """Every training setting (stored in the checkpoint's metadata["training"])."""
+    """Every training setting (stored in the checkpoint's ``metadata["training"]``).
+
+    ``mode_config``: the training mode's own settings (its ``Config``: input channels, loss
+    weights, ablation switches); None means that mode's defaults.
+    """
 
     mode: str = "score"
+    task: str = DEFAULT_TASK
+    mode_config: ModeConfig | None = None
     steps: int = 900
     patch_size: tuple = (48, 48, 48)
     batch_size: int = 2
@@ -48,57 +75,25 @@ class TrainConfig:
     network: str = "small"
     device: str = "auto"
     seed: int = 0
-    channels: tuple = CHANNELS
-    weights: ScoreLossWeights = field(default_factory=ScoreLossWeights)
     checkpoint_every: int = 50
     resume: bool = False
     amp: bool = True
     augment: bool = True
     residual_gain: float = 2.0
-    boundary_fraction: float = 0.25
-    num_threads: Optional[int] = None
+    num_threads: int | None = None
 
-    @classmethod
-    def with_ablations(cls, no_edge: bool = False, no_direction: bool = False,
-                       no_amount: bool = False, **kw) -> "TrainConfig":
-        """The ablation switches: drop the edge channel / the direction / the amount term."""
-        cfg = cls(**kw)
-        if no_edge:
-            cfg.channels = tuple(c for c in cfg.channels if c != "edge")
-        if no_direction:   # no error type anywhere: direction terms off, pseudo-labels type-blind
-            cfg.weights.direction = 0.0
-            cfg.weights.direction_voxel = 0.0
-            cfg.weights.use_error_type = 0.0
-        if no_amount:      # no score: only the error type (direction) and the 5s (pin) remain
-            cfg.weights.amount = 0.0
-            cfg.weights.volume = 0.0
-            cfg.weights.pseudo = 0.0
-            if not cfg.weights.direction and not cfg.weights.direction_voxel:
-                cfg.weights.direction = 1.0
-                cfg.weights.direction_voxel = 0.25
-        return cfg
+    def make_mode(self) -> TrainingMode:
+        """The training mode with its config (InputError for an unknown mode or a foreign config)."""
+        return get_mode(self.mode, self.mode_config)
 
     def to_dict(self) -> dict:
+        """JSON-ready settings; ``mode_config`` is the mode's effective config."""
         d = asdict(self)
         d["patch_size"] = list(self.patch_size)
-        d["channels"] = list(self.channels)
-        d["weights"] = self.weights.to_dict()
+        cfg = self.mode_config if self.mode_config is not None else (
+            MODES[self.mode].Config() if self.mode in MODES else None)
+        d["mode_config"] = cfg.to_dict() if cfg is not None else None
         return d
-
-
-def resolve_device(name: str, env: ddp.DistEnv) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda was asked for but no CUDA GPU is available to torch; "
-                             "use --device cpu (or auto).")
-        if env.enabled:
-            return torch.device("cuda", env.local_rank)
-        return torch.device(name)
-    if name != "cpu":
-        raise InputError(f"unknown device '{name}'; use auto, cpu or cuda.")
-    return torch.device("cpu")
 
 
 def lr_at(step: int, total: int, lr: float) -> float:
@@ -107,33 +102,41 @@ def lr_at(step: int, total: int, lr: float) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
-def prepare_cases(dataset, mode) -> list[CaseTargets]:
-    """Load and prepare every usable case (kept in memory for the whole run)."""
-    cases = list_cases(dataset)
-    usable = [c for c in cases if mode.usable(c)]
-    targets = [mode.prepare_case(c) for c in usable]
-    if mode.requires == "feedback":
-        targets = [t for t in targets if t.info.get("n_rated_regions", 0) > 0]
+def prepare_cases(dataset, mode: TrainingMode) -> list[CaseTargets]:
+    """Load and prepare every case the mode can use and learn from (kept in memory).
+
+    Args:
+        dataset: dataset folder.
+        mode: the training mode (asked :meth:`~.modes.TrainingMode.usable` and ``keep``).
+
+    Returns:
+        The prepared cases.
+
+    Raises:
+        TrainingError: no case is left (the mode's message says what to do).
+    """
+    usable = [c for c in list_cases(dataset) if mode.usable(c)]
+    targets = [t for t in (mode.prepare_case(c) for c in usable) if mode.keep(t)]
     if not targets:
         raise TrainingError(mode.missing_message(dataset))
     return targets
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 class Trainer:
     """One training run; :meth:`run` returns the checkpoint path. ``model`` is the bare network."""
 
     def __init__(self, dataset, out, config: TrainConfig, progress: str = "bar",
-                 cancel: Optional[CancelToken] = None):
+                 cancel: CancelToken | None = None):
         self.dataset, self.out, self.config = Path(dataset), Path(out), config
         self.progress_mode, self.cancel = progress, cancel or CancelToken()
         self.env = ddp.detect()
-        self.device = resolve_device(config.device, self.env)
-        self.model: Optional[torch.nn.Module] = None
-        self.last_saved_step: Optional[int] = None
+        self.device = resolve_device(config.device, self.env.local_rank if self.env.enabled else None)
+        if config.task not in TASKS:
+            raise InputError(f"unknown training task '{config.task}'; known: {sorted(TASKS)}.")
+        self.task = TASKS[config.task]
+        self.mode = config.make_mode()
+        self.model: torch.nn.Module | None = None
+        self.last_saved_step: int | None = None
 
     # ------------------------------------------------------------------ set-up
     def _check_config(self, net_cfg) -> None:
@@ -155,7 +158,8 @@ class Trainer:
 
     def _metadata(self, net_cfg, targets, total) -> dict:
         return {
-            "channels": list(self.config.channels),
+            "task": self.task.name,
+            "channels": list(self.mode.channels),
             "normalisation": NORMALISATION,
             "patch_size": [int(p) for p in self.config.patch_size],
             "network": net_cfg.to_dict(),
@@ -202,15 +206,14 @@ class Trainer:
     def _run(self, c: TrainConfig, env, device) -> Path:
         from monai.utils import set_determinism
 
-        net_cfg = network_config(c.network, in_channels=c.channels, residual_gain=c.residual_gain)
+        mode = self.mode
+        net_cfg = self.task.network_config(c, mode.channels)
         self._check_config(net_cfg)
-        mode = get_mode(c.mode, ModeConfig(channels=tuple(c.channels), weights=c.weights,
-                                           boundary_fraction=c.boundary_fraction))
         targets = prepare_cases(self.dataset, mode)
         total = int(c.steps)
 
         set_determinism(seed=int(c.seed))
-        model = build_network(net_cfg).to(device)
+        model = self.task.build(net_cfg).to(device)
         self.model = model
         opt = torch.optim.Adam(model.parameters(), lr=c.lr)
         use_amp = bool(c.amp) and device.type == "cuda"
@@ -244,11 +247,11 @@ class Trainer:
                                     f"checkpoint saved to {self.out}, continue with --resume")
                 for g in opt.param_groups:
                     g["lr"] = lr_at(step, total, c.lr)
-                batch = _to_device(sampler.sample(c.batch_size), device)
+                batch = sampler.sample(c.batch_size).to(device)
                 model.train()
                 try:
                     with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                        logits = train_model(batch["image"])
+                        logits = train_model(batch.image)
                     loss, terms = mode.loss(logits.float(), batch)
                     bad, = ddp.any_flag([not bool(torch.isfinite(loss))], env, device)
                     if bad:
@@ -284,8 +287,11 @@ class Trainer:
         if not self.out.exists():
             raise TrainingError(f"--resume: no checkpoint at {self.out} to continue from; train "
                                 f"without --resume first.")
-        payload = load_checkpoint(self.out, map_location="cpu", expect_channels=list(self.config.channels))
+        payload = load_checkpoint(self.out, map_location="cpu", expect_channels=list(self.mode.channels))
         meta = payload["metadata"]
+        if meta["task"] != self.task.name:
+            raise TrainingError(f"--resume: {self.out} holds a '{meta['task']}' model, not a "
+                                f"'{self.task.name}'; use another --out.")
         if meta.get("mode") != self.config.mode:
             raise TrainingError(f"--resume: {self.out} was trained with --mode {meta.get('mode')}, "
                                 f"not {self.config.mode}; use the same mode or another --out.")
@@ -304,6 +310,17 @@ class Trainer:
 
 
 def train(dataset, out, config: TrainConfig, progress: str = "bar",
-          cancel: Optional[CancelToken] = None) -> Path:
-    """Train a refiner on ``dataset`` and write the checkpoint to ``out`` (see module docstring)."""
+          cancel: CancelToken | None = None) -> Path:
+    """Train on ``dataset`` and write the checkpoint (see the module docstring).
+
+    Args:
+        dataset: dataset folder (case folder contract).
+        out: checkpoint file to write.
+        config: every setting (:class:`TrainConfig`).
+        progress: ``bar`` | ``json`` | ``none``.
+        cancel: stops the run at the next step (a checkpoint is saved, then Cancelled raised).
+
+    Returns:
+        ``out``.
+    """
     return Trainer(dataset, out, config, progress=progress, cancel=cancel).run()

@@ -1,0 +1,211 @@
+"""What a rating means for training: the one place that turns feedback into targets.
+
+A clinician's rating of a region (1-5 score, error type ``over``/``under``/``none``; several
+raters are merged by :meth:`~SCORERefineLib.feedback.CaseFeedback.consensus`) becomes, per region:
+
+* ``agreement`` c(s): how much the refined mask should agree (Dice) with the initial mask in the
+  region, linear between the entries of :data:`SCORERefineLib.calibration.AGREEMENT` (an integer
+  score gives exactly ``calibration.score_to_agreement``);
+* ``rated``: whether the region was rated at all;
+* ``error``: :data:`NONE`, :data:`OVER` (the truth lies inside the initial mask there: shrink) or
+  :data:`UNDER` (the truth contains it: grow);
+* ``score``: the consensus score;
+* ``weight``: how often patches are drawn from the region, :func:`sampling_weight` ``(6 - s)^2``.
+
+:func:`region_tables` builds these :class:`RegionTables` (numpy, indexed by region label) and
+:func:`target_volume_ratio` says what volume change a (c, error) pair implies. The training batch
+that carries them to the losses is the typed :class:`Batch` (built by
+:class:`~.sampling.PatchSampler`). This module imports no torch at import time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..calibration import AGREEMENT
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+NONE, OVER, UNDER = 0, 1, 2
+#: error type (feedback.json) -> code in the ``error`` table
+ERROR_CODES = {"none": NONE, "over": OVER, "under": UNDER}
+
+
+def agreement_for(mean_score: float) -> float:
+    """c(s) for a (possibly non-integer consensus) score.
+
+    Args:
+        mean_score: a score in [1, 5] (the mean of several raters' scores may be fractional).
+
+    Returns:
+        The agreement, linear between the calibration table's entries.
+    """
+    s = sorted(AGREEMENT)
+    return float(np.interp(float(mean_score), s, [AGREEMENT[k] for k in s]))
+
+
+def sampling_weight(mean_score: float) -> float:
+    """Patch-sampling weight of a rated region: ``(6 - s)^2`` (a 1 is drawn 25x as often as a 5).
+
+    Args:
+        mean_score: the region's consensus score.
+
+    Returns:
+        The region's total weight (spread over its voxels by the mode).
+    """
+    return float((6.0 - float(mean_score)) ** 2)
+
+
+def error_code(error: str) -> int:
+    """The table code of an error type (``"over"`` -> :data:`OVER`, ...; unknown -> :data:`NONE`)."""
+    return ERROR_CODES.get(str(error), NONE)
+
+
+@dataclass(frozen=True)
+class RegionTables:
+    """Per-region targets of one case; every array has length (max region label + 1), entry 0
+    (no region) is never rated."""
+
+    agreement: np.ndarray   # float32, c(s)
+    rated: np.ndarray       # bool
+    error: np.ndarray       # int64, NONE / OVER / UNDER
+    score: np.ndarray       # float32, consensus score (0 where unrated)
+    weight: np.ndarray      # float64, sampling weight (6 - s)^2 (0 where unrated)
+
+    #: the tables the losses read (``weight`` only steers sampling)
+    LOSS_FIELDS = ("agreement", "rated", "error", "score")
+
+    @property
+    def n_rated(self) -> int:
+        """Number of rated regions."""
+        return int(self.rated.sum())
+
+    def __len__(self) -> int:
+        return len(self.rated)
+
+
+def region_tables(consensus: dict[int, tuple[float, str]], n_labels: int) -> RegionTables:
+    """Tables from a consensus ``{region: (mean score, error type)}``.
+
+    Args:
+        consensus: as :meth:`CaseFeedback.consensus` returns it.
+        n_labels: table length (max region label + 1); labels beyond it are an error.
+
+    Returns:
+        The case's :class:`RegionTables`.
+
+    Raises:
+        ValueError: a rated label is < 1 or >= ``n_labels``.
+    """
+    n = int(n_labels)
+    agreement = np.zeros(n, np.float32)
+    rated = np.zeros(n, bool)
+    error = np.zeros(n, np.int64)
+    score = np.zeros(n, np.float32)
+    weight = np.zeros(n, np.float64)
+    for r, (s, err) in consensus.items():
+        r = int(r)
+        if not 0 < r < n:
+            raise ValueError(f"rated region {r} is outside the table (labels 1..{n - 1})")
+        agreement[r] = agreement_for(s)
+        rated[r] = True
+        error[r] = error_code(err)
+        score[r] = float(s)
+        weight[r] = sampling_weight(s)
+    return RegionTables(agreement, rated, error, score, weight)
+
+
+def feedback_tables(feedback, regions: np.ndarray) -> RegionTables:
+    """Tables of a case from its feedback (a :class:`CaseFeedback`) and its region label map.
+
+    Args:
+        feedback: the case's :class:`~SCORERefineLib.feedback.CaseFeedback`.
+        regions: int region labels (z, y, x), 0 = no region.
+
+    Returns:
+        :class:`RegionTables` of length ``regions.max() + 1``.
+
+    Raises:
+        ValueError: the feedback rates a label that is not in ``regions`` (message lists them).
+    """
+    consensus = feedback.consensus()
+    present = set(int(v) for v in np.unique(regions) if v > 0)
+    missing = sorted(int(r) for r in consensus if int(r) not in present)
+    if missing:
+        raise ValueError(f"feedback.json rates regions {missing[:10]} that are not in "
+                         f"regions.nii.gz (labels {sorted(present)[:10]}...)")
+    return region_tables(consensus, int(regions.max()) + 1 if regions.size else 1)
+
+
+def target_volume_ratio(agreement, error):
+    """|T & R| / |M0 & R| implied by Dice c and the error type, if the error is of one kind.
+
+    over (T inside M0): ``c / (2 - c)``; under (T contains M0): ``(2 - c) / c``; none: 1.
+
+    Args:
+        agreement: c per region, a torch tensor or numpy array.
+        error: error codes of the same shape.
+
+    Returns:
+        The ratio, same type and shape as ``agreement``.
+    """
+    if isinstance(agreement, np.ndarray):
+        c = np.clip(agreement, 0.05, 1.0)
+        return np.where(error == OVER, c / (2.0 - c),
+                        np.where(error == UNDER, (2.0 - c) / c, np.ones_like(c)))
+    import torch
+
+    c = agreement.clamp(0.05, 1.0)
+    return torch.where(error == OVER, c / (2.0 - c),
+                       torch.where(error == UNDER, (2.0 - c) / c, torch.ones_like(c)))
+
+
+@dataclass
+class Batch:
+    """One training batch, as the sampler produces it and the losses consume it.
+
+    Voxel tensors are ``(B, 1, z, y, x)`` (``image``: ``(B, C, z, y, x)``); per-region tables are
+    ``(B, K+1)``, padded with unrated entries. Fields a mode does not use stay ``None``; a new
+    mode's own per-voxel maps go to ``extra`` under their name.
+    """
+
+    image: "torch.Tensor"
+    initial: "torch.Tensor"
+    valid: "torch.Tensor | None" = None
+    regions: "torch.Tensor | None" = None          # long region ids
+    agreement: "torch.Tensor | None" = None        # (B, K+1) float
+    rated: "torch.Tensor | None" = None            # (B, K+1) bool
+    error: "torch.Tensor | None" = None            # (B, K+1) long
+    score: "torch.Tensor | None" = None            # (B, K+1) float
+    edge: "torch.Tensor | None" = None             # edge prior (edge loss)
+    depth: "torch.Tensor | None" = None            # signed depth to the M0 surface, mm (pseudo-labels)
+    anchor_weight: "torch.Tensor | None" = None    # per-voxel anchor weight
+    reference: "torch.Tensor | None" = None        # dense reference (full supervision)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    #: per-voxel map names with a field of their own (other maps go to ``extra``)
+    MAP_FIELDS = ("regions", "edge", "depth", "anchor_weight", "reference")
+
+    def to(self, device) -> "Batch":
+        """A copy with every tensor moved to ``device``.
+
+        Args:
+            device: a torch device (or its name).
+
+        Returns:
+            The moved batch.
+        """
+        def move(v):
+            return v.to(device, non_blocking=True) if hasattr(v, "to") else v
+        moved = {f.name: move(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
+        return replace(self, **moved, extra={k: move(v) for k, v in self.extra.items()})
+
+    def map(self, name: str):
+        """A per-voxel map by name (a field or an ``extra`` entry), or ``None``."""
+        if name in self.MAP_FIELDS:
+            return getattr(self, name)
+        return self.extra.get(name)
