@@ -22,17 +22,18 @@ import platform
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from . import __version__
 from .case import list_cases
+from .catalog import TRAINING_MODES
 from .feedback import load_feedback
-from .pipeline import (EvalResult, TrainResult, classical_predictor, copy_with_noisy_ratings,
-                       evaluate_masks, initial_predictor, make_split, model_predictor,
-                       summary_table, train_model)
+from .pipeline import (EvalResult, TrainResult, copy_with_noisy_ratings, evaluate_masks,
+                       make_split, summary_table, train_model)
 from .progress import CancelToken
+from .refiners import make_refiner
 from .regions import RegionParams
 
 #: stated (not measured) costs used for the feedback-cost column
@@ -74,14 +75,24 @@ PRESETS = {
                         patch=(48, 48, 48)),
 }
 
-#: row name -> (training mode, which training set, extra train flags)
-ROW_TRAINING = {
-    "score": ("score", "clean", []),
-    "score_noisy": ("score", "noisy", []),
-    "full": ("full", "clean", []),
-    "score_no_direction": ("score", "clean", ["--no-direction"]),
-    "score_no_amount": ("score", "clean", ["--no-amount"]),
-    "score_no_edge": ("score", "clean", ["--no-edge"]),
+@dataclass(frozen=True)
+class RowTraining:
+    """How a trained row is trained: its mode (a ``catalog.TRAINING_MODES`` name), which training
+    set (``clean`` or ``noisy`` ratings) and settings of the mode's own config (ablations)."""
+
+    mode: str
+    dataset: str = "clean"
+    mode_settings: tuple[tuple[str, object], ...] = ()
+
+
+#: row name -> how it is trained
+ROW_TRAINING: dict[str, RowTraining] = {
+    "score": RowTraining("score"),
+    "score_noisy": RowTraining("score", "noisy"),
+    "full": RowTraining("full"),
+    "score_no_direction": RowTraining("score", mode_settings=(("no_direction", True),)),
+    "score_no_amount": RowTraining("score", mode_settings=(("no_amount", True),)),
+    "score_no_edge": RowTraining("score", mode_settings=(("no_edge", True),)),
 }
 
 ROW_LABELS = {
@@ -129,10 +140,45 @@ def _count_ratings(dataset: Path) -> int:
     return n
 
 
+def row_config(row: str, cfg: BenchConfig, device: str = "auto"):
+    """The training config of a trained benchmark row.
+
+    Args:
+        row: a :data:`ROW_TRAINING` name.
+        cfg: the preset.
+        device: training device.
+
+    Returns:
+        A :class:`~SCORERefineLib.refiner.trainer.TrainConfig`.
+    """
+    from .refiner.modes import mode_config
+    from .refiner.trainer import TrainConfig
+
+    spec = ROW_TRAINING[row]
+    if spec.mode not in TRAINING_MODES:
+        raise ValueError(f"benchmark row '{row}' uses unknown training mode '{spec.mode}'")
+    return TrainConfig(mode=spec.mode, mode_config=mode_config(spec.mode, **dict(spec.mode_settings)),
+                       steps=cfg.steps, network=cfg.network, patch_size=tuple(cfg.patch),
+                       batch_size=cfg.batch, seed=cfg.seed, device=device)
+
+
 def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: str = "bar",
-                  cancel: Optional[CancelToken] = None, rows: Optional[Sequence[str]] = None,
+                  cancel: CancelToken | None = None, rows: Sequence[str] | None = None,
                   log: Callable[[str], None] = print) -> dict:
-    """Run every row of ``preset``; returns the report as a JSON-serialisable dict."""
+    """Run every row of ``preset``.
+
+    Args:
+        preset: a :data:`PRESETS` name.
+        workdir: where cohorts, models and predictions go.
+        device: training and inference device.
+        progress: ``bar`` | ``json`` | ``none`` (training).
+        cancel: stops the run.
+        rows: trained rows to run (default: the preset's); rows 1-2 always run.
+        log: receives one line per stage.
+
+    Returns:
+        The report as a JSON-serialisable dict.
+    """
     cfg = PRESETS[preset]
     rows = tuple(rows) if rows else cfg.rows
     unknown = set(rows) - set(ROW_TRAINING)
@@ -149,17 +195,16 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         datasets["noisy"] = copy_with_noisy_ratings(split.train, workdir / "train_noisy", params,
                                                     cfg.noise, cfg.seed)
     results: list[EvalResult] = [
-        evaluate_masks(split.test, "initial", initial_predictor, cancel=cancel),
-        evaluate_masks(split.test, "classical", classical_predictor, cancel=cancel),
+        evaluate_masks(split.test, "initial", make_refiner("identity"), cancel=cancel),
+        evaluate_masks(split.test, "classical", make_refiner("classical"), cancel=cancel),
     ]
     trainings: dict[str, TrainResult] = {}
     for row in rows:
-        mode, which, extra = ROW_TRAINING[row]
-        log(f"[benchmark] training '{row}' ({mode} mode, {cfg.steps} steps)")
-        trainings[row] = train_model(datasets[which], workdir / "models" / f"{row}.pt", mode,
-                                     cfg.steps, cfg.network, cfg.patch, batch=cfg.batch,
-                                     seed=cfg.seed, device=device, progress=progress, extra=extra)
-        results.append(evaluate_masks(split.test, row, model_predictor(trainings[row].model, device),
+        spec = ROW_TRAINING[row]
+        log(f"[benchmark] training '{row}' ({spec.mode} mode, {cfg.steps} steps)")
+        trainings[row] = train_model(datasets[spec.dataset], workdir / "models" / f"{row}.pt",
+                                     row_config(row, cfg, device), progress=progress, cancel=cancel)
+        results.append(evaluate_masks(split.test, row, make_refiner(trainings[row].model, device),
                                       cancel=cancel))
     table = summary_table(results)
     n_ratings = _count_ratings(split.train)
@@ -248,7 +293,7 @@ def render_markdown(report: dict, command: str) -> str:
     if not report["targets"]:
         lines.append("| (no SCORE row was run) | | |")
     lines += ["", "## Notes", "",
-              "- Ablations (flags of `scorerefine train`): `--no-direction` drops every use of the "
+              "- Ablations (settings of the score mode's config; flags of `scorerefine train`): `--no-direction` drops every use of the "
               "over/under label; `--no-amount` drops every use of the score's size (the pseudo-label, "
               "amount and volume terms; regions rated 5 still pin the mask); `--no-edge` removes the "
               "edge-prior input channel. See docs/score-loss.md.",

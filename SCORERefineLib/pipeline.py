@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -20,10 +20,14 @@ from .feedback import save_feedback
 from .imageio import write_volume
 from .metrics import case_metrics, summarise
 from .phantoms import make_cohort
-from .predictions import Predictor, iter_predict_dataset
+from .predictions import iter_predict_dataset
 from .progress import CancelToken
 from .rater import simulate_feedback
+from .refiners import Refiner
 from .regions import RegionParams, make_regions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .refiner.trainer import TrainConfig
 
 TEST_SEED_OFFSET = 100_000
 
@@ -94,27 +98,32 @@ def copy_with_noisy_ratings(train: Path, out: Path, params: RegionParams, noise:
 
 @dataclass
 class TrainResult:
+    """A trained checkpoint, the training time and the config it was trained with."""
+
     model: Path
     seconds: float
-    args: list = field(default_factory=list)
+    config: "TrainConfig | None" = None
 
 
-def train_model(dataset: Path, out: Path, mode: str, steps: int, network: str, patch: Sequence[int],
-                batch: int = 2, seed: int = 0, device: str = "auto", progress: str = "bar",
-                extra: Sequence[str] = ()) -> TrainResult:
-    """Run ``scorerefine train`` in this process and time it."""
-    from .cli import main
+def train_model(dataset: Path, out: Path, config: "TrainConfig", progress: str = "bar",
+                cancel: CancelToken | None = None) -> TrainResult:
+    """Train on ``dataset`` with ``config`` in this process and time it.
 
-    argv = ["train", str(dataset), "--out", str(out), "--mode", mode, "--steps", str(steps),
-            "--network", network, "--patch", *[str(p) for p in patch], "--batch", str(batch),
-            "--seed", str(seed), "--device", device, "--progress", progress, *extra]
+    Args:
+        dataset: training dataset.
+        out: checkpoint to write.
+        config: the training settings (:class:`~SCORERefineLib.refiner.trainer.TrainConfig`).
+        progress: ``bar`` | ``json`` | ``none``.
+        cancel: stops training (checkpoint kept, Cancelled raised).
+
+    Returns:
+        The checkpoint path and the seconds training took.
+    """
+    from .refiner.trainer import train
+
     t0 = time.perf_counter()
-    code = main(argv)
-    seconds = time.perf_counter() - t0
-    if code != 0:
-        from .errors import TrainingError
-        raise TrainingError(f"training failed (exit code {code}): scorerefine {' '.join(argv)}")
-    return TrainResult(Path(out), seconds, argv)
+    path = train(dataset, out, config, progress=progress, cancel=cancel)
+    return TrainResult(Path(path), time.perf_counter() - t0, config)
 
 
 @dataclass
@@ -126,49 +135,29 @@ class EvalResult:
     seconds_per_case: list
 
 
-def evaluate_masks(test: Path, name: str, predict: Predictor, progress: str = "none",
-                   cancel: Optional[CancelToken] = None) -> EvalResult:
-    """Apply ``predict(image, initial) -> mask array`` to every test case; score against reference.
+def evaluate_masks(test: Path, name: str, refiner: Refiner, progress: str = "none",
+                   cancel: CancelToken | None = None) -> EvalResult:
+    """Refine every test case with ``refiner`` and score it against the case's reference.
 
-    Predictions (and their sidecars) are written to ``cases/<id>/predictions/<name>.*``.
+    Args:
+        test: dataset with references.
+        name: prediction name (written to ``cases/<id>/predictions/<name>.*``).
+        refiner: any :class:`~SCORERefineLib.refiners.Refiner`.
+        progress: ``bar`` | ``json`` | ``none``.
+        cancel: checked before each case.
+
+    Returns:
+        Per-case metrics and inference seconds.
     """
-    rows, times, last = [], [], {}
-
-    def keep(image, initial):  # keep what the loop has in memory instead of reading it back
-        last["image"], last["pred"] = image, predict(image, initial)
-        return last["pred"]
-
-    for case, path, info in iter_predict_dataset(test, name, keep, {"method": name},
-                                                 progress=progress, cancel=cancel):
-        image = last["image"]
+    rows, times = [], []
+    for case, _path, info, mask in iter_predict_dataset(test, name, refiner, progress=progress,
+                                                        cancel=cancel):
         row = {"case": case.case_id}
-        row.update(case_metrics(last["pred"], case.load_reference(like=image).array,
-                                image.geometry.spacing_zyx))
+        row.update(case_metrics(mask.array, case.load_reference(like=mask).array,
+                                mask.geometry.spacing_zyx))
         rows.append(row)
         times.append(info["seconds"])
     return EvalResult(name, rows, times)
-
-
-def initial_predictor(image, initial):
-    return initial.array
-
-
-def classical_predictor(image, initial):
-    from .refiner.postprocess import classical_postprocess
-    return classical_postprocess(initial.array, image.geometry.spacing_zyx)
-
-
-def model_predictor(model_path: Path, device: str = "auto"):
-    """A predictor that refines with a trained checkpoint (the function the Slicer module calls)."""
-    from .refiner.checkpoint import load_refiner
-    from .refiner.inference import refine_volume, resolve_device
-
-    dev = resolve_device(device)
-    model, metadata = load_refiner(model_path, device=dev)
-
-    def predict(image, initial):
-        return refine_volume(model, metadata, image, initial, device=dev).array
-    return predict
 
 
 def summary_table(results: Sequence[EvalResult], baseline: str = "initial") -> list[dict]:

@@ -1,9 +1,10 @@
 """Predictions in the case folder: ``cases/<id>/predictions/<name>.nii.gz`` and its JSON sidecar.
 
-One loop, :func:`iter_predict_dataset`, serves every method that turns a case's image and initial
-mask into a new mask (the refiner, the classical baseline, the benchmark's rows): it loads each
-case, times the prediction alone, writes the mask and a sidecar with the timing, the change made
-(voxels added/removed, volume before/after) and the method's settings.
+One loop, :func:`iter_predict_dataset`, serves every :class:`~SCORERefineLib.refiners.Refiner`
+(a trained model, the classical baseline, the benchmark's rows): it loads each case, times the
+refinement alone, writes the mask and a sidecar with the timing, the change made (voxels
+added/removed, volume before/after) and the refiner's settings. :func:`predict_file` does the same
+for one mask file outside a dataset.
 """
 
 from __future__ import annotations
@@ -12,18 +13,18 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 from .atomicio import atomic_write_text
 from .case import Case, get_case, list_cases
 from .errors import InputError
-from .imageio import Volume, write_volume
+from .imageio import Volume, read_image, read_mask, write_volume
 from .progress import CancelToken, Progress
 
-#: ``predict(image, initial) -> mask (z, y, x)`` on the image grid
-Predictor = Callable[[Volume, Volume], np.ndarray]
+if TYPE_CHECKING:  # pragma: no cover
+    from .refiners import Refiner
 
 
 def change_summary(before: np.ndarray, after: np.ndarray, voxel_volume_mm3: float) -> dict:
@@ -59,7 +60,7 @@ def write_prediction_info(case: Case, name: str, info: dict) -> Path:
                              json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def read_prediction_info(case: Case, name: str) -> Optional[dict]:
+def read_prediction_info(case: Case, name: str) -> dict | None:
     """The sidecar of prediction ``name`` of ``case`` (``seconds``, voxel counts...), or None."""
     path = info_path(case, name)
     if not path.exists():
@@ -77,14 +78,24 @@ def select_cases(dataset: str | os.PathLike, case_ids: Optional[Sequence[str]] =
     return list_cases(dataset)
 
 
-def iter_predict_dataset(dataset: str | os.PathLike, name: str, predict: Predictor,
-                         settings: Optional[dict] = None, case_ids: Optional[Sequence[str]] = None,
-                         progress: str = "bar", cancel: Optional[CancelToken] = None
-                         ) -> Iterator[tuple[Case, Path, dict]]:
-    """Apply ``predict`` to each case; yields ``(case, prediction path, info)`` per case.
+def iter_predict_dataset(dataset: str | os.PathLike, name: str, refiner: "Refiner",
+                         case_ids: Sequence[str] | None = None, progress: str = "bar",
+                         cancel: CancelToken | None = None) -> Iterator[tuple[Case, Path, dict, Volume]]:
+    """Apply ``refiner`` to each case and write ``predictions/<name>.nii.gz`` plus its sidecar.
 
-    ``info`` (also written as the sidecar) holds ``seconds`` (the prediction alone, no file IO),
-    ``seconds_total``, the change summary and ``settings`` (e.g. method, model, thresholds).
+    Args:
+        dataset: dataset folder.
+        name: prediction name.
+        refiner: any :class:`~SCORERefineLib.refiners.Refiner`.
+        case_ids: only these cases, in this order (default: every case, sorted).
+        progress: ``bar`` | ``json`` | ``none``.
+        cancel: checked before each case.
+
+    Yields:
+        ``(case, prediction path, info, mask)`` per case; ``info`` (also the sidecar) holds
+        ``seconds`` (the refinement alone, no file IO), ``seconds_total``, the change summary and
+        the refiner's ``settings``; ``mask`` is the written uint8 Volume (so callers need not
+        read it back).
     """
     cases = select_cases(dataset, case_ids)
     with Progress(f"predict ({name})", len(cases), progress) as bar:
@@ -95,12 +106,43 @@ def iter_predict_dataset(dataset: str | os.PathLike, name: str, predict: Predict
             image = case.load_image()
             initial = case.load_initial(like=image)
             t1 = time.perf_counter()
-            out = np.asarray(predict(image, initial), dtype=np.uint8)
+            out = np.asarray(refiner(image, initial).array, dtype=np.uint8)
             seconds = time.perf_counter() - t1
-            path = write_volume(initial.with_array(out), case.prediction_path(name), dtype=np.uint8)
-            info = {"case_id": case.case_id, "name": name, **(settings or {}),
+            mask = initial.with_array(out)
+            path = write_volume(mask, case.prediction_path(name), dtype=np.uint8)
+            info = {"case_id": case.case_id, "name": name, **refiner.settings,
                     "seconds": seconds, "seconds_total": time.perf_counter() - t0,
                     **change_summary(initial.array, out, image.geometry.voxel_volume_mm3)}
             write_prediction_info(case, name, info)
             bar.update(case=case.case_id, seconds=round(seconds, 3))
-            yield case, path, info
+            yield case, path, info, mask
+
+
+def predict_file(refiner: "Refiner", mask_path: str | os.PathLike, out_path: str | os.PathLike,
+                 image_path: str | os.PathLike | None = None, label: int | None = None) -> dict:
+    """Refine one mask file (``label`` of a multi-label map) and write ``out_path`` (uint8).
+
+    Args:
+        refiner: any :class:`~SCORERefineLib.refiners.Refiner`.
+        mask_path: initial mask (on the image's grid when ``image_path`` is given).
+        out_path: refined mask to write.
+        image_path: the CT; a model refiner needs it, the classical one only checks the grid.
+        label: label of a multi-label mask to refine.
+
+    Returns:
+        ``out``, ``seconds`` (refinement only), ``seconds_total``, the change summary and the
+        refiner's settings.
+
+    Raises:
+        GridMismatchError: the mask is not on the image's grid.
+    """
+    t0 = time.perf_counter()
+    image = read_image(image_path) if image_path is not None else None
+    initial = read_mask(mask_path, label=label, like=image.geometry if image is not None else None)
+    t1 = time.perf_counter()
+    out = np.asarray(refiner(image, initial).array, dtype=np.uint8)
+    seconds = time.perf_counter() - t1
+    path = write_volume(initial.with_array(out), out_path, dtype=np.uint8)
+    return {"out": str(path), **refiner.settings, "seconds": seconds,
+            "seconds_total": time.perf_counter() - t0,
+            **change_summary(initial.array, out, initial.geometry.voxel_volume_mm3)}

@@ -14,9 +14,10 @@ from SCORERefineLib.errors import (Cancelled, CheckpointError, GridMismatchError
                                    SCORERefineError)
 from SCORERefineLib.imageio import Geometry, Volume, read_image, read_mask, write_volume
 from SCORERefineLib.progress import CancelToken
-from SCORERefineLib.refiner.inference import (context_slices, count_windows, refine_dataset,
-                                              refine_file, refine_volume, resolve_device,
-                                              roi_slices)
+from SCORERefineLib.predictions import iter_predict_dataset, predict_file
+from SCORERefineLib.refiner.inference import (context_slices, count_windows, refine_volume,
+                                              resolve_device, roi_slices)
+from SCORERefineLib.refiners import ModelRefiner, make_refiner
 from conftest import ellipsoid
 
 CHANNELS = ["ct", "initial", "edge"]
@@ -209,8 +210,8 @@ def test_grid_mismatch_from_files(tmp_path):
                        origin=(0.0, 0.0, 0.0), direction=initial.geometry.direction)
     write_volume(Volume(initial.array, shifted), tmp_path / "mask.nii.gz", dtype=np.uint8)
     with pytest.raises(GridMismatchError, match="origin"):
-        refine_file(_tiny_checkpoint(tmp_path), tmp_path / "ct.nii.gz", tmp_path / "mask.nii.gz",
-                    tmp_path / "out.nii.gz", device="cpu")
+        predict_file(make_refiner(_tiny_checkpoint(tmp_path), device="cpu"), tmp_path / "mask.nii.gz",
+                     tmp_path / "out.nii.gz", image_path=tmp_path / "ct.nii.gz")
 
 
 def test_errors_are_clear():
@@ -282,21 +283,26 @@ def test_refine_file_and_dataset(tmp_path):
     labels[0, 0, 0] = 5
     write_volume(image, tmp_path / "ct.nii.gz", dtype=np.float32)
     write_volume(initial.with_array(labels), tmp_path / "seg.nii.gz", dtype=np.int16)
-    info = refine_file(ckpt, tmp_path / "ct.nii.gz", tmp_path / "seg.nii.gz",
-                       tmp_path / "out" / "refined.nii.gz", label=69, device="auto")
+    refiner = make_refiner(ckpt, device="auto")
+    assert isinstance(refiner, ModelRefiner) and refiner.settings["model"] == ckpt
+    info = predict_file(refiner, tmp_path / "seg.nii.gz", tmp_path / "out" / "refined.nii.gz",
+                        image_path=tmp_path / "ct.nii.gz", label=69)
     out = read_mask(info["out"], like=image.geometry)
     np.testing.assert_array_equal(out.array, initial.array)   # untrained residual net = identity
     assert info["voxels_added"] == info["voxels_removed"] == 0 and info["seconds"] > 0
 
     for cid in ("c1", "c2"):
         write_case(tmp_path / "ds", cid, image, initial)
-    paths = refine_dataset(tmp_path / "ds", ckpt, name="refined", device="cpu", progress="none")
+    refiner = make_refiner(ckpt, device="cpu")
+    paths = [p for _, p, _, _ in iter_predict_dataset(tmp_path / "ds", "refined", refiner,
+                                                      progress="none")]
     assert [p.parent.parent.name for p in paths] == ["c1", "c2"]
     assert all(p.name == "refined.nii.gz" for p in paths)
     sidecar = json.loads(paths[1].with_name("refined.json").read_text())
     assert sidecar["case_id"] == "c2" and sidecar["seconds"] > 0
-    only = refine_dataset(tmp_path / "ds", ckpt, name="r2", device="cpu", progress="none",
-                          case_ids=["c2"])
+    assert sidecar["method"] == "refiner" and sidecar["model"] == ckpt and sidecar["device"] == "cpu"
+    only = [p for _, p, _, _ in iter_predict_dataset(tmp_path / "ds", "r2", refiner, ["c2"],
+                                                     progress="none")]
     assert only == [get_case(tmp_path / "ds", "c2").prediction_path("r2")]
     with pytest.raises(InputError, match="model file not found"):
-        refine_dataset(tmp_path / "ds", tmp_path / "missing.pt", progress="none")
+        make_refiner(tmp_path / "missing.pt")

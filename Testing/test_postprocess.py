@@ -9,9 +9,9 @@ import pytest
 
 from SCORERefineLib.case import write_case
 from SCORERefineLib.imageio import Geometry, Volume, read_mask
-from SCORERefineLib.predictions import change_summary, read_prediction_info
-from SCORERefineLib.refiner.postprocess import (ball_structure, classical_postprocess,
-                                                 postprocess_dataset)
+from SCORERefineLib.predictions import change_summary, iter_predict_dataset, read_prediction_info
+from SCORERefineLib.refiner.postprocess import ball_structure, classical_postprocess
+from SCORERefineLib.refiners import ClassicalRefiner, make_refiner
 from conftest import ellipsoid
 
 ISO = (1.0, 1.0, 1.0)
@@ -117,7 +117,10 @@ def test_postprocess_dataset_writes_predictions(tmp_path):
     image = Volume(np.full(geom.shape, -100, np.float32), geom)
     for cid in ("a", "b"):
         write_case(tmp_path, cid, image, Volume(holed, geom))
-    paths = postprocess_dataset(tmp_path, name="classical", progress="none")
+    refiner = make_refiner("classical")
+    assert isinstance(refiner, ClassicalRefiner) and refiner.settings["closing_mm"] == 2.0
+    paths = [p for _, p, _, _ in iter_predict_dataset(tmp_path, "classical", refiner,
+                                                      progress="none")]
     assert [p.parent.parent.name for p in paths] == ["a", "b"]
     out = read_mask(paths[0], like=geom)
     assert out.geometry == geom or out.geometry.matches(geom)

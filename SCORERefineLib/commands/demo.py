@@ -36,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from ..case import list_cases
     from ..metrics import evaluate_dataset
     from ..overlay import save_overlay
-    from ..pipeline import (classical_predictor, evaluate_masks, format_table, initial_predictor,
-                            make_split, model_predictor, summary_table, train_model)
+    from ..pipeline import evaluate_masks, format_table, make_split, summary_table, train_model
+    from ..progress import CancelToken
+    from ..refiner.trainer import TrainConfig
+    from ..refiners import make_refiner
     from ..regions import RegionParams
 
     t_start = time.perf_counter()
@@ -55,14 +57,18 @@ def run(args: argparse.Namespace) -> int:
           f"references)")
 
     print(f"[2/5] SCORE training from ratings only ({args.steps} steps, {args.network} network)")
-    trained = train_model(split.train, out / "model.pt", "score", args.steps, args.network, args.patch,
-                          seed=args.seed, device=args.device, progress=args.progress)
+    cancel = CancelToken()
+    cancel.install_signal_handlers()
+    config = TrainConfig(mode="score", steps=args.steps, network=args.network,
+                         patch_size=tuple(args.patch), seed=args.seed, device=args.device)
+    trained = train_model(split.train, out / "model.pt", config, progress=args.progress, cancel=cancel)
     print(f"  trained in {trained.seconds:.0f} s -> {trained.model}")
 
     print("[3/5] refining the held-out cases")
-    results = [evaluate_masks(split.test, "initial", initial_predictor),
-               evaluate_masks(split.test, "classical", classical_predictor),
-               evaluate_masks(split.test, "refined", model_predictor(trained.model, args.device))]
+    results = [evaluate_masks(split.test, "initial", make_refiner("identity"), cancel=cancel),
+               evaluate_masks(split.test, "classical", make_refiner("classical"), cancel=cancel),
+               evaluate_masks(split.test, "refined", make_refiner(trained.model, args.device),
+                              cancel=cancel)]
 
     print("[4/5] before/after on the held-out cases (against their references)")
     table = summary_table(results)

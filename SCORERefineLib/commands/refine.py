@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..catalog import BUILTIN_REFINERS
 from ..errors import InputError
 
 HELP = "refine initial masks with a trained refiner (--model model.pt) or the classical baseline"
@@ -29,8 +30,8 @@ CLASSICAL = "classical"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("method")
     what.add_argument("--model", metavar="MODEL",
-                      help="checkpoint written by `scorerefine train`, or 'classical' for the "
-                           "non-learned baseline")
+                      help="checkpoint written by `scorerefine train`, or a built-in refiner: "
+                           + "; ".join(f"'{e.name}' ({e.description})" for e in BUILTIN_REFINERS.values()))
     what.add_argument("--classical", action="store_true", help="same as --model classical")
     one = parser.add_argument_group("one case from files")
     one.add_argument("--image", type=Path, help="CT (NIfTI/NRRD, HU); needed with a network")
@@ -99,45 +100,49 @@ def _report(info: dict, case_id: str, mode: str) -> None:
         print(format_summary(case_id, info))
 
 
+def _make(args: argparse.Namespace, classical: bool, mode: str, cancel):
+    """The refiner the flags ask for, and a closer for its progress bar."""
+    from ..refiners import make_refiner
+
+    if classical:
+        return make_refiner(CLASSICAL, closing_mm=args.closing_mm), (lambda: None)
+    if args.model.strip().lower() in BUILTIN_REFINERS:
+        return make_refiner(args.model), (lambda: None)
+    if args.dataset is None:  # one case: a bar over its sliding windows
+        from ..refiner.inference import _window_bar
+        callback, close = _window_bar(mode, "refine")
+    else:
+        callback, close = None, (lambda: None)
+    refiner = make_refiner(args.model, device=args.device, margin_mm=args.margin_mm,
+                           threshold=args.threshold, overlap=args.overlap,
+                           sw_batch_size=args.sw_batch_size, cancel=cancel, progress=callback)
+    return refiner, close
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..predictions import iter_predict_dataset, predict_file
     from ..progress import CancelToken
 
     classical = _check(args)
     mode = args.progress or ("bar" if sys.stderr.isatty() else "none")
     cancel = CancelToken()
     cancel.install_signal_handlers()
+    refiner, close = _make(args, classical, mode, cancel)
 
     if args.dataset is None:
-        if classical:
-            from ..refiner.postprocess import postprocess_file
-            info = postprocess_file(args.mask, args.out, label=args.label, image_path=args.image,
-                                    closing_mm=args.closing_mm)
-        else:
-            from ..refiner.inference import refine_file
-            info = refine_file(args.model, args.image, args.mask, args.out, label=args.label,
-                               device=args.device, margin_mm=args.margin_mm,
-                               threshold=args.threshold, overlap=args.overlap,
-                               sw_batch_size=args.sw_batch_size, progress=mode, cancel=cancel)
+        try:
+            info = predict_file(refiner, args.mask, args.out, image_path=args.image, label=args.label)
+        finally:
+            close()
         _report(info, Path(args.mask).name, mode)
         if mode != "json":
             print(f"wrote {info['out']}")
         return 0
 
     name = args.name or (CLASSICAL if classical else "refined")
-    if classical:
-        from ..refiner.postprocess import iter_postprocess_dataset
-        results = iter_postprocess_dataset(args.dataset, name, args.case, args.closing_mm,
-                                           progress=mode, cancel=cancel)
-    else:
-        from ..refiner.inference import load_model, iter_refine_dataset, resolve_device
-        dev = resolve_device(args.device)
-        model, metadata = load_model(args.model, dev)
-        results = iter_refine_dataset(args.dataset, model, metadata, name, args.case, dev,
-                                      args.margin_mm, args.threshold, args.overlap,
-                                      args.sw_batch_size, progress=mode, cancel=cancel,
-                                      model_label=str(args.model))
     n = 0
-    for case, _path, info in results:
+    for case, _path, info, _mask in iter_predict_dataset(args.dataset, name, refiner, args.case,
+                                                         progress=mode, cancel=cancel):
         _report(info, case.case_id, mode)
         n += 1
     if mode != "json":

@@ -8,8 +8,8 @@ inference with the training ``patch_size``, applies the sigmoid and the threshol
 ROI back into a copy of the initial mask. Everything outside the ROI is exactly the initial mask;
 the result lies on exactly the image grid.
 
-:func:`refine_file` does one case from files, :func:`refine_dataset` every case of a dataset
-(``cases/<id>/predictions/<name>.nii.gz`` plus a sidecar ``<name>.json`` with the timing).
+Files and case folders are not this module's business: :class:`SCORERefineLib.refiners.ModelRefiner`
+wraps :func:`refine_volume` and :mod:`SCORERefineLib.predictions` does the reading and writing.
 """
 
 from __future__ import annotations
@@ -27,36 +27,17 @@ from ..case import Case
 from ..errors import CheckpointError, InputError, SCORERefineError
 from ..imageio import Geometry, Volume, check_same_grid, read_image, read_mask, write_volume
 from ..progress import CancelToken, Progress
+from .device import resolve_device
 from .inputs import make_input
-from ..predictions import change_summary, iter_predict_dataset
 
 __all__ = ["resolve_device", "load_model", "roi_slices", "context_slices", "crop_geometry", "count_windows",
-           "context_mm",
-           "refine_volume", "refine_file", "iter_refine_dataset", "refine_dataset"]
+           "context_mm", "refine_volume"]
 
 #: Least context beyond the ROI for the input (mm); see :func:`context_mm`. The edge prior's
 #: Gaussian (scipy truncates at 4 sigma) then sees real voxels at the ROI border, not a cut.
 CONTEXT_MM = 5.0
 
 ProgressCallback = Callable[[int, int], None]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available else CPU; a requested but missing CUDA is an InputError."""
-    if isinstance(device, torch.device):
-        dev = device
-    else:
-        name = str(device).strip().lower()
-        if name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            dev = torch.device(name)
-        except RuntimeError as exc:
-            raise InputError(f"unknown device {device!r}; use auto, cpu or cuda (cuda:N).") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device} requested but CUDA is not available in this torch "
-                         f"({torch.__version__}); use --device cpu (or auto).")
-    return dev
 
 
 def roi_slices(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float = 10.0
@@ -280,70 +261,3 @@ def load_model(model_path: str | os.PathLike, device: str | torch.device = "auto
                          f"<dataset> --out {path.name}`, or use --model classical for the "
                          f"non-learned baseline.")
     return load_refiner(path, device=resolve_device(device))
-
-
-def refine_file(model_path: str | os.PathLike, image_path: str | os.PathLike,
-                mask_path: str | os.PathLike, out_path: str | os.PathLike,
-                label: Optional[int] = None, device: str = "auto", margin_mm: float = 10.0,
-                threshold: float = 0.5, overlap: float = 0.25, sw_batch_size: int = 1,
-                progress: str = "none", cancel: Optional[CancelToken] = None) -> dict:
-    """Refine one mask file (``label`` of a multi-label map) and write ``out_path`` (uint8).
-
-    Returns a summary: ``out``, ``seconds`` (inference), ``seconds_total``, voxels added/removed,
-    volume before/after (mL), ``device``.
-    """
-    t0 = time.perf_counter()
-    dev = resolve_device(device)
-    model, metadata = load_model(model_path, dev)
-    image = read_image(image_path)
-    initial = read_mask(mask_path, label=label, like=image.geometry)
-    callback, close = _window_bar(progress, "refine")
-    try:
-        t1 = time.perf_counter()
-        refined = refine_volume(model, metadata, image, initial, dev, margin_mm, threshold,
-                                overlap, sw_batch_size, progress=callback, cancel=cancel)
-        seconds = time.perf_counter() - t1
-    finally:
-        close()
-    out = write_volume(refined, out_path, dtype=np.uint8)
-    return {"out": str(out), "seconds": seconds, "seconds_total": time.perf_counter() - t0,
-            "device": str(dev), "model": str(model_path),
-            **change_summary(initial.array, refined.array, image.geometry.voxel_volume_mm3)}
-
-
-def iter_refine_dataset(dataset: str | os.PathLike, model: torch.nn.Module, metadata: dict,
-                        name: str = "refined", case_ids: Optional[Sequence[str]] = None,
-                        device: str | torch.device = "auto", margin_mm: float = 10.0,
-                        threshold: float = 0.5, overlap: float = 0.25, sw_batch_size: int = 1,
-                        progress: str = "bar", cancel: Optional[CancelToken] = None,
-                        model_label: str = "") -> Iterator[tuple[Case, Path, dict]]:
-    """Refine each case with a loaded model; yields ``(case, prediction path, info)`` per case.
-
-    Writes ``predictions/<name>.nii.gz`` and the sidecar ``predictions/<name>.json`` whose
-    ``seconds`` is the inference time (no file IO) the benchmark reports.
-    """
-    dev = resolve_device(device)
-
-    def predict(image, initial):
-        return refine_volume(model, metadata, image, initial, dev, margin_mm, threshold, overlap,
-                             sw_batch_size, cancel=cancel).array
-    settings = {"method": "refiner", "model": model_label, "device": str(dev),
-                "margin_mm": margin_mm, "threshold": threshold, "overlap": overlap}
-    return iter_predict_dataset(dataset, name, predict, settings, case_ids, progress, cancel)
-
-
-def refine_dataset(dataset: str | os.PathLike, model_path: str | os.PathLike,
-                   name: str = "refined", device: str = "auto", progress: str = "bar",
-                   cancel: Optional[CancelToken] = None, case_ids: Optional[Sequence[str]] = None,
-                   margin_mm: float = 10.0, threshold: float = 0.5, overlap: float = 0.25,
-                   sw_batch_size: int = 1) -> list[Path]:
-    """Write ``cases/<id>/predictions/<name>.nii.gz`` for every case (or ``case_ids``).
-
-    Per-case timing and change summary go to ``predictions/<name>.json``
-    (:func:`~.postprocess.read_prediction_info`).
-    """
-    dev = resolve_device(device)
-    model, metadata = load_model(model_path, dev)
-    return [path for _, path, _ in iter_refine_dataset(
-        dataset, model, metadata, name, case_ids, dev, margin_mm, threshold, overlap,
-        sw_batch_size, progress, cancel, model_label=str(model_path))]

@@ -4,27 +4,20 @@ Morphological closing with a ball of radius ``closing_mm`` (an ellipsoid in voxe
 grids), hole filling (3D, then per axial slice) and removal of small spurious components. Only
 scipy; no torch import, so this module stays cheap to load.
 
-Predictions are written through :func:`SCORERefineLib.predictions.iter_predict_dataset`.
+:class:`SCORERefineLib.refiners.ClassicalRefiner` wraps :func:`classical_postprocess`; files and case
+folders are written by :mod:`SCORERefineLib.predictions`.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from ..case import Case
 from ..errors import InputError
-from ..imageio import read_image, read_mask, write_volume
-from ..predictions import change_summary, iter_predict_dataset
-from ..progress import CancelToken
 
-__all__ = ["ball_structure", "classical_postprocess", "postprocess_dataset",
-           "iter_postprocess_dataset", "postprocess_file"]
+__all__ = ["ball_structure", "classical_postprocess"]
 
 
 def ball_structure(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
@@ -67,7 +60,7 @@ def _fill_holes_2d(mask: np.ndarray) -> np.ndarray:
 def classical_postprocess(mask: np.ndarray, spacing_zyx: Sequence[float], closing_mm: float = 2.0,
                           keep_largest: bool = True, fill_holes: bool = True,
                           fill_holes_2d: bool = True,
-                          min_component_mm3: Optional[float] = None) -> np.ndarray:
+                          min_component_mm3: float | None = None) -> np.ndarray:
     """Close, fill and clean a binary mask ``(z, y, x)``; returns a new uint8 {0, 1} array.
 
     1. closing (dilation then erosion) with :func:`ball_structure` ``(closing_mm, spacing_zyx)``;
@@ -113,61 +106,3 @@ def classical_postprocess(mask: np.ndarray, spacing_zyx: Sequence[float], closin
     out = np.zeros(mask.shape, dtype=np.uint8)
     out[roi] = work
     return out
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-def postprocess_file(mask_path: str | os.PathLike, out_path: str | os.PathLike,
-                     label: Optional[int] = None, image_path: Optional[str | os.PathLike] = None,
-                     closing_mm: float = 2.0, keep_largest: bool = True,
-                     fill_holes: bool = True) -> dict:
-    """Classical baseline for one mask file (``label`` of a multi-label map); writes ``out_path``.
-
-    ``image_path``: when given, the mask must lie on its grid (GridMismatchError otherwise).
-    Returns a summary: ``out``, ``seconds``, voxels added/removed, volume before/after (mL).
-    """
-    like = read_image(image_path).geometry if image_path is not None else None
-    initial = read_mask(mask_path, label=label, like=like)
-    t0 = time.perf_counter()
-    out = classical_postprocess(initial.array, initial.geometry.spacing_zyx, closing_mm,
-                                keep_largest=keep_largest, fill_holes=fill_holes)
-    seconds = time.perf_counter() - t0
-    path = write_volume(initial.with_array(out), out_path, dtype=np.uint8)
-    return {"out": str(path), "seconds": seconds, "method": "classical", "closing_mm": closing_mm,
-            **change_summary(initial.array, out, initial.geometry.voxel_volume_mm3)}
-
-
-def iter_postprocess_dataset(dataset: str | os.PathLike, name: str = "classical",
-                             case_ids: Optional[Sequence[str]] = None, closing_mm: float = 2.0,
-                             keep_largest: bool = True, fill_holes: bool = True,
-                             progress: str = "bar", cancel: Optional[CancelToken] = None
-                             ) -> Iterator[tuple[Case, Path, dict]]:
-    """Post-process each case's initial mask; yields ``(case, prediction path, info)`` per case.
-
-    Writes ``predictions/<name>.nii.gz`` and the sidecar ``predictions/<name>.json``.
-    """
-    def predict(image, initial):
-        return classical_postprocess(initial.array, initial.geometry.spacing_zyx, closing_mm,
-                                     keep_largest=keep_largest, fill_holes=fill_holes)
-    settings = {"method": "classical", "closing_mm": closing_mm, "keep_largest": keep_largest,
-                "fill_holes": fill_holes}
-    return iter_predict_dataset(dataset, name, predict, settings, case_ids, progress, cancel)
-
-
-def postprocess_dataset(dataset: str | os.PathLike, name: str = "classical",
-                        case_ids: Optional[Sequence[str]] = None, closing_mm: float = 2.0,
-                        keep_largest: bool = True, fill_holes: bool = True,
-                        progress: str = "bar", cancel: Optional[CancelToken] = None) -> list[Path]:
-    """Write ``cases/<id>/predictions/<name>.nii.gz`` (classical baseline) for every case."""
-    return [path for _, path, _ in iter_postprocess_dataset(
-        dataset, name, case_ids, closing_mm, keep_largest, fill_holes, progress, cancel)]

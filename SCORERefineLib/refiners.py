@@ -1,0 +1,141 @@
+"""One refiner API: anything that turns (image, initial mask) into a refined mask.
+
+A :class:`Refiner` has a ``name``, its ``settings`` (written to each prediction's sidecar) and is
+called as ``refiner(image, initial) -> Volume`` on the image grid. Implementations:
+
+* :class:`IdentityRefiner`: returns the initial mask (the "initial" baseline);
+* :class:`ClassicalRefiner`: closing, hole filling, largest component
+  (:func:`~SCORERefineLib.refiner.postprocess.classical_postprocess`);
+* :class:`ModelRefiner`: a trained checkpoint
+  (:func:`~SCORERefineLib.refiner.inference.refine_volume`); torch is imported when it is built.
+
+:func:`make_refiner` takes a built-in name from ``catalog.BUILTIN_REFINERS`` or a checkpoint path.
+Reading and writing case folders is :mod:`SCORERefineLib.predictions`' job. This module does not
+import torch at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
+
+from .catalog import BUILTIN_REFINERS
+from .errors import InputError
+from .imageio import Volume
+from .progress import CancelToken
+
+
+@runtime_checkable
+class Refiner(Protocol):
+    """``refiner(image, initial) -> refined mask`` (uint8 0/1 Volume on ``initial``'s grid)."""
+
+    name: str
+    settings: dict
+
+    def __call__(self, image: Volume, initial: Volume) -> Volume: ...
+
+
+class IdentityRefiner:
+    """Returns the initial mask unchanged (a baseline)."""
+
+    name = "identity"
+
+    def __init__(self) -> None:
+        self.settings = {"method": self.name}
+
+    def __call__(self, image: Volume, initial: Volume) -> Volume:
+        return initial.with_array(initial.array.copy())
+
+
+class ClassicalRefiner:
+    """The non-learned baseline; ``image`` is not used (may be None)."""
+
+    name = "classical"
+
+    def __init__(self, closing_mm: float = 2.0, keep_largest: bool = True, fill_holes: bool = True):
+        self.settings = {"method": self.name, "closing_mm": float(closing_mm),
+                         "keep_largest": bool(keep_largest), "fill_holes": bool(fill_holes)}
+
+    def __call__(self, image: Volume | None, initial: Volume) -> Volume:
+        from .refiner.postprocess import classical_postprocess
+
+        s = self.settings
+        out = classical_postprocess(initial.array, initial.geometry.spacing_zyx, s["closing_mm"],
+                                    keep_largest=s["keep_largest"], fill_holes=s["fill_holes"])
+        return initial.with_array(out)
+
+
+class ModelRefiner:
+    """A trained refiner checkpoint, loaded once on ``device``.
+
+    Args:
+        path: checkpoint written by ``scorerefine train``.
+        device: ``auto`` | ``cpu`` | ``cuda[:N]``.
+        margin_mm, threshold, overlap, sw_batch_size: inference settings
+            (:func:`~SCORERefineLib.refiner.inference.refine_volume`).
+        cancel: checked between sliding windows.
+        progress: ``progress(done, total)`` over sliding windows.
+
+    Raises:
+        InputError: no file at ``path``; CheckpointError: not a usable checkpoint.
+    """
+
+    name = "refiner"
+
+    def __init__(self, path: str | os.PathLike, device: str = "auto", margin_mm: float = 10.0,
+                 threshold: float = 0.5, overlap: float = 0.25, sw_batch_size: int = 1,
+                 cancel: CancelToken | None = None,
+                 progress: Callable[[int, int], None] | None = None):
+        from .refiner.inference import load_model, resolve_device
+
+        self.path = Path(path)
+        self.device = resolve_device(device)
+        self.model, self.metadata = load_model(self.path, self.device)
+        self.cancel, self.progress = cancel, progress
+        self.settings = {"method": self.name, "model": str(self.path), "device": str(self.device),
+                         "margin_mm": float(margin_mm), "threshold": float(threshold),
+                         "overlap": float(overlap), "sw_batch_size": int(sw_batch_size)}
+
+    def __call__(self, image: Volume, initial: Volume) -> Volume:
+        from .refiner.inference import refine_volume
+
+        if image is None:
+            raise InputError("a trained refiner needs the CT image (--image) besides the mask.")
+        s = self.settings
+        return refine_volume(self.model, self.metadata, image, initial, self.device, s["margin_mm"],
+                             s["threshold"], s["overlap"], s["sw_batch_size"],
+                             progress=self.progress, cancel=self.cancel)
+
+
+#: built-in refiner name -> class (names and labels: ``catalog.BUILTIN_REFINERS``)
+BUILTIN: dict[str, type] = {
+    IdentityRefiner.name: IdentityRefiner,
+    ClassicalRefiner.name: ClassicalRefiner,
+}
+
+
+def make_refiner(name_or_path: str | os.PathLike, device: str = "auto", **settings) -> Refiner:
+    """A refiner from a built-in name or a checkpoint path.
+
+    Args:
+        name_or_path: ``"identity"``, ``"classical"`` (``catalog.BUILTIN_REFINERS``) or the path
+            of a checkpoint.
+        device: device of a model refiner (ignored by the built-ins).
+        **settings: the refiner's own settings (``closing_mm`` for classical; ``margin_mm``,
+            ``threshold``, ``overlap``, ``sw_batch_size``, ``cancel``, ``progress`` for a model).
+
+    Returns:
+        The refiner.
+
+    Raises:
+        InputError: a missing checkpoint file or a setting the refiner does not take.
+    """
+    key = str(name_or_path).strip().lower()
+    if key in BUILTIN and key in BUILTIN_REFINERS:
+        cls = BUILTIN[key]
+        try:
+            return cls(**settings)
+        except TypeError as exc:
+            raise InputError(f"refiner '{key}' does not take settings {sorted(settings)}: {exc}") from exc
+    return ModelRefiner(name_or_path, device=device, **settings)
