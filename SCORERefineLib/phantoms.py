@@ -394,116 +394,138 @@ def _draw_strengths(rng: np.random.Generator, config: PhantomConfig) -> dict[str
     return out
 
 
+@dataclass
+class _ErrorContext:
+    """What every error function reads: the reference, the anatomy fields, the grid, distances."""
+
+    ref: np.ndarray
+    f: dict
+    p: dict
+    sp: tuple
+    s_ip: float
+    dist_in: np.ndarray
+    dist_out: np.ndarray
+    near_nb: np.ndarray
+    labels: dict
+    config: "PhantomConfig"
+
+
+def _head_under(c: _ErrorContext, init: np.ndarray, s: float, rng) -> tuple[np.ndarray, dict]:
+    """(a) head cortex under-segmented over a cap of the head surface."""
+    depth = c.s_ip * (1.0 + 1.5 * s) + 0.01
+    axis = _unit([-rng.uniform(0.2, 1.0), rng.uniform(-0.5, 0.5), rng.uniform(0.3, 1.0)])
+    cap = 50.0 + 60.0 * s
+    f = c.f
+    ang = _angle_to(f["hu"], f["hv"], f["hw"], f["rho"], axis)
+    zone = f["head_zone"] & (ang <= math.radians(cap))
+    removed = c.ref & zone & (c.dist_in <= depth)
+    return init & ~removed, {"strength": s, "depth_mm": depth, "cap_deg": cap,
+                             "axis_uvw": axis.tolist(), "voxels": int(removed.sum())}
+
+
+def _holes(c: _ErrorContext, init: np.ndarray, s: float, rng) -> tuple[np.ndarray, dict]:
+    """(d) holes in the marrow / cancellous interior (never through the cortex)."""
+    ref, sp, s_ip = c.ref, c.sp, c.s_ip
+    interior = ref & (c.f["bone"] < -(c.f["cortex"] + 0.5)) & (c.dist_in > 2.0 * s_ip)
+    cand = np.flatnonzero(interior & (c.dist_in > 3.0 * s_ip))
+    n = 1 + int(round(3 * s))
+    radius = (3.0 + 4.0 * s) * c.config.scale
+    removed = np.zeros_like(ref)
+    centres = []
+    if cand.size:
+        zz, yy, xx = (np.arange(k, dtype=np.float32) * spc for k, spc in zip(ref.shape, sp))
+        for idx in rng.choice(cand, size=min(n, cand.size), replace=False):
+            cz, cy, cx = np.unravel_index(idx, ref.shape)
+            r2 = (((zz - cz * sp[0]) ** 2)[:, None, None]
+                  + ((yy - cy * sp[1]) ** 2)[None, :, None]
+                  + ((xx - cx * sp[2]) ** 2)[None, None, :])
+            removed |= (r2 <= radius ** 2) & interior
+            centres.append([int(cz), int(cy), int(cx)])
+    return init & ~removed, {"strength": s, "n": len(centres), "radius_mm": radius,
+                             "centres_zyx": centres, "voxels": int(removed.sum())}
+
+
+def _dilation(c: _ErrorContext, init: np.ndarray, s: float, rng) -> tuple[np.ndarray, dict]:
+    """(c) boundary dilated over one side of the shaft."""
+    f = c.f
+    depth = c.s_ip * (1.0 + 1.4 * s) + 0.01
+    phi0 = rng.uniform(-math.pi, math.pi)
+    half = math.radians(45.0 + 45.0 * s)
+    t_lo = rng.uniform(-0.05, 0.55)
+    t_hi = t_lo + rng.uniform(0.3, 0.5)
+    phi = np.arctan2(f["dv"], f["du"])
+    dphi = np.abs(np.angle(np.exp(1j * (phi - phi0))))
+    zone = (dphi <= half) & (f["t"] >= t_lo) & (f["t"] <= t_hi)
+    added = ~c.ref & (c.dist_out <= depth) & zone & ~c.near_nb
+    return init | added, {"strength": s, "depth_mm": depth, "azimuth_deg": math.degrees(phi0),
+                          "half_width_deg": math.degrees(half), "t_range": [t_lo, t_hi],
+                          "voxels": int(added.sum())}
+
+
+def _leakage(c: _ErrorContext, init: np.ndarray, s: float, rng) -> tuple[np.ndarray, dict]:
+    """(b) leakage across the joint space into the glenoid."""
+    f, p, labels = c.f, c.p, c.labels
+    g = f["glenoid_dir"]
+    Rh, gap = p["head_radius"], p["joint_gap_mm"]
+    contact = f["head_centre"] + g * (Rh + 0.5 * gap)
+    radius = (8.0 + 16.0 * s) * c.config.scale
+    dc = np.sqrt((f["u"] - contact[0]) ** 2 + (f["v"] - contact[1]) ** 2
+                 + (f["w"] - contact[2]) ** 2)
+    ang = _angle_to(f["hu"], f["hv"], f["hw"], f["rho"], g)
+    bridge = (f["rho"] <= Rh + gap + 0.5 * c.s_ip) & (ang <= math.radians(p["glenoid_angle_deg"]))
+    added = (dc <= radius) & (labels["glenoid"] | bridge) & ~init
+    lab, _ = ndimage.label(init | added)
+    keep = np.unique(lab[init])
+    added &= np.isin(lab, keep[keep > 0])
+    return init | added, {"strength": s, "radius_mm": radius, "contact_uvw": contact.tolist(),
+                          "voxels": int(added.sum()),
+                          "glenoid_voxels": int((added & labels["glenoid"]).sum())}
+
+
+def _blocky_error(c: _ErrorContext, init: np.ndarray, s: float, rng) -> tuple[np.ndarray, dict]:
+    """(e) blocky steps: the mask seen on a coarse grid and brought back by nearest neighbour."""
+    after = _blocky(init, c.sp, c.config.block_mm)
+    return after, {"strength": s, "block_mm": c.config.block_mm, "voxels": int((init ^ after).sum())}
+
+
+#: error type -> (function, its record when switched off), in the order they are applied
+_ERROR_STEPS = {
+    "head_under": (_head_under, {"voxels": 0}),
+    "holes": (_holes, {"voxels": 0}),
+    "dilation": (_dilation, {"voxels": 0}),
+    "leakage": (_leakage, {"voxels": 0, "glenoid_voxels": 0}),
+    "blocky": (_blocky_error, {"voxels": 0}),
+}
+
+
 def _apply_errors(ref: np.ndarray, f: dict, p: dict, strengths: dict[str, float],
                   spacing_zyx, seed: int, config: PhantomConfig,
                   labels: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
     """The initial mask (bool) and the error record. All distances in mm.
 
-    Each error type draws its location from its own random stream, so switching one error off
-    (``force_errors``) leaves the others where they were.
+    Each error type (one function each, :data:`_ERROR_STEPS`) draws its location from its own
+    random stream, so switching one error off (``force_errors``) leaves the others where they were.
+
+    Returns:
+        ``(initial mask, {error type: record})``.
     """
     streams = {name: np.random.default_rng([int(seed), 101 + i])
                for i, name in enumerate(ERROR_TYPES)}
-    sp = tuple(float(s) for s in spacing_zyx)
-    s_ip = min(sp[1], sp[2])
-    dist_in = ndimage.distance_transform_edt(ref, sampling=sp)
-    dist_out = ndimage.distance_transform_edt(~ref, sampling=sp)
+    sp = tuple(float(v) for v in spacing_zyx)
+    ctx = _ErrorContext(ref=ref, f=f, p=p, sp=sp, s_ip=min(sp[1], sp[2]),
+                        dist_in=ndimage.distance_transform_edt(ref, sampling=sp),
+                        dist_out=ndimage.distance_transform_edt(~ref, sampling=sp),
+                        near_nb=ndimage.binary_dilation(labels["glenoid"] | labels["acromion"],
+                                                        iterations=2),
+                        labels=labels, config=config)
     init = ref.copy()
     rec: dict[str, dict] = {}
-    hc = f["head_centre"]
-    near_nb = ndimage.binary_dilation(labels["glenoid"] | labels["acromion"], iterations=2)
-
-    # (a) head cortex under-segmented over a cap of the head surface
-    s = strengths["head_under"]
-    if s > 0:
-        depth = s_ip * (1.0 + 1.5 * s) + 0.01
-        rng = streams["head_under"]
-        axis = _unit([-rng.uniform(0.2, 1.0), rng.uniform(-0.5, 0.5), rng.uniform(0.3, 1.0)])
-        cap = 50.0 + 60.0 * s
-        ang = _angle_to(f["hu"], f["hv"], f["hw"], f["rho"], axis)
-        zone = f["head_zone"] & (ang <= math.radians(cap))
-        removed = ref & zone & (dist_in <= depth)
-        init &= ~removed
-        rec["head_under"] = {"strength": s, "depth_mm": depth, "cap_deg": cap,
-                             "axis_uvw": axis.tolist(), "voxels": int(removed.sum())}
-    else:
-        rec["head_under"] = {"strength": 0.0, "voxels": 0}
-
-    # (d) holes in the marrow / cancellous interior (never through the cortex)
-    s = strengths["holes"]
-    if s > 0:
-        interior = ref & (f["bone"] < -(f["cortex"] + 0.5)) & (dist_in > 2.0 * s_ip)
-        cand = np.flatnonzero(interior & (dist_in > 3.0 * s_ip))
-        n = 1 + int(round(3 * s))
-        radius = (3.0 + 4.0 * s) * config.scale
-        removed = np.zeros_like(ref)
-        centres = []
-        if cand.size:
-            zz, yy, xx = (np.arange(k, dtype=np.float32) * spc for k, spc in zip(ref.shape, sp))
-            for idx in streams["holes"].choice(cand, size=min(n, cand.size), replace=False):
-                cz, cy, cx = np.unravel_index(idx, ref.shape)
-                r2 = (((zz - cz * sp[0]) ** 2)[:, None, None]
-                      + ((yy - cy * sp[1]) ** 2)[None, :, None]
-                      + ((xx - cx * sp[2]) ** 2)[None, None, :])
-                removed |= (r2 <= radius ** 2) & interior
-                centres.append([int(cz), int(cy), int(cx)])
-        init &= ~removed
-        rec["holes"] = {"strength": s, "n": len(centres), "radius_mm": radius,
-                        "centres_zyx": centres, "voxels": int(removed.sum())}
-    else:
-        rec["holes"] = {"strength": 0.0, "voxels": 0}
-
-    # (c) boundary dilated over one side of the shaft
-    s = strengths["dilation"]
-    if s > 0:
-        depth = s_ip * (1.0 + 1.4 * s) + 0.01
-        rng = streams["dilation"]
-        phi0 = rng.uniform(-math.pi, math.pi)
-        half = math.radians(45.0 + 45.0 * s)
-        t_lo = rng.uniform(-0.05, 0.55)
-        t_hi = t_lo + rng.uniform(0.3, 0.5)
-        phi = np.arctan2(f["dv"], f["du"])
-        dphi = np.abs(np.angle(np.exp(1j * (phi - phi0))))
-        zone = (dphi <= half) & (f["t"] >= t_lo) & (f["t"] <= t_hi)
-        added = ~ref & (dist_out <= depth) & zone & ~near_nb
-        init |= added
-        rec["dilation"] = {"strength": s, "depth_mm": depth, "azimuth_deg": math.degrees(phi0),
-                           "half_width_deg": math.degrees(half), "t_range": [t_lo, t_hi],
-                           "voxels": int(added.sum())}
-    else:
-        rec["dilation"] = {"strength": 0.0, "voxels": 0}
-
-    # (b) leakage across the joint space into the glenoid
-    s = strengths["leakage"]
-    if s > 0:
-        g = f["glenoid_dir"]
-        Rh, gap = p["head_radius"], p["joint_gap_mm"]
-        contact = hc + g * (Rh + 0.5 * gap)
-        radius = (8.0 + 16.0 * s) * config.scale
-        dc = np.sqrt((f["u"] - contact[0]) ** 2 + (f["v"] - contact[1]) ** 2
-                     + (f["w"] - contact[2]) ** 2)
-        ang = _angle_to(f["hu"], f["hv"], f["hw"], f["rho"], g)
-        bridge = (f["rho"] <= Rh + gap + 0.5 * s_ip) & (ang <= math.radians(p["glenoid_angle_deg"]))
-        added = (dc <= radius) & (labels["glenoid"] | bridge) & ~init
-        lab, _ = ndimage.label(init | added)
-        keep = np.unique(lab[init])
-        added &= np.isin(lab, keep[keep > 0])
-        init |= added
-        rec["leakage"] = {"strength": s, "radius_mm": radius, "contact_uvw": contact.tolist(),
-                          "voxels": int(added.sum()),
-                          "glenoid_voxels": int((added & labels["glenoid"]).sum())}
-    else:
-        rec["leakage"] = {"strength": 0.0, "voxels": 0, "glenoid_voxels": 0}
-
-    # (e) blocky steps: the mask seen on a coarse grid and brought back by nearest neighbour
-    s = strengths["blocky"]
-    if s > 0:
-        before = init.copy()
-        init = _blocky(init, sp, config.block_mm)
-        rec["blocky"] = {"strength": s, "block_mm": config.block_mm,
-                         "voxels": int((before ^ init).sum())}
-    else:
-        rec["blocky"] = {"strength": 0.0, "voxels": 0}
+    for name, (step, off) in _ERROR_STEPS.items():
+        s = strengths[name]
+        if s > 0:
+            init, rec[name] = step(ctx, init, s, streams[name])
+        else:
+            rec[name] = {"strength": 0.0, **off}
     return init, rec
 
 
