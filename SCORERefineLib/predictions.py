@@ -71,7 +71,7 @@ def read_prediction_info(case: Case, name: str) -> dict | None:
         return None
 
 
-def select_cases(dataset: str | os.PathLike, case_ids: Optional[Sequence[str]] = None) -> list[Case]:
+def select_cases(dataset: str | os.PathLike, case_ids: Sequence[str] | None = None) -> list[Case]:
     """Every case of ``dataset`` (sorted), or the given ``case_ids`` in their order."""
     if case_ids:
         return [get_case(dataset, cid) for cid in case_ids]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import torch
 
@@ -42,8 +42,8 @@ def _check_json(metadata: dict) -> None:
 
 
 def save_checkpoint(path, model: torch.nn.Module, metadata: dict,
-                    optimizer: Optional[torch.optim.Optimizer] = None, step: int = 0,
-                    extra: Optional[dict] = None) -> Path:
+                    optimizer: torch.optim.Optimizer | None = None, step: int = 0,
+                    extra: dict | None = None) -> Path:
     """Write atomically (temporary file in the same folder, then ``os.replace``). Returns the path.
 
     ``metadata`` gets ``format_version``, ``package_version``, ``date`` and ``step`` filled in.
@@ -70,7 +70,7 @@ def save_checkpoint(path, model: torch.nn.Module, metadata: dict,
 
 
 def load_checkpoint(path, map_location="cpu",
-                    expect_channels: Optional[Sequence[str]] = None) -> dict:
+                    expect_channels: Sequence[str] | None = None) -> dict:
     """Load and validate a checkpoint dict (``weights_only=True``); :class:`CheckpointError` if bad."""
     path = Path(path)
     if not path.is_file():
@@ -109,7 +109,7 @@ def load_checkpoint(path, map_location="cpu",
     return payload
 
 
-def load_refiner(path, device="cpu", expect_channels: Optional[Sequence[str]] = None
+def load_refiner(path, device="cpu", expect_channels: Sequence[str] | None = None
                  ) -> tuple[torch.nn.Module, dict]:
     """Build the network a checkpoint describes, load its weights, ``eval()`` on ``device``.
 
