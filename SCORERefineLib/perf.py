@@ -1,7 +1,7 @@
 """Speed and memory at real sizes: ``scorerefine benchmark --preset perf`` -> docs/performance.md (+ .json).
 
 What it measures (each refine measurement in its own child process, so the peak resident memory it
-reports is that process's own high-water mark, ``getrusage`` ``ru_maxrss``):
+reports is that process's own high-water mark, ``VmHWM`` of /proc/self/status):
 
 * refining one and two phantom humeri placed in a synthetic 512x512x220 CT at 0.8x0.8x1.5 mm
   (:func:`synthetic_ct`), at 1 and 2 CPU threads and on CUDA when present, with the time split
@@ -119,6 +119,17 @@ def make_timing_checkpoint(path, network: str = "small", patch: Sequence[int] = 
 # ----------------------------------------------------------------------------- child processes
 
 def _maxrss_mb() -> float:
+    """This process's peak resident memory (MB): ``VmHWM`` of /proc/self/status, the high-water
+    mark of its own address space. (``getrusage``'s ``ru_maxrss`` keeps the parent's high-water
+    mark across fork + exec on Linux, so a child started by a large parent would report the
+    parent's peak.) Falls back to ``ru_maxrss`` where /proc is missing."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux: KiB
 
 
@@ -440,7 +451,13 @@ def render_markdown(report: dict, command: str) -> str:
     if not has_cuda:
         lines.append("- CUDA figures are absent: no GPU was available to this run. On a GPU machine "
                      "run `scorerefine benchmark --preset perf --device cuda` and keep both reports.")
-    lines += ["- Timed figures are single measurements; on a shared machine they vary by tens of "
+    if busy:
+        lines.append("- On a busy machine more threads can be slower than fewer: with more runnable "
+                     "threads than free cores, torch's threads wait for each other at every "
+                     "operation.")
+    lines += ["- Peak memory is each child process's own `VmHWM` (its address space's resident "
+              "high-water mark), read at the end of the measurement.",
+              "- Timed figures are single measurements; on a shared machine they vary by tens of "
               "percent from run to run.",
               "- Rerun: the command above (as `.venv/bin/scorerefine ...`) from the repository root."]
     return "\n".join(lines) + "\n"
