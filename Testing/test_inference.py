@@ -80,7 +80,8 @@ def test_geometry_roundtrip_and_roi_paste_with_everything_foreground(tmp_path):
     write_volume(initial, tmp_path / "mask.nii.gz", dtype=np.uint8)
     image, initial = read_image(tmp_path / "ct.nii.gz"), read_mask(tmp_path / "mask.nii.gz")
 
-    refined = refine_volume(ConstantModel(50.0), META, image, initial, margin_mm=3.0)
+    refined = refine_volume(ConstantModel(50.0), META, image, initial, margin_mm=3.0,
+                            band_only=False)   # the whole bounding-box ROI may change
     assert refined.geometry == image.geometry            # the very same grid values
     assert refined.array.dtype == np.uint8 and refined.array.shape == image.array.shape
 
@@ -122,7 +123,8 @@ def test_image_crop_is_aligned_with_the_mask():
     hu[:] = 0.0
     hu[6:14, 12:30, 10:20] = 1500.0                       # a bright box overlapping the mask
     image = image.with_array(hu)
-    refined = refine_volume(CTThresholdModel(), META, image, initial, margin_mm=4.0)
+    refined = refine_volume(CTThresholdModel(), META, image, initial, margin_mm=4.0,
+                            band_only=False)
     roi = roi_slices(initial.array, image.geometry.spacing_zyx, 4.0)
     expected = initial.array.copy()
     expected[roi] = (hu[roi] >= 700.0)
@@ -146,7 +148,7 @@ def test_edge_prior_in_the_roi_equals_the_whole_image_one():
     image, initial = _case(shape=(24, 48, 44), spacing_xyz=(0.7, 0.7, 1.5))
     meta = dict(META, normalisation=NORMALISATION)
     _, prob = refine_volume(EdgeModel(), meta, image, initial, margin_mm=1.0,
-                            return_probability=True)
+                            return_probability=True, band_only=False)
     roi = roi_slices(initial.array, image.geometry.spacing_zyx, 1.0)
     assert all(s.start > 3 and s.stop < n - 3 for s, n in zip(roi, image.array.shape))
     full = edge_prior(image.array, image.geometry.spacing_zyx, NORMALISATION)
@@ -161,7 +163,8 @@ def test_mask_touching_the_volume_border():
     assert initial.array[0].any() and initial.array[:, :, -1].any()
     roi = roi_slices(initial.array, image.geometry.spacing_zyx, 10.0)
     assert roi[0].start == 0 and roi[2].stop == shape[2]
-    refined = refine_volume(ConstantModel(50.0), META, image, initial, margin_mm=10.0)
+    refined = refine_volume(ConstantModel(50.0), META, image, initial, margin_mm=10.0,
+                            band_only=False)
     inside = np.zeros(shape, bool)
     inside[roi] = True
     assert refined.array[inside].all()

@@ -12,8 +12,9 @@ HELP = "run the benchmark on a held-out synthetic test split and write docs/benc
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..benchmark import PRESETS, ROW_TRAINING
-    p.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                   help="quick: minutes; full: the preset the targets are read from; smoke: tests only")
+    p.add_argument("--preset", choices=sorted(PRESETS) + ["perf"], default="quick",
+                   help="quick: minutes; full: the preset the targets are read from; smoke: tests "
+                        "only; perf: speed and memory at real sizes -> docs/performance.md")
     p.add_argument("--out", type=Path, default=Path("docs/benchmark.md"),
                    help="markdown report (a JSON twin is written beside it)")
     p.add_argument("--workdir", type=Path, default=Path("benchmark_output"),
@@ -25,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.preset == "perf":
+        from ..perf import run_command
+        return run_command(args)
     from ..benchmark import run_benchmark, write_report
     from ..pipeline import format_table
     from ..progress import CancelToken
