@@ -20,10 +20,11 @@ sees (``widen``):
 ``none``
     the plain ``band_mm`` band.
 
-A region rated 1-2 (mostly wrong, large error) says the error there may reach deeper than the
-band: :func:`extend_regions` grows such a region on the side its rating names (inward for
-``over``, outward for ``under``) up to ``max_band_mm`` from the surface, keeping its label (the
-"outer ring"; ``extend_max_score``). Labels do not change, so the ratings stay valid; training
+A region rated below 5 says the error there may reach deeper than the band, the more so the
+worse the score: :func:`extend_regions` grows such a region on the side its rating names (inward
+for ``over``, outward for ``under``) to :func:`extension_depth` from the surface (``max_band_mm``
+for a 1, 8.25 mm for a 2, 6.5 for a 3, 4.75 for a 4 with the defaults), keeping its label (the
+"outer ring"; regions rated at most ``extend_max_score``). Labels do not change, so the ratings stay valid; training
 and the do-no-harm guard read the extended map.
 
 Region methods are *splitters* (:class:`Splitter`) registered in :data:`SPLITTERS` under the
@@ -93,8 +94,9 @@ class RegionParams:
     thin_mm: float = 4.0
     #: edge prior (0..1) below which a surface voxel's boundary is doubtful (``shape+edge``)
     weak_edge: float = 0.5
-    #: regions rated at or below this mean score grow on their error side (:func:`extend_regions`)
-    extend_max_score: float = 2.5
+    #: regions rated at or below this mean score grow on their error side (:func:`extend_regions`),
+    #: the deeper the worse the score (:func:`extension_depth`)
+    extend_max_score: float = 4.0
 
     def validate(self) -> None:
         if self.widen not in WIDEN:
@@ -262,11 +264,12 @@ def region_band(mask: np.ndarray, spacing_zyx: Sequence[float],
 
 def extend_regions(regions: np.ndarray, initial: np.ndarray, spacing_zyx: Sequence[float],
                    ratings: dict, params: Optional[RegionParams] = None) -> np.ndarray:
-    """Grow the regions rated 1-2 on the side their rating names (the "outer ring").
+    """Grow the poorly rated regions on the side their rating names (the "outer ring").
 
     A region whose mean score is at most ``params.extend_max_score`` with error ``over`` takes
-    the mask voxels, with ``under`` the background voxels, within ``params.max_band_mm`` of the
-    surface whose nearest surface voxel (mm) belongs to it and that are in no region yet.
+    the mask voxels, with ``under`` the background voxels, within :func:`extension_depth` of its
+    score from the surface whose nearest surface voxel (mm) belongs to it and that are in no
+    region yet.
 
     Args:
         regions: int16 ``(z, y, x)`` from :func:`split_regions` of ``initial``.
@@ -298,11 +301,21 @@ def extend_regions(regions: np.ndarray, initial: np.ndarray, spacing_zyx: Sequen
     idx = ndi.distance_transform_edt(~surface, sampling=sp, return_distances=False,
                                      return_indices=True)
     nearest = np.where(surface, r, 0)[tuple(idx)]
-    free = (r == 0) & (dist <= params.max_band_mm)
+    free = r == 0
     for label, error in sorted(grow.items()):
         side = m if error == "over" else ~m
-        r[free & side & (nearest == label)] = label
+        depth = extension_depth(float(ratings[label][0]), params)
+        r[free & side & (dist <= depth) & (nearest == label)] = label
     return out
+
+
+def extension_depth(score: float, params: Optional[RegionParams] = None) -> float:
+    """How deep (mm from the surface) :func:`extend_regions` grows a region rated ``score``:
+    ``max_band_mm`` for a 1, ``band_mm`` for a 5, linear in between (a worse rating says the
+    error reaches further); at least ``band_mm``."""
+    params = params or RegionParams()
+    t = float(np.clip((5.0 - float(score)) / 4.0, 0.0, 1.0))
+    return float(params.band_mm + (max(params.max_band_mm, params.band_mm) - params.band_mm) * t)
 
 
 def error_coverage(initial: np.ndarray, reference: np.ndarray, regions: np.ndarray) -> float:

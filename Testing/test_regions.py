@@ -15,7 +15,7 @@ from conftest import ellipsoid
 from SCORERefineLib.errors import InputError
 from SCORERefineLib.imageio import Geometry, Volume, read_mask
 from SCORERefineLib.regions import (METHODS, RegionParams, boundary_band, error_coverage,
-                                    extend_regions, make_regions, region_band, region_centres,
+                                    extend_regions, extension_depth, make_regions, region_band, region_centres,
                                     region_sizes, split_regions)
 
 FACE = ndi.generate_binary_structure(3, 1)
@@ -311,6 +311,7 @@ def test_extend_regions_grows_poorly_rated_regions_on_their_side():
     params = RegionParams("slabs", 3, 2.0, widen="none", max_band_mm=6.0)
     regions = split_regions(mask, (1, 1, 1), params)
     ratings = {1: (1.0, "over"), 2: (4.0, "over"), 3: (2.0, "under")}
+    params = RegionParams("slabs", 3, 2.0, widen="none", max_band_mm=6.0, extend_max_score=2.5)
     ext = extend_regions(regions, mask, (1, 1, 1), ratings, params)
     np.testing.assert_array_equal(ext[regions > 0], regions[regions > 0])   # nothing relabelled
     grown = (ext > 0) & (regions == 0)
@@ -318,6 +319,11 @@ def test_extend_regions_grows_poorly_rated_regions_on_their_side():
     assert (mask[grown & (ext == 1)] == 1).all() and (mask[grown & (ext == 3)] == 0).all()
     assert not ((ext == 2) & (regions == 0)).any()
     np.testing.assert_array_equal(extend_regions(regions, mask, (1, 1, 1), {}, params), regions)
+    # graded: a 1 reaches max_band_mm, a 2 three quarters of the way
+    assert extension_depth(1.0, params) == 6.0 and extension_depth(2.0, params) == 5.0
+    assert extension_depth(5.0, params) == 2.0
+    d_in = ndi.distance_transform_edt(mask)
+    assert d_in[grown & (ext == 1)].max() == pytest.approx(6.0, abs=1.0)
 
 
 def test_error_coverage():
@@ -334,8 +340,8 @@ def test_error_coverage():
 
 @pytest.mark.parametrize("preset,n", [("tiny", 4), ("default", 3)])
 def test_regions_reach_the_errors_on_phantoms(preset, n):
-    """>= 95 % of the voxels where the initial mask is wrong lie in a region once rated 1-2
-    regions are extended (the default phantom cohort, seed 7)."""
+    """>= 95 % of the voxels where the initial mask is wrong lie in a region once poorly rated
+    regions are extended (the phantom cohort of seed 7)."""
     from SCORERefineLib.phantoms import case_seed, make_phantom
     from SCORERefineLib.rater import simulate_feedback
 
