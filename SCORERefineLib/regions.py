@@ -584,3 +584,44 @@ def make_regions(initial: Volume, params: Optional[RegionParams] = None,
         img = image.array
     return initial.with_array(split_regions(initial.array, initial.geometry.spacing_zyx, params,
                                             img))
+
+
+def dataset_coverage(dataset, params: Optional[RegionParams] = None, extend: bool = True) -> dict:
+    """Error coverage of the regions of every case of ``dataset`` that has a reference and
+    regions: ``{"cases": {case_id: {"coverage", "coverage_extended", "wrong_voxels",
+    "region_voxels", "region_voxels_extended"}}, "pooled", "pooled_extended", "min",
+    "min_extended"}``. The extended figures use the case's feedback (consensus) with
+    :func:`extend_regions` (``params`` from feedback.json's ``regions`` entry when None); a case
+    without feedback counts unextended."""
+    from .case import list_cases
+    from .feedback import load_feedback
+    from .imageio import read_labels
+
+    rows: dict = {}
+    for case in list_cases(dataset):
+        if not (case.has_reference and case.has_regions):
+            continue
+        image = case.load_image()
+        ini = case.load_initial(like=image).array
+        ref = case.load_reference(like=image).array
+        reg = read_labels(case.regions_path, like=image.geometry).array
+        ext = reg
+        if extend and case.has_feedback:
+            fb = load_feedback(case.feedback_path)
+            p = params
+            if p is None:
+                known = set(RegionParams.__dataclass_fields__)
+                p = RegionParams(**{k: v for k, v in fb.region_info.items() if k in known})
+            ext = extend_regions(reg, ini, image.geometry.spacing_zyx, fb.consensus(), p)
+        rows[case.case_id] = {"coverage": error_coverage(ini, ref, reg),
+                              "coverage_extended": error_coverage(ini, ref, ext),
+                              "wrong_voxels": int(((ini != 0) != (ref != 0)).sum()),
+                              "region_voxels": int((reg > 0).sum()),
+                              "region_voxels_extended": int((ext > 0).sum())}
+    out: dict = {"cases": rows}
+    wrong = sum(r["wrong_voxels"] for r in rows.values())
+    for key in ("coverage", "coverage_extended"):
+        out[f"pooled{key[8:]}"] = (sum(r[key] * r["wrong_voxels"] for r in rows.values()) / wrong
+                                   if wrong else 1.0)
+        out[f"min{key[8:]}"] = min((r[key] for r in rows.values()), default=1.0)
+    return out

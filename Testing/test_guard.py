@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage as ndi
 
-from SCORERefineLib.refiner.guard import GuardLimits, allowed_fraction, apply_guard
+from SCORERefineLib.refiner.guard import GuardLimits, allowed_fraction, apply_guard, guard_volume
 
 FULL = np.ones((3, 3, 3), bool)
 
@@ -184,3 +184,20 @@ def test_guarantees_hold_for_any_proposal(data):
     again, _ = apply_guard(ini, out, spacing, GuardLimits(margin_mm=margin))
     np.testing.assert_array_equal(again, out)                # idempotent
     json.dumps(rep)
+
+
+def test_guard_volume_reads_feedback():
+    from SCORERefineLib.feedback import CaseFeedback
+    from SCORERefineLib.imageio import Geometry, Volume
+
+    g = Geometry.isotropic((20, 20, 20), (1.0, 1.0, 1.0))
+    ini = ball((20, 20, 20), (10, 10, 10), 5)
+    prop = ball((20, 20, 20), (10, 10, 10), 7)
+    regions = np.where(ini > -1, 1, 0).astype(np.int16)
+    fb = CaseFeedback("c", [1], {"method": "patches", "band_mm": 3.0})
+    fb.rate("a", 1, 5, "none")
+    out, rep = guard_volume(Volume(ini, g), Volume(prop, g), regions=regions, feedback=fb)
+    np.testing.assert_array_equal(out.array, ini)
+    assert rep["limits"]["margin_mm"] == 5.0 and rep["clipped"]["rated_5"] > 0
+    out, rep = guard_volume(Volume(ini, g), prop)
+    np.testing.assert_array_equal(out.array, prop)

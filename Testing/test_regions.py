@@ -367,3 +367,24 @@ def test_splitters_agree_with_the_catalog():
     assert list(SPLITTERS) == names(REGION_METHODS) == list(METHODS)
     for splitter in SPLITTERS.values():
         assert callable(splitter.split) and callable(splitter.capacity)
+
+
+def test_dataset_coverage_reads_cases(tmp_path):
+    from SCORERefineLib.case import write_case
+    from SCORERefineLib.feedback import save_feedback
+    from SCORERefineLib.phantoms import case_seed, make_phantom
+    from SCORERefineLib.rater import simulate_feedback
+    from SCORERefineLib.regions import dataset_coverage
+
+    ph = make_phantom(case_seed(7, 1), "tiny")
+    params = RegionParams()
+    regions = make_regions(ph.initial, params)
+    case = write_case(tmp_path, "a", ph.image, ph.initial, regions, ph.reference)
+    save_feedback(simulate_feedback("a", ph.initial, ph.reference, regions,
+                                    region_info=params.info()), case.feedback_path)
+    got = dataset_coverage(tmp_path)
+    row = got["cases"]["a"]
+    assert row["coverage"] == pytest.approx(error_coverage(ph.initial.array, ph.reference.array,
+                                                           regions.array))
+    assert row["coverage_extended"] >= row["coverage"] and got["pooled_extended"] >= 0.95
+    assert row["region_voxels_extended"] >= row["region_voxels"]

@@ -252,3 +252,31 @@ def apply_guard(initial: np.ndarray, proposed: np.ndarray, spacing_zyx: Sequence
                   removed=int((ini & ~out).sum()))
     report["clipped_total"] = int(sum(report["clipped"].values()))
     return out.astype(np.uint8), report
+
+
+def guard_volume(initial, proposed, limits: Optional[GuardLimits] = None, regions=None,
+                 feedback=None):
+    """:func:`apply_guard` on Volumes (the shape inference and the prediction loop use).
+
+    ``initial``: the initial mask Volume; ``proposed``: a Volume on its grid or an array;
+    ``regions``: optional Volume/array of region labels; ``feedback``: optional
+    ``CaseFeedback`` (its ``consensus()`` is used, and its ``region_info`` sets the margin when
+    ``limits`` is None). Returns ``(guarded Volume (uint8), report)``.
+    """
+    from ..imageio import Volume, check_same_grid
+
+    prop = proposed
+    if isinstance(proposed, Volume):
+        check_same_grid(initial.geometry, proposed.geometry, "initial mask", "refined mask")
+        prop = proposed.array
+    reg = regions
+    if isinstance(regions, Volume):
+        check_same_grid(initial.geometry, regions.geometry, "initial mask", "regions")
+        reg = regions.array
+    ratings = feedback.consensus() if feedback is not None else None
+    if limits is None:
+        limits = GuardLimits.for_regions(feedback.region_info) if feedback is not None \
+            else GuardLimits()
+    out, report = apply_guard(initial.array, prop, initial.geometry.spacing_zyx, limits,
+                              reg, ratings)
+    return initial.with_array(out), report
