@@ -98,7 +98,8 @@ def test_ratings_pin_direct_and_bound_each_region():
     prop = ini.copy()
     prop[4, 5:15, 5:35] = 1                       # grows everywhere by one layer (10x30 voxels)
     prop[14, 5:15, 5:35] = 0                      # and shrinks on the other side
-    out, rep = apply_guard(ini, prop, (1, 1, 1), GuardLimits(margin_mm=5.0), regions, ratings)
+    strict = GuardLimits(margin_mm=5.0, against_share=0.0)
+    out, rep = apply_guard(ini, prop, (1, 1, 1), strict, regions, ratings)
     r1, r2, r3 = (regions == k for k in (1, 2, 3))
     assert (out[r1] == ini[r1]).all()             # rated 5: no change
     assert not (out.astype(bool) & ~ini.astype(bool) & r2).any()    # over: no addition
@@ -108,6 +109,13 @@ def test_ratings_pin_direct_and_bound_each_region():
     assert rep["regions"]["1"]["clipped"] == 180 and rep["clipped"]["rated_5"] == 180  # 2x10x9
     assert rep["clipped"]["against_direction"] == 120 + 90
     json.dumps(rep)
+    # with against_share, changes against the rating are kept up to that share of the others
+    out, rep = apply_guard(ini, prop, (1, 1, 1), GuardLimits(margin_mm=5.0, against_share=0.5),
+                           regions, ratings)
+    added_r2 = int((out.astype(bool) & ~ini.astype(bool) & r2).sum())
+    removed_r2 = int((~out.astype(bool) & ini.astype(bool) & r2).sum())
+    assert removed_r2 == 120 and added_r2 == 60
+    assert rep["clipped"]["against_direction"] == 60 + 45
     # the amount bound: a region rated 4 (over) may lose only a few of its 1200 initial voxels
     ratings = {2: (4.0, "over")}
     prop = ini.copy()

@@ -64,6 +64,8 @@ class GuardLimits:
     ``amount_slack``: relative slack on the per-region amount bound; ``min_allowed_voxels``:
     absolute slack (voxels) so a tiny region may still move its boundary by a voxel.
     ``keep_initial_components``: never remove a whole initial component.
+    ``against_share``: changes against a region's rated direction are kept up to this multiple
+    of the changes in the rated direction (0 = none).
     """
 
     margin_mm: float = 6.0
@@ -72,6 +74,7 @@ class GuardLimits:
     amount_slack: float = 0.25
     min_allowed_voxels: int = 8
     keep_initial_components: bool = True
+    against_share: float = 0.5
 
     @classmethod
     def for_regions(cls, region_info: Optional[Mapping] = None, extra_mm: float = 2.0,
@@ -86,8 +89,8 @@ class GuardLimits:
     def validate(self) -> None:
         if not np.isfinite(self.margin_mm) or self.margin_mm < 0:
             raise ValueError(f"margin_mm must be >= 0 mm, got {self.margin_mm!r}")
-        if self.amount_slack < 0 or self.min_allowed_voxels < 0:
-            raise ValueError("amount_slack and min_allowed_voxels must be >= 0")
+        if self.amount_slack < 0 or self.min_allowed_voxels < 0 or self.against_share < 0:
+            raise ValueError("amount_slack, min_allowed_voxels and against_share must be >= 0")
 
 
 def allowed_fraction(score: float, error: str) -> float:
@@ -191,8 +194,13 @@ def apply_guard(initial: np.ndarray, proposed: np.ndarray, spacing_zyx: Sequence
             else:
                 if error in ("over", "under") and score < limits.direction_max_score:
                     wrong = sel & ((p & ~i) if error == "over" else (~p & i))
-                    n = int(wrong.sum())
-                    p[wrong] = i[wrong]
+                    right = int((sel & ((~p & i) if error == "over" else (p & ~i))).sum())
+                    keep = int(np.floor(limits.against_share * right))
+                    cand = np.flatnonzero(wrong)
+                    drop = cand[np.lexsort((cand, dist.ravel()[cand]))[keep:]]
+                    n = int(drop.size)
+                    pf = p.reshape(-1)
+                    pf[drop] = i.reshape(-1)[drop]
                     if n:
                         entry["why"].append(f"rated {error}: {n} "
                                             f"{'added' if error == 'over' else 'removed'} voxels "
