@@ -209,3 +209,29 @@ def test_guard_volume_reads_feedback():
     assert rep["limits"]["margin_mm"] == 5.0 and rep["clipped"]["rated_5"] > 0
     out, rep = guard_volume(Volume(ini, g), prop)
     np.testing.assert_array_equal(out.array, prop)
+
+
+def test_the_guard_keeps_most_of_a_perfect_refinement_on_phantoms():
+    """The guard's ceiling: refining to the reference, the guarded result (ratings from the
+    simulated rater, poorly rated regions extended) keeps nearly all of the correction."""
+    from SCORERefineLib.phantoms import case_seed, make_phantom
+    from SCORERefineLib.rater import simulate_feedback
+    from SCORERefineLib.regions import RegionParams, extend_regions, split_regions
+
+    def dice(a, b):
+        a, b = a > 0, b > 0
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    for i in range(3):
+        ph = make_phantom(case_seed(7, i), "tiny")
+        ini, ref = ph.initial.array, ph.reference.array
+        sp = ph.initial.geometry.spacing_zyx
+        params = RegionParams()
+        regions = split_regions(ini, sp, params)
+        ratings = simulate_feedback("c", ini, ref, regions).consensus()
+        regions = extend_regions(regions, ini, sp, ratings, params)
+        limits = GuardLimits.for_regions(params.info())
+        for r, rt in ((None, None), (regions, ratings)):
+            out, _ = apply_guard(ini, ref, sp, limits, r, rt)
+            gain = dice(ref, ref) - dice(ini, ref)
+            assert dice(out, ref) - dice(ini, ref) >= 0.8 * gain
