@@ -1,4 +1,7 @@
-"""Segmentation metrics in millimetres (MONAI): Dice, HD95 and ASSD, per case and summarised.
+"""Segmentation metrics in millimetres (MONAI): Dice, HD95 and ASSD, per case and summarised,
+next to the number of connected components of the prediction (26-connectivity; a refinement that
+scatters small false components shows up there before it shows in Dice) and, against a baseline
+such as the initial mask, which cases got worse (Dice drop > :data:`WORSE_TOLERANCE`).
 
 Masks are binary arrays ``(z, y, x)``; ``spacing_zyx`` is the voxel spacing in the same array order
 (use :attr:`imageio.Geometry.spacing_zyx`, not ITK's ``(x, y, z)`` ``spacing``).
@@ -33,8 +36,26 @@ from .atomicio import atomic_write_text
 from .errors import InputError
 
 METRICS = ("dice", "hd95", "assd")
+#: counts reported next to the metrics (``components``: 26-connected components of the prediction)
+COUNTS = ("components",)
+#: everything :func:`case_metrics` returns and :func:`summarise` summarises by default
+ALL_METRICS = METRICS + COUNTS
 #: True when a larger value is better
 HIGHER_IS_BETTER = {"dice": True, "hd95": False, "assd": False}
+#: a case is "worse than initial" when its Dice drops by more than this
+WORSE_TOLERANCE = 0.005
+
+_FULL = np.ones((3, 3, 3), dtype=bool)   # 26-connectivity
+
+
+def n_components(mask: np.ndarray) -> int:
+    """Number of 26-connected foreground components of ``mask`` ``(z, y, x)`` (0 when empty)."""
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask) != 0
+    if not mask.any():
+        return 0
+    return int(ndi.label(mask, structure=_FULL)[1])
 
 
 def _crop(pred: np.ndarray, ref: np.ndarray, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +70,8 @@ def _crop(pred: np.ndarray, ref: np.ndarray, margin: int = 2) -> tuple[np.ndarra
 
 
 def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float]) -> dict:
-    """Dice, HD95 (mm) and symmetric ASSD (mm) of binary masks ``pred`` and ``ref`` ``(z, y, x)``.
+    """Dice, HD95 (mm), symmetric ASSD (mm) and ``components`` (26-connected components of
+    ``pred``) of binary masks ``pred`` and ``ref`` ``(z, y, x)``.
 
     Uses ``monai.metrics.compute_dice``, ``compute_hausdorff_distance(percentile=95)`` and
     ``compute_average_surface_distance(symmetric=True)`` with ``spacing=spacing_zyx``.
@@ -65,9 +87,9 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float]
                          f"and spacing {tuple(spacing_zyx)}")
     n_pred, n_ref = int(pred.sum()), int(ref.sum())
     if n_pred == 0 and n_ref == 0:
-        return {"dice": 1.0, "hd95": 0.0, "assd": 0.0}
+        return {"dice": 1.0, "hd95": 0.0, "assd": 0.0, "components": 0}
     if n_pred == 0 or n_ref == 0:
-        return {"dice": 0.0, "hd95": math.nan, "assd": math.nan}
+        return {"dice": 0.0, "hd95": math.nan, "assd": math.nan, "components": n_components(pred)}
 
     import torch
     from monai.metrics import (compute_average_surface_distance, compute_dice,
@@ -84,10 +106,11 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing_zyx: Sequence[float]
                                           spacing=spacing)
         assd = compute_average_surface_distance(tp, tr, include_background=True, symmetric=True,
                                                 spacing=spacing)
-    return {"dice": float(dice.item()), "hd95": float(hd95.item()), "assd": float(assd.item())}
+    return {"dice": float(dice.item()), "hd95": float(hd95.item()), "assd": float(assd.item()),
+            "components": n_components(pred)}
 
 
-def summarise(rows: Iterable[Mapping], metrics: Sequence[str] = METRICS) -> dict:
+def summarise(rows: Iterable[Mapping], metrics: Sequence[str] = ALL_METRICS) -> dict:
     """Per metric ``{"mean", "std", "median", "min", "max", "n", "n_nan"}`` over ``rows``.
 
     NaN values are left out (``n`` counts the finite ones, ``n_nan`` the others); a metric with no
@@ -115,8 +138,8 @@ def evaluate_dataset(dataset: str | os.PathLike, prediction: str = "initial",
     """Metrics of every case of ``dataset`` against its reference.
 
     ``prediction``: ``"initial"`` (``initial.nii.gz``) or NAME (``predictions/NAME.nii.gz``).
-    Returns ``(rows, summary)``; a row is ``{"case_id", "dice", "hd95", "assd", "pred_voxels",
-    "ref_voxels"}``. Cases without a reference or without that prediction are skipped; pass a
+    Returns ``(rows, summary)``; a row is ``{"case_id", "dice", "hd95", "assd", "components",
+    "pred_voxels", "ref_voxels"}``. Cases without a reference or without that prediction are skipped; pass a
     list as ``skipped`` to receive ``(case_id, reason)`` notes. Raises :class:`InputError` when
     no case could be evaluated.
     """
@@ -155,14 +178,24 @@ def evaluate_dataset(dataset: str | os.PathLike, prediction: str = "initial",
     return rows, summarise(rows)
 
 
+def worse_than(before: Mapping, after: Mapping, tolerance: float = WORSE_TOLERANCE) -> bool:
+    """True when ``after``'s Dice is more than ``tolerance`` below ``before``'s (rows with a
+    ``"dice"``); a NaN Dice on either side is not counted as worse."""
+    b, a = float(before.get("dice", math.nan)), float(after.get("dice", math.nan))
+    return bool(math.isfinite(a) and math.isfinite(b) and a < b - tolerance)
+
+
 def compare(rows_before: Iterable[Mapping], rows_after: Iterable[Mapping],
-            metrics: Sequence[str] = METRICS) -> dict:
+            metrics: Sequence[str] = METRICS, tolerance: float = WORSE_TOLERANCE) -> dict:
     """Per-case deltas (after - before) and the share of cases improved, matched by ``case_id``.
 
-    Returns ``{"cases": [{"case_id", "<m>_before", "<m>_after", "<m>_delta"}...],
-    "summary": {m: {"mean_delta", "median_delta", "improved", "worse", "n"}}, "unmatched": [...]}``
+    Returns ``{"cases": [{"case_id", "<m>_before", "<m>_after", "<m>_delta",
+    "components_before", "components_after", "worse_than_initial"}...],
+    "summary": {m: {"mean_delta", "median_delta", "improved", "worse", "n"}},
+    "worse_than_initial": {"n", "share", "tolerance", "cases"}, "unmatched": [...]}``
     where ``improved``/``worse`` are shares of the ``n`` cases with finite values on both sides
-    (Dice up, distances down is better).
+    (Dice up, distances down is better) and a case is ``worse_than_initial`` when its Dice drops
+    by more than ``tolerance`` (``before`` is the baseline, usually the initial mask).
     """
     before = {r["case_id"]: r for r in rows_before}
     after = {r["case_id"]: r for r in rows_after}
@@ -174,6 +207,10 @@ def compare(rows_before: Iterable[Mapping], rows_after: Iterable[Mapping],
         for m in metrics:
             b, a = float(before[cid].get(m, math.nan)), float(after[cid].get(m, math.nan))
             row.update({f"{m}_before": b, f"{m}_after": a, f"{m}_delta": a - b})
+        for m in COUNTS:
+            if m in before[cid] or m in after[cid]:
+                row.update({f"{m}_before": before[cid].get(m), f"{m}_after": after[cid].get(m)})
+        row["worse_than_initial"] = worse_than(before[cid], after[cid], tolerance)
         cases.append(row)
     summary = {}
     for m in metrics:
@@ -186,7 +223,11 @@ def compare(rows_before: Iterable[Mapping], rows_after: Iterable[Mapping],
             "improved": float(np.mean(sign * d > 1e-9)) if d.size else math.nan,
             "worse": float(np.mean(sign * d < -1e-9)) if d.size else math.nan,
             "n": int(d.size)}
-    return {"cases": cases, "summary": summary, "unmatched": unmatched}
+    worse = [c["case_id"] for c in cases if c["worse_than_initial"]]
+    return {"cases": cases, "summary": summary,
+            "worse_than_initial": {"n": len(worse), "share": len(worse) / len(cases) if cases
+                                   else math.nan, "tolerance": float(tolerance), "cases": worse},
+            "unmatched": unmatched}
 
 
 def _json_safe(obj):
@@ -220,20 +261,25 @@ def write_json(data, path: str | os.PathLike) -> Path:
 
 
 def format_table(rows: Sequence[Mapping], summary: Mapping) -> str:
-    """A readable text table: one line per case, then mean/std/median/min/max."""
+    """A readable text table: one line per case, then mean/std/median/min/max (the
+    ``components`` column appears when the rows have it)."""
     def f(v, nd):
         return "nan" if v is None or (isinstance(v, float) and not math.isfinite(v)) \
             else f"{v:.{nd}f}"
+    comps = any("components" in r for r in rows) and "components" in summary
     width = max([len("case")] + [len(str(r["case_id"])) for r in rows])
-    lines = [f"{'case':<{width}}  {'dice':>7}  {'hd95 mm':>8}  {'assd mm':>8}"]
+    lines = [f"{'case':<{width}}  {'dice':>7}  {'hd95 mm':>8}  {'assd mm':>8}"
+             + (f"  {'comps':>6}" if comps else "")]
     lines.append("-" * len(lines[0]))
     for r in rows:
         lines.append(f"{r['case_id']:<{width}}  {f(r['dice'], 4):>7}  {f(r['hd95'], 2):>8}  "
-                     f"{f(r['assd'], 3):>8}")
+                     f"{f(r['assd'], 3):>8}"
+                     + (f"  {f(r.get('components'), 0):>6}" if comps else ""))
     lines.append("-" * len(lines[0]))
     for stat in ("mean", "std", "median", "min", "max"):
         lines.append(f"{stat:<{width}}  {f(summary['dice'][stat], 4):>7}  "
-                     f"{f(summary['hd95'][stat], 2):>8}  {f(summary['assd'][stat], 3):>8}")
+                     f"{f(summary['hd95'][stat], 2):>8}  {f(summary['assd'][stat], 3):>8}"
+                     + (f"  {f(summary['components'][stat], 1):>6}" if comps else ""))
     nan = {m: summary[m]["n_nan"] for m in METRICS if summary[m]["n_nan"]}
     if nan:
         lines.append(f"(NaN left out of the summary: {nan}; a mask was empty)")

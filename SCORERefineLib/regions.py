@@ -4,7 +4,31 @@ The *band* holds the voxels near the mask surface on both sides (inside and outs
 over-segmentation (mask too big: extra voxels inside the mask near its surface) and an
 under-segmentation (mask too small: missing voxels just outside it) both fall in some region.
 
-Two methods:
+The band is ``band_mm`` wide everywhere (the minimum) and widens, up to ``max_band_mm``, where
+the boundary is doubtful, so that the errors a foundation model makes far from its own surface
+(a leak into a neighbouring bone, a hole in the marrow, a notch) still fall in a region a rater
+sees (``widen``):
+
+``shape`` (default; needs only the mask)
+    the mask's *thin parts* (mask voxels removed by a morphological opening with a ball of radius
+    ``thin_mm``: protrusions and bridges, the typical shape of a leak), its *notches* (background
+    voxels added by a closing with the same ball) and its *enclosed holes* are doubtful.
+``shape+edge`` (needs the CT: ``image=`` in :func:`split_regions`)
+    in addition, where the CT shows no edge at the mask surface (edge prior, as the refiner's
+    ``edge`` channel, below ``weak_edge``) the band there widens in proportion to how weak the
+    edge is: the boundary is not where the image says it is.
+``none``
+    the plain ``band_mm`` band.
+
+A region rated below 5 says the error there may reach deeper than the band, the more so the
+worse the score: :func:`extend_regions` grows such a region on the side its rating names (inward
+for ``over``, outward for ``under``) to :func:`extension_depth` from the surface (``max_band_mm``
+for a 1, 8.25 mm for a 2, 6.5 for a 3, 4.75 for a 4 with the defaults), keeping its label (the
+"outer ring"; regions rated at most ``extend_max_score``). Labels do not change, so the ratings stay valid; training
+and the do-no-harm guard read the extended map.
+
+Region methods are *splitters* (:class:`Splitter`) registered in :data:`SPLITTERS` under the
+names of ``catalog.REGION_METHODS`` (a test checks that they agree):
 
 ``patches``
     compact surface patches: seeded k-means (k-means++ init, Lloyd iterations) of the surface
@@ -34,7 +58,7 @@ All work is done on the bounding box of the band, so a small structure in a larg
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -42,7 +66,7 @@ from scipy import ndimage as ndi
 from .errors import InputError
 from .imageio import Volume
 
-METHODS = ("patches", "slabs")
+WIDEN = ("shape", "shape+edge", "none")
 
 #: a surface patch holds at least this many surface voxels (else fewer patches are made)
 MIN_SURFACE_VOXELS_PER_PATCH = 8
@@ -62,8 +86,27 @@ class RegionParams:
     n_regions: int = 12
     band_mm: float = 3.0
     seed: int = 0
+    #: where the boundary is doubtful the band widens up to this half-width (mm)
+    max_band_mm: float = 10.0
+    #: ``shape`` | ``shape+edge`` | ``none`` (see the module notes)
+    widen: str = "shape"
+    #: parts of the mask (or gaps of the background) thinner than twice this (mm) are doubtful
+    thin_mm: float = 4.0
+    #: edge prior (0..1) below which a surface voxel's boundary is doubtful (``shape+edge``)
+    weak_edge: float = 0.5
+    #: regions rated at or below this mean score grow on their error side (:func:`extend_regions`),
+    #: the deeper the worse the score (:func:`extension_depth`)
+    extend_max_score: float = 4.0
 
     def validate(self) -> None:
+        if self.widen not in WIDEN:
+            raise InputError(f"unknown band widening '{self.widen}'; use one of {', '.join(WIDEN)}.")
+        for name in ("max_band_mm", "thin_mm"):
+            v = getattr(self, name)
+            if not np.isfinite(v) or v <= 0:
+                raise InputError(f"{name} must be a positive width in millimetres, got {v!r}.")
+        if not 0.0 < float(self.weak_edge) <= 1.0:
+            raise InputError(f"weak_edge must lie in (0, 1], got {self.weak_edge!r}.")
         if self.method not in METHODS:
             raise InputError(f"unknown region method '{self.method}'; use one of {', '.join(METHODS)}.")
         if isinstance(self.n_regions, bool) or int(self.n_regions) != self.n_regions or self.n_regions < 1:
@@ -75,8 +118,14 @@ class RegionParams:
         """The parameters as a plain dict (stored in feedback.json's ``regions`` entry)."""
         d = asdict(self)
         d["n_regions"] = int(d["n_regions"])
-        d["band_mm"] = float(d["band_mm"])
+        for k in ("band_mm", "max_band_mm", "thin_mm", "weak_edge", "extend_max_score"):
+            d[k] = float(d[k])
         return d
+
+    @property
+    def outer_mm(self) -> float:
+        """The widest the band can be (mm): ``band_mm``, or ``max_band_mm`` when widening."""
+        return float(self.band_mm if self.widen == "none" else max(self.band_mm, self.max_band_mm))
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,6 +204,128 @@ def boundary_band(mask: np.ndarray, spacing_zyx: Sequence[float], band_mm: float
     return out
 
 
+def _doubtful_shape(m: np.ndarray, sp: np.ndarray, thin_mm: float, d_in: np.ndarray,
+                    d_out: np.ndarray) -> np.ndarray:
+    """Voxels where the mask's shape makes its boundary doubtful (bool, crop): mask voxels of
+    parts thinner than ``2 * thin_mm`` (removed by an opening with a ball of that radius, in mm),
+    background voxels of notches narrower than that (added by the closing) and enclosed holes."""
+    core = d_in > thin_mm                                          # erosion
+    if core.any():
+        opened = ndi.distance_transform_edt(~core, sampling=sp) <= thin_mm
+    else:
+        opened = np.zeros_like(m)
+    grown = d_out <= thin_mm                                       # dilation
+    closed = ndi.distance_transform_edt(grown, sampling=sp) > thin_mm
+    holes = ndi.binary_fill_holes(m) & ~m
+    return (m & ~opened) | (~m & closed) | holes
+
+
+def _widened_band(m: np.ndarray, sp: np.ndarray, params: "RegionParams",
+                  image: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(band, surface)`` on a crop: the ``band_mm`` band plus the doubtful voxels within
+    ``max_band_mm`` of the surface (see the module notes)."""
+    band, surface = _band_in_crop(m, sp, params.band_mm)
+    if params.widen == "none":
+        return band, surface
+    d_in = ndi.distance_transform_edt(m, sampling=sp)
+    d_out = ndi.distance_transform_edt(~m, sampling=sp)
+    dist = np.where(m, d_in, d_out)
+    reach = dist <= params.max_band_mm
+    band |= reach & _doubtful_shape(m, sp, params.thin_mm, d_in, d_out)
+    if params.widen == "shape+edge" and image is not None:
+        from .refiner.inputs import edge_prior   # numpy/scipy only (no torch)
+        edge = edge_prior(image, sp)
+        # per surface voxel: the strongest edge within one voxel layer across the boundary
+        strength = ndi.maximum_filter(edge, footprint=_FACE)
+        weak = np.clip((params.weak_edge - strength) / params.weak_edge, 0.0, 1.0)
+        width = params.band_mm + (params.max_band_mm - params.band_mm) * weak
+        dist_s, nearest = ndi.distance_transform_edt(~surface, sampling=sp, return_indices=True)
+        band |= reach & (dist_s <= width[tuple(nearest)])
+    return band, surface
+
+
+def region_band(mask: np.ndarray, spacing_zyx: Sequence[float],
+                params: Optional["RegionParams"] = None,
+                image: Optional[np.ndarray] = None) -> np.ndarray:
+    """The band :func:`split_regions` splits: at least ``band_mm`` wide, widened up to
+    ``max_band_mm`` where the boundary is doubtful (``params.widen``; ``image`` in HU on the mask
+    grid for ``shape+edge``). Bool ``(z, y, x)``."""
+    params = params or RegionParams()
+    params.validate()
+    mask = _as_mask(mask)
+    sp = _as_spacing(spacing_zyx)
+    crop = _band_crop(mask, sp, params.outer_mm)
+    img = None if image is None else np.asarray(image)[crop]
+    band, _ = _widened_band(mask[crop], sp, params, img)
+    out = np.zeros(mask.shape, dtype=bool)
+    out[crop] = band
+    return out
+
+
+def extend_regions(regions: np.ndarray, initial: np.ndarray, spacing_zyx: Sequence[float],
+                   ratings: dict, params: Optional[RegionParams] = None) -> np.ndarray:
+    """Grow the poorly rated regions on the side their rating names (the "outer ring").
+
+    A region whose mean score is at most ``params.extend_max_score`` with error ``over`` takes
+    the mask voxels, with ``under`` the background voxels, within :func:`extension_depth` of its
+    score from the surface whose nearest surface voxel (mm) belongs to it and that are in no
+    region yet.
+
+    Args:
+        regions: int16 ``(z, y, x)`` from :func:`split_regions` of ``initial``.
+        initial: the mask the regions were made from.
+        spacing_zyx: voxel spacing in mm.
+        ratings: ``{region: (mean score, error)}`` (``CaseFeedback.consensus()``).
+        params: the region parameters (``max_band_mm``, ``extend_max_score``).
+
+    Returns:
+        int16 ``(z, y, x)``: the same labels, rated 1-2 regions grown; other regions unchanged.
+    """
+    params = params or RegionParams()
+    params.validate()
+    regions = np.asarray(regions)
+    mask = _as_mask(initial)
+    sp = _as_spacing(spacing_zyx)
+    if regions.shape != mask.shape:
+        raise InputError(f"regions {regions.shape} and mask {mask.shape} must share one grid.")
+    grow = {int(k): str(e) for k, (sc, e) in ratings.items()
+            if float(sc) <= params.extend_max_score and e in ("over", "under")}
+    out = regions.astype(np.int16, copy=True)
+    if not grow:
+        return out
+    crop = _band_crop(mask, sp, params.max_band_mm)
+    m, r = mask[crop], out[crop]
+    surface = m & ~ndi.binary_erosion(m, _FACE, border_value=1)
+    dist = np.where(m, ndi.distance_transform_edt(m, sampling=sp),
+                    ndi.distance_transform_edt(~m, sampling=sp))
+    idx = ndi.distance_transform_edt(~surface, sampling=sp, return_distances=False,
+                                     return_indices=True)
+    nearest = np.where(surface, r, 0)[tuple(idx)]
+    free = r == 0
+    for label, error in sorted(grow.items()):
+        side = m if error == "over" else ~m
+        depth = extension_depth(float(ratings[label][0]), params)
+        r[free & side & (dist <= depth) & (nearest == label)] = label
+    return out
+
+
+def extension_depth(score: float, params: Optional[RegionParams] = None) -> float:
+    """How deep (mm from the surface) :func:`extend_regions` grows a region rated ``score``:
+    ``max_band_mm`` for a 1, ``band_mm`` for a 5, linear in between (a worse rating says the
+    error reaches further); at least ``band_mm``."""
+    params = params or RegionParams()
+    t = float(np.clip((5.0 - float(score)) / 4.0, 0.0, 1.0))
+    return float(params.band_mm + (max(params.max_band_mm, params.band_mm) - params.band_mm) * t)
+
+
+def error_coverage(initial: np.ndarray, reference: np.ndarray, regions: np.ndarray) -> float:
+    """Share of the voxels where ``initial`` and ``reference`` disagree that lie in some region
+    (label > 0) of ``regions``; 1.0 when they agree everywhere. All ``(z, y, x)`` on one grid."""
+    wrong = (np.asarray(initial) != 0) != (np.asarray(reference) != 0)
+    n = int(wrong.sum())
+    return 1.0 if n == 0 else float((wrong & (np.asarray(regions) > 0)).sum() / n)
+
+
 def _allocate(areas: np.ndarray, caps: np.ndarray, n_regions: int) -> np.ndarray:
     """Regions per component ``(C,)`` from surface areas ``(C,)`` and caps ``(C,)``.
 
@@ -227,21 +398,58 @@ def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.nd
     return remap[labels], centres[used]
 
 
+class Splitter(Protocol):
+    """How one component's surface is cut into regions (a region method).
+
+    ``capacity``: the most regions the component supports (>= 1). ``split``: a group
+    ``0..k'-1`` (``k' <= k``) for each surface point. Points are in mm, ``(N, 3)``;
+    ``voxels_mm`` are the component's mask voxels, ``axis`` its principal axis (unit, mm).
+    """
+
+    def capacity(self, surface_mm: np.ndarray, voxels_mm: np.ndarray, axis: np.ndarray,
+                 spacing: np.ndarray) -> int: ...
+
+    def split(self, surface_mm: np.ndarray, voxels_mm: np.ndarray, axis: np.ndarray, k: int,
+              rng: np.random.Generator) -> np.ndarray: ...
+
+
+class PatchSplitter:
+    """``patches``: seeded k-means of the surface voxels' mm coordinates."""
+
+    def capacity(self, surface_mm, voxels_mm, axis, spacing) -> int:
+        return max(1, len(surface_mm) // MIN_SURFACE_VOXELS_PER_PATCH)
+
+    def split(self, surface_mm, voxels_mm, axis, k, rng) -> np.ndarray:
+        return _kmeans(surface_mm, k, rng)[0]
+
+
+class SlabSplitter:
+    """``slabs``: equal-length slabs along the component's principal axis."""
+
+    def capacity(self, surface_mm, voxels_mm, axis, spacing) -> int:
+        t = voxels_mm @ axis
+        return max(1, int(np.floor((t.max() - t.min()) / np.max(spacing))))
+
+    def split(self, surface_mm, voxels_mm, axis, k, rng) -> np.ndarray:
+        t_vox = voxels_mm @ axis
+        lo, hi = float(t_vox.min()), float(t_vox.max())
+        t = surface_mm @ axis
+        if hi - lo <= 0 or k == 1:
+            return np.zeros(len(surface_mm), dtype=int)
+        return np.clip(((t - lo) / (hi - lo) * k).astype(int), 0, k - 1)
+
+
+#: region methods by name (names equal ``catalog.REGION_METHODS``)
+SPLITTERS: dict[str, Splitter] = {"patches": PatchSplitter(), "slabs": SlabSplitter()}
+METHODS = tuple(SPLITTERS)
+
+
 def _split_component(points_mm: np.ndarray, voxels_mm: np.ndarray, k: int, method: str,
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Group one component's surface points ``(N, 3)`` into up to ``k`` regions ordered along
     the component's principal axis. Returns (group ``(N,)`` in ``0..k'-1``, centres ``(k', 3)``)."""
     axis = _principal_axis(voxels_mm)
-    if method == "slabs":
-        t_vox = voxels_mm @ axis
-        lo, hi = float(t_vox.min()), float(t_vox.max())
-        t = points_mm @ axis
-        if hi - lo <= 0 or k == 1:
-            group = np.zeros(len(points_mm), dtype=int)
-        else:
-            group = np.clip(((t - lo) / (hi - lo) * k).astype(int), 0, k - 1)
-    else:
-        group, _ = _kmeans(points_mm, k, rng)
+    group = np.asarray(SPLITTERS[method].split(points_mm, voxels_mm, axis, k, rng), dtype=int)
     used = np.unique(group)
     counts = np.bincount(group)[used]
     centres = np.stack([np.bincount(group, weights=points_mm[:, a])[used] / counts for a in range(3)], 1)
@@ -254,13 +462,16 @@ def _split_component(points_mm: np.ndarray, voxels_mm: np.ndarray, k: int, metho
 
 
 def split_regions(mask: np.ndarray, spacing_zyx: Sequence[float],
-                  params: Optional[RegionParams] = None) -> np.ndarray:
+                  params: Optional[RegionParams] = None,
+                  image: Optional[np.ndarray] = None) -> np.ndarray:
     """Split the boundary band of ``mask`` into regions labelled ``1..K``.
 
     Args:
         mask: ``(z, y, x)``, non-zero = inside.
         spacing_zyx: voxel spacing in mm, array-axis order (anisotropy is honoured).
-        params: method, target count, band width, seed (defaults: patches, 12, 3 mm, 0).
+        params: method, target count, band width, seed, widening (defaults: patches, 12, 3 mm,
+            0, widened by shape up to 10 mm).
+        image: optional CT (HU) on the mask grid; used by ``widen="shape+edge"`` only.
 
     Returns:
         int16 ``(z, y, x)``: 0 outside the band; every band voxel has exactly one label in
@@ -274,9 +485,9 @@ def split_regions(mask: np.ndarray, spacing_zyx: Sequence[float],
     params.validate()
     mask = _as_mask(mask)
     sp = _as_spacing(spacing_zyx)
-    crop = _band_crop(mask, sp, params.band_mm)
+    crop = _band_crop(mask, sp, params.outer_mm)
     m = mask[crop]
-    band, surface = _band_in_crop(m, sp, params.band_mm)
+    band, surface = _widened_band(m, sp, params, None if image is None else np.asarray(image)[crop])
 
     comp, n_comp = ndi.label(m, structure=_FULL)
     surf_idx = np.argwhere(surface)                       # (N, 3) crop indices, C order
@@ -290,14 +501,11 @@ def split_regions(mask: np.ndarray, spacing_zyx: Sequence[float],
     vox_mm_sorted = np.argwhere(m)[order] * sp
     bounds = np.concatenate([[0], np.cumsum(np.bincount(vox_comp, minlength=n_comp))])
     comp_voxels = [vox_mm_sorted[bounds[c]:bounds[c + 1]] for c in range(n_comp)]
-    if params.method == "slabs":
-        lengths = np.zeros(n_comp)
-        for c in np.nonzero(areas)[0]:
-            t = comp_voxels[c] @ _principal_axis(comp_voxels[c])
-            lengths[c] = t.max() - t.min()
-        caps = np.maximum(1, np.floor(lengths / sp.max()).astype(int))
-    else:
-        caps = np.maximum(1, areas.astype(int) // MIN_SURFACE_VOXELS_PER_PATCH)
+    splitter = SPLITTERS[params.method]
+    caps = np.zeros(n_comp, dtype=int)
+    for c in np.nonzero(areas)[0]:
+        caps[c] = splitter.capacity(surf_mm[surf_comp == c], comp_voxels[c],
+                                    _principal_axis(comp_voxels[c]), sp)
     caps[areas == 0] = 0
     k_comp = _allocate(areas, caps, int(params.n_regions))
 
@@ -365,6 +573,55 @@ def region_sizes(regions: np.ndarray) -> dict[int, int]:
     return {int(lab): int(counts[lab]) for lab in np.nonzero(counts)[0]}
 
 
-def make_regions(initial: Volume, params: Optional[RegionParams] = None) -> Volume:
-    """:func:`split_regions` on a mask volume at its own spacing; int16 on the same grid."""
-    return initial.with_array(split_regions(initial.array, initial.geometry.spacing_zyx, params))
+def make_regions(initial: Volume, params: Optional[RegionParams] = None,
+                 image: Optional[Volume] = None) -> Volume:
+    """:func:`split_regions` on a mask volume at its own spacing; int16 on the same grid.
+    ``image`` (the CT on the same grid) is used by ``widen="shape+edge"`` only."""
+    img = None
+    if image is not None:
+        from .imageio import check_same_grid
+        check_same_grid(image.geometry, initial.geometry, "image", "initial mask")
+        img = image.array
+    return initial.with_array(split_regions(initial.array, initial.geometry.spacing_zyx, params,
+                                            img))
+
+
+def dataset_coverage(dataset, params: Optional[RegionParams] = None, extend: bool = True) -> dict:
+    """Error coverage of the regions of every case of ``dataset`` that has a reference and
+    regions: ``{"cases": {case_id: {"coverage", "coverage_extended", "wrong_voxels",
+    "region_voxels", "region_voxels_extended"}}, "pooled", "pooled_extended", "min",
+    "min_extended"}``. The extended figures use the case's feedback (consensus) with
+    :func:`extend_regions` (``params`` from feedback.json's ``regions`` entry when None); a case
+    without feedback counts unextended."""
+    from .case import list_cases
+    from .feedback import load_feedback
+    from .imageio import read_labels
+
+    rows: dict = {}
+    for case in list_cases(dataset):
+        if not (case.has_reference and case.has_regions):
+            continue
+        image = case.load_image()
+        ini = case.load_initial(like=image).array
+        ref = case.load_reference(like=image).array
+        reg = read_labels(case.regions_path, like=image.geometry).array
+        ext = reg
+        if extend and case.has_feedback:
+            fb = load_feedback(case.feedback_path)
+            p = params
+            if p is None:
+                known = set(RegionParams.__dataclass_fields__)
+                p = RegionParams(**{k: v for k, v in fb.region_info.items() if k in known})
+            ext = extend_regions(reg, ini, image.geometry.spacing_zyx, fb.consensus(), p)
+        rows[case.case_id] = {"coverage": error_coverage(ini, ref, reg),
+                              "coverage_extended": error_coverage(ini, ref, ext),
+                              "wrong_voxels": int(((ini != 0) != (ref != 0)).sum()),
+                              "region_voxels": int((reg > 0).sum()),
+                              "region_voxels_extended": int((ext > 0).sum())}
+    out: dict = {"cases": rows}
+    wrong = sum(r["wrong_voxels"] for r in rows.values())
+    for key in ("coverage", "coverage_extended"):
+        out[f"pooled{key[8:]}"] = (sum(r[key] * r["wrong_voxels"] for r in rows.values()) / wrong
+                                   if wrong else 1.0)
+        out[f"min{key[8:]}"] = min((r[key] for r in rows.values()), default=1.0)
+    return out

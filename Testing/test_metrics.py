@@ -9,7 +9,7 @@ from SCORERefineLib.case import write_case
 from SCORERefineLib.errors import InputError
 from SCORERefineLib.imageio import Geometry, Volume, write_volume
 from SCORERefineLib.metrics import (case_metrics, compare, evaluate_dataset, format_table,
-                                    summarise)
+                                    n_components, summarise, worse_than)
 
 SPACING = (3.0, 1.0, 0.5)   # z, y, x (mm), deliberately different
 
@@ -26,7 +26,7 @@ def plate(axis, shape=(20, 24, 28)):
 def test_identical_masks(ellipsoid_mask):
     m = ellipsoid_mask()
     r = case_metrics(m, m, SPACING)
-    assert r == {"dice": 1.0, "hd95": 0.0, "assd": 0.0}
+    assert r == {"dice": 1.0, "hd95": 0.0, "assd": 0.0, "components": 1}
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
@@ -72,7 +72,8 @@ def test_empty_masks():
     empty = np.zeros((8, 8, 8), np.uint8)
     full = empty.copy()
     full[2:5, 2:5, 2:5] = 1
-    assert case_metrics(empty, empty, (1, 1, 1)) == {"dice": 1.0, "hd95": 0.0, "assd": 0.0}
+    assert case_metrics(empty, empty, (1, 1, 1)) == {"dice": 1.0, "hd95": 0.0, "assd": 0.0,
+                                                     "components": 0}
     for a, b in ((empty, full), (full, empty)):
         r = case_metrics(a, b, (1, 1, 1))
         assert r["dice"] == 0.0 and math.isnan(r["hd95"]) and math.isnan(r["assd"])
@@ -127,3 +128,39 @@ def test_evaluate_dataset(tmp_path, ellipsoid_mask):
     assert [r["case_id"] for r in rows] == ["b"] and ("a", "no prediction 'refined'") in skipped
     with pytest.raises(InputError, match="no case .* could be evaluated"):
         evaluate_dataset(tmp_path, "nothing")
+
+
+def test_components_count_26_connected_pieces():
+    m = np.zeros((12, 12, 12), np.uint8)
+    assert n_components(m) == 0
+    m[1:4, 1:4, 1:4] = 1
+    m[4, 4, 4] = 1            # touches the cube at a corner only: same 26-component
+    assert n_components(m) == 1
+    m[8:10, 8:10, 8:10] = 1   # a separate piece
+    m[1, 10, 1] = 1           # a stray voxel
+    assert n_components(m) == 3
+    ref = np.zeros_like(m)
+    ref[1:4, 1:4, 1:4] = 1
+    r = case_metrics(m, ref, (1, 1, 1))
+    assert r["components"] == 3
+    rows = [{"case_id": "a", **r}, {"case_id": "b", **case_metrics(ref, ref, (1, 1, 1))}]
+    s = summarise(rows)
+    assert s["components"]["mean"] == 2.0 and s["components"]["max"] == 3.0
+    assert "comps" in format_table(rows, s)
+
+
+def test_worse_than_initial_uses_a_dice_tolerance():
+    assert worse_than({"dice": 0.90}, {"dice": 0.894})
+    assert not worse_than({"dice": 0.90}, {"dice": 0.896})     # within 0.005
+    assert not worse_than({"dice": math.nan}, {"dice": 0.1})
+    before = [{"case_id": "a", "dice": 0.8, "hd95": 5.0, "assd": 1.0, "components": 1},
+              {"case_id": "b", "dice": 0.9, "hd95": 2.0, "assd": 0.5, "components": 1},
+              {"case_id": "c", "dice": 0.9, "hd95": 2.0, "assd": 0.5, "components": 1}]
+    after = [{"case_id": "a", "dice": 0.9, "hd95": 3.0, "assd": 1.0, "components": 1},
+             {"case_id": "b", "dice": 0.85, "hd95": 1.0, "assd": 0.4, "components": 7},
+             {"case_id": "c", "dice": 0.897, "hd95": 2.0, "assd": 0.5, "components": 1}]
+    c = compare(before, after)
+    assert [r["worse_than_initial"] for r in c["cases"]] == [False, True, False]
+    assert c["worse_than_initial"]["n"] == 1 and c["worse_than_initial"]["cases"] == ["b"]
+    assert c["worse_than_initial"]["share"] == pytest.approx(1 / 3)
+    assert c["cases"][1]["components_after"] == 7 and c["cases"][1]["components_before"] == 1
