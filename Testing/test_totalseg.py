@@ -204,3 +204,44 @@ def test_real_totalsegmentator_on_the_shared_ct(shared_humerus):
         ref = read_mask(ref_path, label=69).array | read_mask(ref_path, label=70).array
         inter = (ref & res.mask.array).sum()
         assert 2 * inter / (ref.sum() + res.mask.array.sum()) > 0.8
+
+
+SHARED_TS = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "slicer-python" / "SlicerTotalSegmentator"
+
+
+def _real_process_signature(version):
+    """A function with the exact signature of the real ``TotalSegmentatorLogic.process``."""
+    import ast
+    path = SHARED_TS / version / "TotalSegmentator.py"
+    if not path.exists():
+        pytest.skip(f"Slicer's TotalSegmentator module sources not found at {path} (../shared/slicer-python)")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TotalSegmentatorLogic"):
+        for fn in cls.body:
+            if isinstance(fn, ast.FunctionDef) and fn.name == "process":
+                fn.body = [ast.Expr(ast.Call(ast.Name("record", ast.Load()), [ast.Call(ast.Name("locals", ast.Load()), [], [])], []))]
+                fn.decorator_list = []
+                calls = []
+                ns = {"record": calls.append}
+                exec(compile(ast.fix_missing_locations(ast.Module([fn], [])), str(path), "exec"), ns)
+                return __import__("functools").partial(ns["process"], None), calls
+    raise AssertionError("process() not found")
+
+
+@pytest.mark.parametrize("version", ["5.8", "main"])
+def test_defect2_extension_call_binds_the_installed_signature(version):
+    """Slicer 5.8's extension takes fast=, main (5.10+) quality=: one call, subset always passed."""
+    process, calls = _real_process_signature(version)
+    kwargs = ts.extension_process_kwargs(process, fast=True, cpu=True, subset=["humerus_left"])
+    process(object(), object(), **kwargs)            # raises TypeError on a wrong binding
+    (got,) = calls
+    assert got["subset"] == ["humerus_left"] and got["cpu"] is True and got["task"] == "total"
+    if version == "main":
+        assert got["quality"] == "fast"
+    else:
+        assert got["fast"] is True
+
+    def no_subset(inputVolume, outputSegmentation, fast=True, cpu=False, task=None):
+        pass
+    with pytest.raises(ts.TotalSegmentatorNotInstalled, match="117"):
+        ts.extension_process_kwargs(no_subset, subset=["humerus_left"])
