@@ -35,7 +35,7 @@ except ImportError:
     import SCORERefineLib  # noqa: F401
 
 from SCORERefineLib import device_info
-from SCORERefineLib import mrml_bridge as bridge
+from SCORERefineLib import mrml as bridge
 from SCORERefineLib.errors import SCORERefineError
 from SCORERefineLib.session import EVENT_ALL_RATED, EVENT_CURRENT, KEY_HELP, RatingSession
 
@@ -458,7 +458,7 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 class SCORERefineLogic(ScriptedLoadableModuleLogic):
-    """Thin: calls SCORERefineLib (mrml_bridge, session, training_job, totalseg) on slicer.mrmlScene."""
+    """Thin: calls SCORERefineLib (mrml, session, training_job, totalseg) on slicer.mrmlScene."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)

@@ -211,7 +211,7 @@ def test_module_logic_and_its_self_test_run_on_real_mrml_with_qt_stubbed(monkeyp
     import unittest
 
     slicer = pytest.importorskip("slicer", reason="needs slicer-core")
-    from SCORERefineLib import mrml_bridge
+    from SCORERefineLib import mrml as mrml_bridge
 
     qt = types.ModuleType("qt")
     i18n = types.ModuleType("slicer.i18n")
