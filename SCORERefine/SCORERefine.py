@@ -34,7 +34,7 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import SCORERefineLib  # noqa: F401
 
-from SCORERefineLib import device_info
+from SCORERefineLib import catalog, device_info
 from SCORERefineLib import mrml as bridge
 from SCORERefineLib.errors import SCORERefineError
 from SCORERefineLib.session import EVENT_ALL_RATED, EVENT_CURRENT, KEY_HELP, RatingSession
@@ -94,17 +94,21 @@ class SCORERefineParameterNode:
     segmentId: str = ""
     structures: str = "humerus_left humerus_right"
     fast: bool = True
-    regionMethod: Annotated[str, Choice(["patches", "slabs"])] = "patches"
+    # Choice lists come from the torch-free catalog: the connector fills the combo boxes from them
+    regionMethod: Annotated[str, Choice(catalog.names(catalog.REGION_METHODS))] = "patches"
     regionCount: Annotated[int, WithinRange(1, 200)] = 12
     bandWidthMm: Annotated[float, WithinRange(0.5, 20.0)] = 3.0
     regions: vtkMRMLSegmentationNode
     raterName: str = "clinician"
     datasetFolder: Path = Path.home() / "SCORERefine" / "dataset"
     caseId: str = "case_000"
-    trainMode: Annotated[str, Choice(["score", "full"])] = "score"
+    trainMode: Annotated[str, Choice(catalog.names(catalog.TRAINING_MODES))] = "score"
     trainSteps: Annotated[int, WithinRange(1, 100000)] = 300
+    # Not bound to a widget (no SlicerParameterName): the device list is dynamic (cuda:N), and
+    # the wrapper's combo-box connector needs a fixed Choice it would refill the box with.
     device: str = "auto"
-    modelPath: Path = Path.home() / "SCORERefine" / "model.pt"
+    # empty: <dataset folder>/model.pt (each dataset its own model)
+    modelPath: Path = Path("")
 
 
 #
@@ -161,9 +165,11 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         u.undoRefineButton.clicked.connect(self.onUndoRefine)
         self._timer.timeout.connect(self.onTimer)
 
-        u.trainDeviceComboBox.clear()
-        u.trainDeviceComboBox.addItems(device_info.choices() if self.logic.has_torch() else ["auto", "cpu"])
-        u.trainDeviceComboBox.currentTextChanged.connect(self.updateDeviceLabel)
+        self.fillDeviceChoices()
+        u.trainDeviceComboBox.currentTextChanged.connect(self.onDeviceChanged)
+        for combo, registry in ((u.regionMethodComboBox, catalog.REGION_METHODS),
+                                (u.trainModeComboBox, catalog.TRAINING_MODES)):
+            combo.toolTip = "; ".join(f"{e.name}: {e.label} ({e.description})" for e in registry.values())
         u.keyHelpLabel.text = "Keys: " + "; ".join(f"{k} {what}" for k, what in KEY_HELP) + \
             ". Click a region in a slice view to make it current."
         self.initializeParameterNode()
@@ -215,11 +221,17 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            if self._parameterNode.segmentation:
-                self.ui.segmentSelector.setCurrentNode(self._parameterNode.segmentation)
-                if self._parameterNode.segmentId:
-                    self.ui.segmentSelector.setCurrentSegmentID(self._parameterNode.segmentId)
+            p = self._parameterNode
+            self._parameterNodeGuiTag = p.connectGui(self.ui)
+            # Read both before touching the selector: setting its node announces the node's first
+            # segment, and onSegmentChanged would overwrite the stored segment ID with it.
+            segmentation, segmentId = p.segmentation, p.segmentId
+            if segmentation:
+                self.ui.segmentSelector.setCurrentNode(segmentation)
+                if segmentId:
+                    self.ui.segmentSelector.setCurrentSegmentID(segmentId)
+                    p.segmentId = segmentId
+            self.selectDevice(p.device)
 
     def onSegmentationChanged(self, node) -> None:
         if self._parameterNode:
@@ -252,6 +264,27 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installDependenciesButton.enabled = bool(missing)
         self.updateDeviceLabel()
 
+    def fillDeviceChoices(self) -> None:
+        """The device list (auto, cpu, cuda:N): dynamic, so it lives outside the parameter node."""
+        combo = self.ui.trainDeviceComboBox
+        wanted = self._parameterNode.device if self._parameterNode else "auto"
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems(device_info.choices() if self.logic.has_torch() else ["auto", "cpu"])
+        combo.blockSignals(False)
+        self.selectDevice(wanted)
+
+    def selectDevice(self, device: str) -> None:
+        combo = self.ui.trainDeviceComboBox
+        index = combo.findText(device or "auto")
+        combo.setCurrentIndex(index if index >= 0 else 0)
+        self.updateDeviceLabel()
+
+    def onDeviceChanged(self, text) -> None:
+        if self._parameterNode and text:
+            self._parameterNode.device = text
+        self.updateDeviceLabel()
+
     def updateDeviceLabel(self, *_args) -> None:
         requested = self.ui.trainDeviceComboBox.currentText or "auto"
         self.ui.deviceLabel.text = self.logic.describe_device(requested)
@@ -260,6 +293,7 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onInstallDependencies(self) -> None:
         if self._run(self.ui.dependencyStatusLabel, self.logic.install_dependencies, True) is not None:
             self.updateDependencyStatus()
+            self.fillDeviceChoices()   # torch may just have arrived: offer its GPUs
 
     # ---------------------------------------------------------------- 1 input
     def onRunTotalSegmentator(self) -> None:
@@ -409,7 +443,7 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---------------------------------------------------------------- 5 train
     def onTrain(self) -> None:
         p = self._parameterNode
-        out = Path(p.modelPath) if str(p.modelPath) else Path(p.datasetFolder) / "model.pt"
+        out = self.logic.model_path(p.modelPath, p.datasetFolder)
         job = self._run(self.ui.trainStatusLabel, self.logic.start_training, p.datasetFolder, out,
                         p.trainMode, p.trainSteps, self.ui.trainDeviceComboBox.currentText)
         if job is None:
@@ -469,6 +503,12 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return SCORERefineParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def model_path(modelPath, datasetFolder) -> Path:
+        """The checkpoint to train or apply: the chosen file, else ``<dataset>/model.pt``."""
+        text = str(modelPath or "").strip()
+        return Path(text) if text not in ("", ".") else Path(datasetFolder) / "model.pt"
 
     # ---------------------------------------------------------------- dependencies and device
     @staticmethod

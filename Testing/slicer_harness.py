@@ -259,6 +259,9 @@ class FakeApp:
         self.testing = True
         self.commandOptions = lambda: types.SimpleNamespace(noMainWindow=True)
 
+    def translate(self, context, text):
+        return text
+
     def testingEnabled(self):
         return self.testing
 
@@ -361,7 +364,7 @@ def build_widget(module):
     parent = slicer.qMRMLWidget()
     parent.setLayout(qt.QVBoxLayout())
     parent.setMRMLScene(slicer.mrmlScene)
-    moduleObj = module.SCORERefine(types.SimpleNamespace(isEntered=True))
+    moduleObj = module.SCORERefine(types.SimpleNamespace(isEntered=True, path=str(REPO / "SCORERefine" / "SCORERefine.py")))
     widget = module.SCORERefineWidget(parent)
     widget.setup()
     widget.enter()
