@@ -8,8 +8,8 @@ commands and redraws when an observer callback says something changed:
 key        command
 =========  =====================================================
 1 .. 5     ``rate(score)``: the current region's quality score
-O          ``mark_over()``: the region is over-segmented (again: clears it)
-U          ``mark_under()``: the region is under-segmented (again: clears it)
+O          ``mark_over()``: the region is over-segmented (again: stays so)
+U          ``mark_under()``: the region is under-segmented (again: stays so)
 N, Space   ``next_unrated()``: the next region without a score
 =========  =====================================================
 
@@ -72,8 +72,8 @@ _KEYMAP = {
 
 #: keys for the panel's help text
 KEY_HELP = (("1-5", "score the current region (1 = wrong, 5 = correct)"),
-            ("O", "over-segmented (press again to clear)"),
-            ("U", "under-segmented (press again to clear)"),
+            ("O", "over-segmented"),
+            ("U", "under-segmented"),
             ("N / Space", "next unrated region"))
 
 
@@ -161,6 +161,8 @@ class RatingSession:
         if current is not None and int(current) in labels:
             self._current = int(current)
         self._entered = clock()
+        #: what the last key or command did, in words (the panel shows it after every key)
+        self.last_message = ""
 
     # ------------------------------------------------------------------ observers
     def add_observer(self, callback: Observer) -> Observer:
@@ -296,6 +298,7 @@ class RatingSession:
             k = self.labels[(self.current_index + step) % n]
             if not self.is_rated(k):
                 return self.go_to(k)
+        self.last_message = f"All {len(self.labels)} regions are rated. Save the case."
         self._notify(EVENT_ALL_RATED)
         return None
 
@@ -348,22 +351,46 @@ class RatingSession:
         error = "none" if score == 5 else error
         self._apply(region, int(score), error)
         self._undo.append(before)
+        self._say(region)
         self._notify(EVENT_RATING)
         if self.auto_advance and self.is_rated(region):
-            self.next_unrated()
+            self._advance(region)
 
     def _mark(self, kind: str) -> None:
         region = self._current
         before = self._snapshot(region)
         score, error = self._state(region)
-        new = None if error == kind else kind
-        if new is not None and score == 5:
+        if error == kind:      # pressing the same mark again never un-rates the region
+            self._say(region)
+            self._notify(EVENT_RATING)
+            return
+        if score == 5:
             score = None  # 5 means "no error": an over/under mark asks for a new, lower score
-        self._apply(region, score, new)
+        self._apply(region, score, kind)
         self._undo.append(before)
+        self._say(region)
         self._notify(EVENT_RATING)
         if self.auto_advance and self.is_rated(region):
-            self.next_unrated()
+            self._advance(region)
+
+    def _say(self, region: int) -> None:
+        score, error = self._state(region)
+        if self.is_rated(region):
+            r = self.rating(region)
+            kind = "" if r.error == "none" else f" ({r.error}-segmented)"
+            self.last_message = f"Region {region} rated {r.score}{kind}."
+        elif score is not None:
+            self.last_message = f"Region {region}: score {score}; now press O (over) or U (under)."
+        elif error in ("over", "under"):
+            self.last_message = f"Region {region}: {error}-segmented; now give a score 1-4."
+        else:
+            self.last_message = f"Region {region}: not rated."
+
+    def _advance(self, region: int) -> None:
+        said = self.last_message
+        nxt = self.next_unrated()
+        if nxt is not None:
+            self.last_message = f"{said} Next: region {nxt}."
 
     def mark_over(self) -> None:
         """The current region is over-segmented (mask too big); pressing again clears it."""
@@ -421,6 +448,8 @@ class RatingSession:
         """Run the command of ``key``; False when the key is not one of the session's."""
         command = command_for_key(key)
         if command is None:
+            self.last_message = (f"'{key}' is not a rating key: 1-5 score, O over, U under, "
+                                 f"N or Space next unrated.")
             return False
         self.execute(command)
         return True
