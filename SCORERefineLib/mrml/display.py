@@ -55,3 +55,41 @@ def slice_xy_to_ras(slice_node, xy: Sequence[float]) -> tuple[float, float, floa
     m = _np_matrix(slice_node.GetXYToRAS())
     ras = m @ np.array([float(xy[0]), float(xy[1]), 0.0, 1.0])
     return tuple(float(v) for v in ras[:3])  # type: ignore[return-value]
+
+
+def show_initial_outline(segmentation_node, visible: bool = True) -> bool:
+    """Show the initial segment (the refine backup) as an outline beside the refined one.
+
+    Returns False when there is no backup (nothing was refined)."""
+    from .refine import BACKUP_REFERENCE_ROLE
+    backup = segmentation_node.GetNodeReference(BACKUP_REFERENCE_ROLE) if segmentation_node else None
+    if backup is None:
+        return False
+    display = backup.GetDisplayNode()
+    if display is None:
+        backup.CreateDefaultDisplayNodes()
+        display = backup.GetDisplayNode()
+    display.SetVisibility(bool(visible))
+    display.SetOpacity2DFill(0.0)
+    display.SetOpacity2DOutline(1.0)
+    display.SetVisibility3D(False)
+    return True
+
+
+def frame_region(scene, regions_node, label: int, bounds_ras, margin: float = 1.5) -> int:
+    """Centre every slice view on the region and zoom so its bounding box fills the view.
+
+    ``bounds_ras``: ((xmin, xmax), (ymin, ymax), (zmin, zmax)) in RAS mm. Returns views moved."""
+    lo = np.array([b[0] for b in bounds_ras], dtype=float)
+    hi = np.array([b[1] for b in bounds_ras], dtype=float)
+    centre = (lo + hi) / 2.0
+    size = float(max(np.max(hi - lo), 10.0)) * margin
+    nodes = nodes_by_class(scene, "vtkMRMLSliceNode")
+    for node in nodes:
+        node.JumpSliceByCentering(*centre)
+        fov = node.GetFieldOfView()
+        aspect = fov[1] / fov[0] if fov[0] else 1.0
+        node.SetFieldOfView(size, size * aspect, fov[2])
+    if regions_node is not None:
+        regions_node.SetAttribute("SCORERefine.CurrentRegion", str(int(label)))
+    return len(nodes)

@@ -5,7 +5,7 @@ Part of :mod:`SCORERefineLib.mrml`, the only engine package that imports ``slice
 
 import colorsys
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -34,11 +34,16 @@ class RefineResult:
     volume_after_ml: float
     resampled: bool
     message: str = ""
+    per_region: dict = field(default_factory=dict)   # region label -> (voxels added, removed)
 
     def summary(self) -> str:
         text = (f"{self.voxels_added} voxels added, {self.voxels_removed} removed; volume "
                 f"{self.volume_before_ml:.2f} ml -> {self.volume_after_ml:.2f} ml")
-        return text + (f" ({self.message})" if self.message else "")
+        text += f" ({self.message})" if self.message else ""
+        if self.per_region:
+            text += "\nPer region (added/removed): " + ", ".join(
+                f"{'outside' if k == 0 else k}: +{a}/-{r}" for k, (a, r) in self.per_region.items())
+        return text
 
 
 def _backup_node(scene, segmentation_node, create: bool):
@@ -144,3 +149,77 @@ def refine_segment(volume_node, segmentation_node, segment_id: str, refine: Refi
         result.message = initial.message
     result.resampled = result.resampled or initial.resampled
     return result
+
+
+# --------------------------------------------------------------------------- refine in the background
+
+@dataclass
+class PreparedRefine:
+    """Inputs written for ``scorerefine refine --image --mask --out`` (run by a BackgroundJob)."""
+
+    command: list
+    workdir: object
+    out: object
+    geometry: Geometry
+    initial: np.ndarray
+    message: str = ""
+
+
+def prepare_refine(volume_node, segmentation_node, segment_id: str, model, device: str = "auto",
+                   workdir=None) -> PreparedRefine:
+    """Write the CT and the initial segment (its backup when refined before) for the refine command.
+
+    Uncompressed NIfTI: writing is what the GUI thread waits for, the refinement runs elsewhere.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from ..imageio import write_volume
+    from ..jobs import refine_command
+
+    image = volume_from_node(volume_node)
+    segment_id = find_segment(segmentation_node, segment_id)
+    source = segmentation_node.GetNodeReference(BACKUP_REFERENCE_ROLE) \
+        if has_backup(segmentation_node, segment_id) else segmentation_node
+    initial = segment_mask(source, segment_id, image.geometry)
+    if not initial.mask.array.any():
+        raise InputError("the segment to refine is empty; pick the humerus segment.")
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="scorerefine-refine-"))
+    work.mkdir(parents=True, exist_ok=True)
+    ct = write_volume(image, work / "ct.nii", dtype=np.float32)
+    mask = write_volume(initial.mask, work / "initial.nii", dtype=np.uint8)
+    out = work / "refined.nii"
+    command = refine_command(ct, mask, out, model, device)
+    return PreparedRefine(command, work, out, image.geometry, initial.mask.array.copy(), initial.message)
+
+
+def change_per_region(before: np.ndarray, after: np.ndarray, regions: Optional[np.ndarray]) -> dict:
+    """Voxels added and removed in each region label (0 = outside every region)."""
+    added = (after != 0) & (before == 0)
+    removed = (after == 0) & (before != 0)
+    labels = regions if regions is not None else np.zeros(before.shape, dtype=np.int16)
+    out = {}
+    for k in sorted(set(np.unique(labels[added | removed]).tolist())):
+        sel = labels == k
+        out[int(k)] = (int(np.sum(added & sel)), int(np.sum(removed & sel)))
+    return out
+
+
+def finish_refine(prepared: PreparedRefine, segmentation_node, segment_id: str, regions=None) -> RefineResult:
+    """Read the refined mask the command wrote and put it into the segment (undo keeps the initial)."""
+    import shutil
+
+    from ..imageio import read_mask
+
+    try:
+        refined = read_mask(prepared.out)
+        if refined.array.shape != prepared.geometry.shape:
+            raise InputError("the refiner returned a mask on another grid than the volume.")
+        result = apply_refined_mask(segmentation_node, find_segment(segmentation_node, segment_id),
+                                    Volume((refined.array != 0).astype(np.uint8), prepared.geometry))
+        result.per_region = change_per_region(prepared.initial, refined.array, regions)
+        if prepared.message and not result.message:
+            result.message = prepared.message
+        return result
+    finally:
+        shutil.rmtree(prepared.workdir, ignore_errors=True)
