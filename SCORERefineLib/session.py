@@ -259,19 +259,27 @@ class RatingSession:
 
     def centre_ras(self, region: Optional[int] = None) -> tuple[float, float, float]:
         """The region centre in RAS millimetres (what Slicer's slice views take)."""
-        lps = np.asarray(self.regions.geometry.index_to_physical(self.centre(region)))
-        return tuple(float(v) for v in _FLIP @ lps)  # type: ignore[return-value]
+        return self.regions.geometry.index_to_ras(self.centre(region))
 
     def region_at_ras(self, ras) -> Optional[int]:
         """The region under a RAS point (a click in a slice view), None outside every region."""
-        g = self.regions.geometry
-        d = np.asarray(g.direction).reshape(3, 3) @ np.diag(g.spacing)
-        ijk = np.linalg.solve(d, _FLIP @ np.asarray(ras, dtype=float) - np.asarray(g.origin))
-        i, j, k = (int(round(v)) for v in ijk)
-        if not (0 <= i < g.size[0] and 0 <= j < g.size[1] and 0 <= k < g.size[2]):
+        index = self.regions.geometry.ras_to_index(ras)
+        if index is None:
             return None
-        label = int(self.regions.array[k, j, i])
+        label = int(self.regions.array[index])
         return label if label in self.labels else None
+
+    def bounds_ras(self, region: Optional[int] = None):
+        """The region's bounding box in RAS mm, ((xmin, xmax), (ymin, ymax), (zmin, zmax)),
+        to frame it in the views."""
+        region = self._current if region is None else int(region)
+        idx = np.argwhere(self.regions.array == region)
+        g = self.regions.geometry
+        corners = [g.index_to_ras(c) for c in
+                   [(z, y, x) for z in (idx[:, 0].min(), idx[:, 0].max())
+                    for y in (idx[:, 1].min(), idx[:, 1].max()) for x in (idx[:, 2].min(), idx[:, 2].max())]]
+        arr = np.asarray(corners)
+        return tuple((float(arr[:, a].min()), float(arr[:, a].max())) for a in range(3))
 
     def go_to(self, region: int) -> int:
         """Make ``region`` current (e.g. after a click on it in a slice view)."""
