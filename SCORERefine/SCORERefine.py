@@ -163,7 +163,21 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         u.cancelTrainingButton.clicked.connect(self.onCancelTraining)
         u.applyButton.clicked.connect(self.onApply)
         u.undoRefineButton.clicked.connect(self.onUndoRefine)
+        # created here (not in the .ui) so the .ui stays loadable by older module versions
+        self.cancelApplyButton = qt.QPushButton("Cancel")
+        self.cancelApplyButton.setObjectName("cancelApplyButton")
+        self.cancelApplyButton.setEnabled(False)
+        u.applyButtonsWidget.layout().addWidget(self.cancelApplyButton)
+        self.cancelApplyButton.clicked.connect(self.onCancelApply)
+        self.showInitialCheckBox = qt.QCheckBox("Show initial segment as outline")
+        self.showInitialCheckBox.setObjectName("showInitialCheckBox")
+        self.showInitialCheckBox.setChecked(True)
+        u.applyButtonsWidget.layout().addWidget(self.showInitialCheckBox)
+        self.showInitialCheckBox.toggled.connect(self.onShowInitial)
         self._timer.timeout.connect(self.onTimer)
+        self._applyTimer = qt.QTimer()
+        self._applyTimer.setInterval(100)
+        self._applyTimer.timeout.connect(self.onApplyTimer)
 
         self.fillDeviceChoices()
         u.trainDeviceComboBox.currentTextChanged.connect(self.onDeviceChanged)
@@ -179,10 +193,12 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         """Module reload or application exit: stop observing; a running training is cancelled."""
         self._timer.stop()
+        self._applyTimer.stop()
         self.removeObservers()
         self.enableRatingInput(False)
         if self.logic is not None:
             self.logic.cancel_training(wait=False)
+            self.logic.cancel_refine()
             self.logic.detach_session()
 
     def enter(self) -> None:
@@ -309,6 +325,12 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---------------------------------------------------------------- 2 regions
     def onSplit(self) -> None:
         p = self._parameterNode
+        session = self.logic.session
+        if session is not None and session.n_rated and not slicer.util.confirmOkCancelDisplay(
+                f"Splitting again deletes the {session.n_rated} rating(s) of this case from the scene "
+                f"(ratings saved in the dataset stay). Split again?", windowTitle="SCORERefine"):
+            self.ui.regionsStatusLabel.setText("Not split: the ratings are kept.")
+            return
         result = self._run(self.ui.regionsStatusLabel, self.logic.split, p.inputVolume, p.segmentation,
                            p.segmentId, p.regionMethod, p.regionCount, p.bandWidthMm, p.regions,
                            p.caseId, p.raterName)
@@ -368,6 +390,9 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.rateStatusLabel.text = "Split the segment into regions first (step 2)."
             return
         self._run(self.ui.rateStatusLabel, self.logic.session.handle_key, key)
+        message = self.logic.session.last_message
+        if message:
+            self.ui.rateStatusLabel.setText(message + "  [" + self.logic.session.progress_text() + "]")
 
     def runCommand(self, name: str) -> None:
         if self.logic.session is not None:
@@ -473,11 +498,48 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---------------------------------------------------------------- 6 apply
     def onApply(self) -> None:
+        """Refine in a background process; the panel stays responsive and Cancel stops it."""
         p = self._parameterNode
-        result = self._run(self.ui.applyStatusLabel, self.logic.refine, p.inputVolume, p.segmentation,
-                           p.segmentId, p.modelPath, self.ui.trainDeviceComboBox.currentText)
-        if result is not None:
-            self.ui.applyStatusLabel.text = result.summary()
+        model = self.modelChoice()
+        job = self._run(self.ui.applyStatusLabel, self.logic.start_refine, p.inputVolume, p.segmentation,
+                        p.segmentId, model, p.device)
+        if job is None:
+            return
+        self.ui.applyButton.setEnabled(False)
+        self.cancelApplyButton.setEnabled(True)
+        self.ui.applyStatusLabel.setText("Refining in the background...")
+        self._applyTimer.start()
+
+    def modelChoice(self) -> str:
+        p = self._parameterNode
+        text = str(p.modelPath or "").strip()
+        if text in catalog.BUILTIN_REFINERS:
+            return text
+        return str(self.logic.model_path(p.modelPath, p.datasetFolder))
+
+    def onApplyTimer(self) -> None:
+        result = self._run(self.ui.applyStatusLabel, self.logic.poll_refine, self._parameterNode.segmentation,
+                           self._parameterNode.segmentId)
+        job = self.logic.refineJob
+        if job is not None and job.running:
+            self.ui.applyStatusLabel.setText(job.status_text())
+            return
+        self._applyTimer.stop()
+        self.ui.applyButton.setEnabled(True)
+        self.cancelApplyButton.setEnabled(False)
+        if result is not None and result is not False:
+            self.ui.applyStatusLabel.setText(result.summary())
+            self.onShowInitial(self.showInitialCheckBox.checked)
+        elif job is not None and job.state != "finished":
+            self.ui.applyStatusLabel.setText(job.error_message)
+
+    def onCancelApply(self) -> None:
+        self.logic.cancel_refine()
+        self.ui.applyStatusLabel.setText("stopping...")
+
+    def onShowInitial(self, visible) -> None:
+        bridge.show_initial_outline(self._parameterNode.segmentation if self._parameterNode else None,
+                                    bool(visible))
 
     def onUndoRefine(self) -> None:
         p = self._parameterNode
@@ -499,6 +561,8 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
         self.session: Optional[RatingSession] = None
         self.regions_node = None
         self.job = None
+        self.refineJob = None
+        self._refinePrepared = None
         self._sessionObserver = None
 
     def getParameterNode(self):
@@ -572,18 +636,22 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
         segmentation = bridge.new_segmentation_node(slicer.mrmlScene, f"{volumeNode.GetName()} TotalSegmentator",
                                                     volumeNode)
         useCpu = not self._cuda_available()
-        if hasattr(slicer.modules, "totalsegmentator"):
-            tsLogic = slicer.util.getModuleLogic("TotalSegmentator")
-            try:
-                tsLogic.process(volumeNode, segmentation, fast=fast, cpu=useCpu, task="total",
-                                subset=structures)
-            except TypeError:  # an older extension without the subset argument
-                tsLogic.process(volumeNode, segmentation, fast=fast, cpu=useCpu, task="total")
-            segmentId = bridge.merge_segments(segmentation, structures, image.geometry, name,
-                                              totalseg.segment_name_candidates)
-            return segmentation, segmentId, f"TotalSegmentator (extension): {name}"
-        result = totalseg.run_totalsegmentator(image, structures, fast=fast, device="cpu" if useCpu else "gpu")
-        segmentId = bridge.add_mask_segment(segmentation, result.mask, name)
+        try:
+            if hasattr(slicer.modules, "totalsegmentator"):
+                tsLogic = slicer.util.getModuleLogic("TotalSegmentator")
+                totalseg.prepare_extension(tsLogic, fast=fast)       # its pip package, offline weights
+                kwargs = totalseg.extension_process_kwargs(tsLogic.process, fast=fast, cpu=useCpu,
+                                                           subset=structures)
+                tsLogic.process(volumeNode, segmentation, **kwargs)   # bound by its signature, once
+                segmentId = bridge.merge_segments(segmentation, structures, image.geometry, name,
+                                                  totalseg.segment_name_candidates)
+                return segmentation, segmentId, f"TotalSegmentator (extension): {name}"
+            result = totalseg.run_totalsegmentator(image, structures, fast=fast,
+                                                   device="cpu" if useCpu else "gpu")
+            segmentId = bridge.add_mask_segment(segmentation, result.mask, name)
+        except Exception:
+            slicer.mrmlScene.RemoveNode(segmentation)   # no empty node left behind
+            raise
         empty = f" Not found in this CT: {', '.join(result.empty)}." if result.empty else ""
         return segmentation, segmentId, f"TotalSegmentator: {name}.{empty}"
 
@@ -603,7 +671,8 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
         self.detach_session()
         result = bridge.split_segment_into_regions(slicer.mrmlScene, volumeNode, segmentationNode,
                                                    segmentId, params, regionsNode)
-        self.session = RatingSession(caseId, result.regions, rater=rater, region_info=params.info())
+        self.session = RatingSession(caseId, result.regions, rater=rater, region_info=params.info(),
+                                     auto_advance=True)
         self.regions_node = result.regions_node
         self._sessionObserver = bridge.attach_session(self.session, self.regions_node)
         self.session.add_observer(self._onSession)
@@ -625,12 +694,14 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
         if session is None:
             return False
         self.session, self.regions_node = session, node
+        session.auto_advance = True
         self._sessionObserver = bridge.attach_session(session, node)
         session.add_observer(self._onSession)
         return True
 
     def centre_views_on_current(self) -> None:
-        bridge.centre_slice_views(slicer.mrmlScene, self.session.centre_ras())
+        bridge.frame_region(slicer.mrmlScene, self.regions_node, self.session.current,
+                            self.session.bounds_ras())
         bridge.highlight_region(self.regions_node, self.session.current)
 
     def select_region_at(self, sliceNode, xy) -> Optional[int]:
@@ -657,6 +728,7 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
         loaded = bridge.load_case_into_scene(slicer.mrmlScene, case, rater=rater)
         self.session, self.regions_node = loaded.session, loaded.regions_node
         if self.session is not None:
+            self.session.auto_advance = True
             self.session.add_observer(self._onSession)
         return loaded
 
@@ -687,6 +759,44 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
         """Refine the segment in place with the model (or ``refineFunction(image, initial)``)."""
         refine = refineFunction or bridge.model_refiner(modelPath, device or "auto")
         return bridge.refine_segment(volumeNode, segmentationNode, segmentId, refine)
+
+    def start_refine(self, volumeNode, segmentationNode, segmentId, model, device="auto"):
+        """Start ``scorerefine refine`` on the segment in a background process."""
+        from SCORERefineLib import jobs
+
+        if self.refineJob is not None and self.refineJob.running:
+            raise SCORERefineError("a refinement is already running; cancel it or wait for it to end.")
+        if str(model) not in catalog.BUILTIN_REFINERS and not Path(str(model)).is_file():
+            raise SCORERefineError(f"no model at {model}: train one (step 5) or choose a checkpoint "
+                                   f"or 'classical'.")
+        self._refinePrepared = bridge.prepare_refine(volumeNode, segmentationNode, segmentId, model,
+                                                     device or "auto")
+        self.refineJob = jobs.BackgroundJob(self._refinePrepared.command,
+                                            Path(self._refinePrepared.workdir) / "refine.log",
+                                            checkpoint=None, what="refinement").start()
+        if self.refineJob.state == jobs.FAILED:
+            raise SCORERefineError(self.refineJob.error_message)
+        return self.refineJob
+
+    def poll_refine(self, segmentationNode, segmentId):
+        """Poll the refinement; when it finished, write the result into the segment and return it."""
+        job = self.refineJob
+        if job is None:
+            return None
+        job.poll()
+        if job.running or self._refinePrepared is None:
+            return None
+        prepared, self._refinePrepared = self._refinePrepared, None
+        if job.state != "finished":
+            import shutil
+            shutil.rmtree(prepared.workdir, ignore_errors=True)
+            return False
+        regions = self.session.regions.array if self.session is not None else None
+        return bridge.finish_refine(prepared, segmentationNode, segmentId, regions)
+
+    def cancel_refine(self) -> None:
+        if self.refineJob is not None and self.refineJob.running:
+            self.refineJob.cancel(wait=False)
 
     def undo_refine(self, segmentationNode, segmentId) -> bool:
         return bridge.undo_refinement(segmentationNode, bridge.find_segment(segmentationNode, segmentId))
