@@ -412,13 +412,16 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for interactor, tag in self._clickObservers:
             interactor.RemoveObserver(tag)
         self._clickObservers = []
-        if not enable or slicer.app.layoutManager() is None:
+        if not enable:
             return
-        mainWindow = slicer.util.mainWindow()
+        # the application's main window (the keys work wherever the mouse is), else the panel
+        mainWindow = slicer.util.mainWindow() or self.parent
         for key in RATING_KEYS:
             shortcut = qt.QShortcut(qt.QKeySequence(key), mainWindow)
             shortcut.activated.connect(lambda k=key: self.onKey(k))
             self._shortcuts.append(shortcut)
+        if slicer.app.layoutManager() is None:
+            return
         lm = slicer.app.layoutManager()
         for name in lm.sliceViewNames():
             sliceWidget = lm.sliceWidget(name)
