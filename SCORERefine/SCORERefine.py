@@ -56,7 +56,7 @@ class SCORERefine(ScriptedLoadableModule):
         self.parent.title = _("SCORE Refine")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []  # PyTorch and TotalSegmentator extensions are used when present
-        self.parent.contributors = ["SCORERefine developers"]
+        self.parent.contributors = ["SCORERefine team"]
         self.parent.helpText = _("""
 Refine a segmentation (TotalSegmentator's humerus in CT) from light feedback.
 <ol>

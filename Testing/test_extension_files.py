@@ -266,3 +266,18 @@ def test_module_logic_and_its_self_test_run_on_real_mrml_with_qt_stubbed(monkeyp
     result = unittest.TestResult()
     test.run(result)
     assert result.wasSuccessful(), result.errors + result.failures
+
+
+def test_defect8_catalog_files_are_real():
+    """Apache-2.0 licence at the root, screenshots that exist in the repo, a real contributors
+    entry, and only PyTorch forced on install (TotalSegmentator is optional)."""
+    assert (REPO / "LICENSE").read_text().lstrip().startswith("Apache License")
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    assert _cmake_value(cmake, "EXTENSION_DEPENDS").split() == ["PyTorch"]
+    assert _cmake_value(cmake, "EXTENSION_CONTRIBUTORS") == "SCORERefine team"
+    s4 = (REPO / "SCORERefine.s4ext").read_text()
+    for url in _cmake_value(cmake, "EXTENSION_SCREENSHOTURLS").split():
+        path = REPO / url.split("/main/", 1)[1]
+        assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", url
+        assert url in s4
+    assert "TotalSegmentator" not in json.loads((REPO / "SCORERefine.json").read_text())["build_dependencies"]
