@@ -613,16 +613,11 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
             if not torchLogic.torchInstalled():
                 torchLogic.installTorch(askConfirmation=False)
         requirements = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
-        pydeps = getattr(slicer, "pydeps", None) or getattr(slicer, "packaging", None)
-        if pydeps is not None and hasattr(pydeps, "pip_ensure"):   # Slicer >= 5.12
-            reqs = pydeps.load_requirements(requirements)
-            try:
-                pydeps.pip_ensure(reqs, skip_packages=["torch"], prompt_install=False,
-                                  requester="SCORERefine")
-            except TypeError:  # an older pip_ensure without skip_packages
-                pydeps.pip_ensure(reqs, prompt_install=False, requester="SCORERefine")
-        else:
-            slicer.util.pip_install(["-r", str(requirements)])
+        # Keep the torch the PyTorch extension chose (CUDA-matched): pin it as a pip constraint,
+        # so MONAI cannot pull another torch. (slicer.packaging exists only from Slicer 5.12 and
+        # must be imported; plain pip with a constraints file works on every version.)
+        constraints = device_info.torch_constraints(Path(tempfile.mkdtemp(prefix="scorerefine-pip-")))
+        slicer.util.pip_install(["-r", str(requirements), *constraints])
         return True
 
     # ---------------------------------------------------------------- 1 input
