@@ -178,6 +178,9 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._applyTimer = qt.QTimer()
         self._applyTimer.setInterval(100)
         self._applyTimer.timeout.connect(self.onApplyTimer)
+        self._tsTimer = qt.QTimer()
+        self._tsTimer.setInterval(200)
+        self._tsTimer.timeout.connect(self.onTotalSegmentatorTimer)
 
         self.fillDeviceChoices()
         u.trainDeviceComboBox.currentTextChanged.connect(self.onDeviceChanged)
@@ -194,11 +197,13 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Module reload or application exit: stop observing; a running training is cancelled."""
         self._timer.stop()
         self._applyTimer.stop()
+        self._tsTimer.stop()
         self.removeObservers()
         self.enableRatingInput(False)
         if self.logic is not None:
             self.logic.cancel_training(wait=False)
             self.logic.cancel_refine()
+            self.logic.cancel_totalsegmentator()
             self.logic.detach_session()
 
     def enter(self) -> None:
@@ -316,11 +321,30 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         result = self._run(self.ui.inputStatusLabel, self.logic.run_totalsegmentator,
                            p.inputVolume, p.structures.split(), p.fast)
+        if result is None:
+            return
+        segmentation, segmentId, message = result
+        self.ui.inputStatusLabel.setText(message)
+        if segmentId is None:     # running in the background: poll it
+            self.ui.runTotalSegmentatorButton.setEnabled(False)
+            self._tsTimer.start()
+            return
+        self.ui.segmentSelector.setCurrentNode(segmentation)
+        self.ui.segmentSelector.setCurrentSegmentID(segmentId)
+
+    def onTotalSegmentatorTimer(self) -> None:
+        result = self._run(self.ui.inputStatusLabel, self.logic.poll_totalsegmentator)
+        job = self.logic.tsJob
+        if job is not None and job.running:
+            self.ui.inputStatusLabel.setText("TotalSegmentator is running in the background... " + job.status_text())
+            return
+        self._tsTimer.stop()
+        self.ui.runTotalSegmentatorButton.setEnabled(True)
         if result is not None:
             segmentation, segmentId, message = result
             self.ui.segmentSelector.setCurrentNode(segmentation)
             self.ui.segmentSelector.setCurrentSegmentID(segmentId)
-            self.ui.inputStatusLabel.text = message
+            self.ui.inputStatusLabel.setText(message)
 
     # ---------------------------------------------------------------- 2 regions
     def onSplit(self) -> None:
@@ -566,6 +590,8 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
         self.job = None
         self.refineJob = None
         self._refinePrepared = None
+        self.tsJob = None
+        self._tsPending = None
         self._sessionObserver = None
 
     def getParameterNode(self):
@@ -644,14 +670,51 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
                 segmentId = bridge.merge_segments(segmentation, structures, image.geometry, name,
                                                   totalseg.segment_name_candidates)
                 return segmentation, segmentId, f"TotalSegmentator (extension): {name}"
-            result = totalseg.run_totalsegmentator(image, structures, fast=fast,
-                                                   device="cpu" if useCpu else "gpu")
-            segmentId = bridge.add_mask_segment(segmentation, result.mask, name)
+            # the command-line TotalSegmentator runs in the background (poll_totalsegmentator)
+            from SCORERefineLib import jobs
+            run = totalseg.prepare_run(image, structures, fast=fast, device="cpu" if useCpu else "gpu")
+            self.tsJob = jobs.BackgroundJob(run.command, run.work / "totalsegmentator.log", checkpoint=None,
+                                            env=dict(run.env, PYTHONUNBUFFERED="1"), cwd=str(run.work),
+                                            what="TotalSegmentator").start()
+            self._tsPending = (run, segmentation, name, image.geometry)
+            if self.tsJob.state == jobs.FAILED:
+                self._tsPending = None
+                run.cleanup()
+                raise totalseg.TotalSegmentatorNotInstalled(self.tsJob.error_message)
+            return segmentation, None, "TotalSegmentator is running in the background..."
         except Exception:
             slicer.mrmlScene.RemoveNode(segmentation)   # no empty node left behind
             raise
+
+    def poll_totalsegmentator(self):
+        """``None`` while running; then ``(segmentation, segmentId, message)``; raises on failure
+        (the segmentation node it would have filled is removed)."""
+        from SCORERefineLib import totalseg
+
+        if self.tsJob is None or self._tsPending is None:
+            return None
+        self.tsJob.poll()
+        if self.tsJob.running:
+            return None
+        run, segmentation, name, geometry = self._tsPending
+        self._tsPending = None
+        try:
+            if self.tsJob.state == "cancelled":
+                raise SCORERefineError("TotalSegmentator cancelled; nothing was added.")
+            log = self.tsJob.log_path.read_text(encoding="utf-8", errors="replace")
+            result = totalseg.finish_run(run, self.tsJob.returncode, log, geometry)
+            segmentId = bridge.add_mask_segment(segmentation, result.mask, name)
+        except Exception:
+            slicer.mrmlScene.RemoveNode(segmentation)
+            raise
+        finally:
+            run.cleanup()
         empty = f" Not found in this CT: {', '.join(result.empty)}." if result.empty else ""
         return segmentation, segmentId, f"TotalSegmentator: {name}.{empty}"
+
+    def cancel_totalsegmentator(self) -> None:
+        if self.tsJob is not None and self.tsJob.running:
+            self.tsJob.cancel(wait=False)
 
     @staticmethod
     def _cuda_available() -> bool:

@@ -228,3 +228,28 @@ def test_the_in_slicer_self_test_runs_in_the_harness():
     H.activate("5.10")
     module = H.load_module()
     module.SCORERefineTest().runTest()
+
+
+def test_defect5_totalsegmentator_command_runs_in_the_background(panel, monkeypatch, tmp_path):
+    """The command-line TotalSegmentator (a fake executable here) runs as a background job:
+    the event loop keeps running while it works, and its result becomes the segment."""
+    import stat
+    from test_totalseg import FAKE_TS
+    slicer, module, widget, parent = panel
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    exe = bindir / "TotalSegmentator"
+    exe.write_text(FAKE_TS)
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bindir}:{__import__('os').environ['PATH']}")
+    volume, seg, sid, other = _case(slicer, module)
+    widget.ui.inputVolumeSelector.setCurrentNode(volume)
+    widget.ui.structuresLineEdit.text = "humerus_left"
+    widget.ui.runTotalSegmentatorButton.click()
+    assert widget.logic.tsJob is not None and "background" in widget.ui.inputStatusLabel.text
+    deadline = time.monotonic() + 60
+    while widget._tsTimer.isActive() and time.monotonic() < deadline:
+        H.pump(50)
+    assert widget.logic.tsJob.state == "finished", widget.ui.inputStatusLabel.text
+    assert widget.ui.inputStatusLabel.text.startswith("TotalSegmentator: humerus_left")
+    assert widget._parameterNode.segmentId == widget.ui.segmentSelector.currentSegmentID() != ""
