@@ -107,10 +107,15 @@ def _make_ctk_and_mrml_widgets(qt, slicer):
     pq = qt._pythonqt
     ctk = types.ModuleType("ctk")
 
-    class ctkCollapsibleButton(pq(qt.QPushButton.__mro__[1])):  # a checkable button holding a layout
+    class ctkCollapsibleButton(pq(qt.QGroupBox.__mro__[1])):  # a titled box holding a layout
         def __init__(self, parent=None):
             super().__init__(parent)
             self.collapsed = False
+
+        def event(self, e):  # the .ui sets "text" (ctk's title property): show it as the title
+            if e.type() == QtCore.QEvent.DynamicPropertyChange and bytes(e.propertyName()) == b"text":
+                self.setTitle(str(QtCore.QObject.property(self, "text")))
+            return super().event(e)
 
     class ctkDirectoryButton(pq(qt.QPushButton.__mro__[1])):
         directoryChanged = QtCore.Signal(str)
