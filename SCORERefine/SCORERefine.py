@@ -34,8 +34,8 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import SCORERefineLib  # noqa: F401
 
-from SCORERefineLib import device_info
-from SCORERefineLib import mrml_bridge as bridge
+from SCORERefineLib import catalog, device_info
+from SCORERefineLib import mrml as bridge
 from SCORERefineLib.errors import SCORERefineError
 from SCORERefineLib.session import EVENT_ALL_RATED, EVENT_CURRENT, KEY_HELP, RatingSession
 
@@ -56,7 +56,7 @@ class SCORERefine(ScriptedLoadableModule):
         self.parent.title = _("SCORE Refine")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []  # PyTorch and TotalSegmentator extensions are used when present
-        self.parent.contributors = ["SCORERefine developers"]
+        self.parent.contributors = ["SCORERefine team"]
         self.parent.helpText = _("""
 Refine a segmentation (TotalSegmentator's humerus in CT) from light feedback.
 <ol>
@@ -94,17 +94,21 @@ class SCORERefineParameterNode:
     segmentId: str = ""
     structures: str = "humerus_left humerus_right"
     fast: bool = True
-    regionMethod: Annotated[str, Choice(["patches", "slabs"])] = "patches"
+    # Choice lists come from the torch-free catalog: the connector fills the combo boxes from them
+    regionMethod: Annotated[str, Choice(catalog.names(catalog.REGION_METHODS))] = "patches"
     regionCount: Annotated[int, WithinRange(1, 200)] = 12
     bandWidthMm: Annotated[float, WithinRange(0.5, 20.0)] = 3.0
     regions: vtkMRMLSegmentationNode
     raterName: str = "clinician"
     datasetFolder: Path = Path.home() / "SCORERefine" / "dataset"
     caseId: str = "case_000"
-    trainMode: Annotated[str, Choice(["score", "full"])] = "score"
+    trainMode: Annotated[str, Choice(catalog.names(catalog.TRAINING_MODES))] = "score"
     trainSteps: Annotated[int, WithinRange(1, 100000)] = 300
+    # Not bound to a widget (no SlicerParameterName): the device list is dynamic (cuda:N), and
+    # the wrapper's combo-box connector needs a fixed Choice it would refill the box with.
     device: str = "auto"
-    modelPath: Path = Path.home() / "SCORERefine" / "model.pt"
+    # empty: <dataset folder>/model.pt (each dataset its own model)
+    modelPath: Path = Path("")
 
 
 #
@@ -159,11 +163,30 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         u.cancelTrainingButton.clicked.connect(self.onCancelTraining)
         u.applyButton.clicked.connect(self.onApply)
         u.undoRefineButton.clicked.connect(self.onUndoRefine)
+        # created here (not in the .ui) so the .ui stays loadable by older module versions
+        self.cancelApplyButton = qt.QPushButton("Cancel")
+        self.cancelApplyButton.setObjectName("cancelApplyButton")
+        self.cancelApplyButton.setEnabled(False)
+        u.applyButtonsWidget.layout().addWidget(self.cancelApplyButton)
+        self.cancelApplyButton.clicked.connect(self.onCancelApply)
+        self.showInitialCheckBox = qt.QCheckBox("Show initial segment as outline")
+        self.showInitialCheckBox.setObjectName("showInitialCheckBox")
+        self.showInitialCheckBox.setChecked(True)
+        u.applyButtonsWidget.layout().addWidget(self.showInitialCheckBox)
+        self.showInitialCheckBox.toggled.connect(self.onShowInitial)
         self._timer.timeout.connect(self.onTimer)
+        self._applyTimer = qt.QTimer()
+        self._applyTimer.setInterval(100)
+        self._applyTimer.timeout.connect(self.onApplyTimer)
+        self._tsTimer = qt.QTimer()
+        self._tsTimer.setInterval(200)
+        self._tsTimer.timeout.connect(self.onTotalSegmentatorTimer)
 
-        u.trainDeviceComboBox.clear()
-        u.trainDeviceComboBox.addItems(device_info.choices() if self.logic.has_torch() else ["auto", "cpu"])
-        u.trainDeviceComboBox.currentTextChanged.connect(self.updateDeviceLabel)
+        self.fillDeviceChoices()
+        u.trainDeviceComboBox.currentTextChanged.connect(self.onDeviceChanged)
+        for combo, registry in ((u.regionMethodComboBox, catalog.REGION_METHODS),
+                                (u.trainModeComboBox, catalog.TRAINING_MODES)):
+            combo.toolTip = "; ".join(f"{e.name}: {e.label} ({e.description})" for e in registry.values())
         u.keyHelpLabel.text = "Keys: " + "; ".join(f"{k} {what}" for k, what in KEY_HELP) + \
             ". Click a region in a slice view to make it current."
         self.initializeParameterNode()
@@ -173,10 +196,14 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         """Module reload or application exit: stop observing; a running training is cancelled."""
         self._timer.stop()
+        self._applyTimer.stop()
+        self._tsTimer.stop()
         self.removeObservers()
         self.enableRatingInput(False)
         if self.logic is not None:
             self.logic.cancel_training(wait=False)
+            self.logic.cancel_refine()
+            self.logic.cancel_totalsegmentator()
             self.logic.detach_session()
 
     def enter(self) -> None:
@@ -215,11 +242,17 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            if self._parameterNode.segmentation:
-                self.ui.segmentSelector.setCurrentNode(self._parameterNode.segmentation)
-                if self._parameterNode.segmentId:
-                    self.ui.segmentSelector.setCurrentSegmentID(self._parameterNode.segmentId)
+            p = self._parameterNode
+            self._parameterNodeGuiTag = p.connectGui(self.ui)
+            # Read both before touching the selector: setting its node announces the node's first
+            # segment, and onSegmentChanged would overwrite the stored segment ID with it.
+            segmentation, segmentId = p.segmentation, p.segmentId
+            if segmentation:
+                self.ui.segmentSelector.setCurrentNode(segmentation)
+                if segmentId:
+                    self.ui.segmentSelector.setCurrentSegmentID(segmentId)
+                    p.segmentId = segmentId
+            self.selectDevice(p.device)
 
     def onSegmentationChanged(self, node) -> None:
         if self._parameterNode:
@@ -252,6 +285,27 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installDependenciesButton.enabled = bool(missing)
         self.updateDeviceLabel()
 
+    def fillDeviceChoices(self) -> None:
+        """The device list (auto, cpu, cuda:N): dynamic, so it lives outside the parameter node."""
+        combo = self.ui.trainDeviceComboBox
+        wanted = self._parameterNode.device if self._parameterNode else "auto"
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItems(device_info.choices() if self.logic.has_torch() else ["auto", "cpu"])
+        combo.blockSignals(False)
+        self.selectDevice(wanted)
+
+    def selectDevice(self, device: str) -> None:
+        combo = self.ui.trainDeviceComboBox
+        index = combo.findText(device or "auto")
+        combo.setCurrentIndex(index if index >= 0 else 0)
+        self.updateDeviceLabel()
+
+    def onDeviceChanged(self, text) -> None:
+        if self._parameterNode and text:
+            self._parameterNode.device = text
+        self.updateDeviceLabel()
+
     def updateDeviceLabel(self, *_args) -> None:
         requested = self.ui.trainDeviceComboBox.currentText or "auto"
         self.ui.deviceLabel.text = self.logic.describe_device(requested)
@@ -260,21 +314,47 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onInstallDependencies(self) -> None:
         if self._run(self.ui.dependencyStatusLabel, self.logic.install_dependencies, True) is not None:
             self.updateDependencyStatus()
+            self.fillDeviceChoices()   # torch may just have arrived: offer its GPUs
 
     # ---------------------------------------------------------------- 1 input
     def onRunTotalSegmentator(self) -> None:
         p = self._parameterNode
         result = self._run(self.ui.inputStatusLabel, self.logic.run_totalsegmentator,
                            p.inputVolume, p.structures.split(), p.fast)
+        if result is None:
+            return
+        segmentation, segmentId, message = result
+        self.ui.inputStatusLabel.setText(message)
+        if segmentId is None:     # running in the background: poll it
+            self.ui.runTotalSegmentatorButton.setEnabled(False)
+            self._tsTimer.start()
+            return
+        self.ui.segmentSelector.setCurrentNode(segmentation)
+        self.ui.segmentSelector.setCurrentSegmentID(segmentId)
+
+    def onTotalSegmentatorTimer(self) -> None:
+        result = self._run(self.ui.inputStatusLabel, self.logic.poll_totalsegmentator)
+        job = self.logic.tsJob
+        if job is not None and job.running:
+            self.ui.inputStatusLabel.setText("TotalSegmentator is running in the background... " + job.status_text())
+            return
+        self._tsTimer.stop()
+        self.ui.runTotalSegmentatorButton.setEnabled(True)
         if result is not None:
             segmentation, segmentId, message = result
             self.ui.segmentSelector.setCurrentNode(segmentation)
             self.ui.segmentSelector.setCurrentSegmentID(segmentId)
-            self.ui.inputStatusLabel.text = message
+            self.ui.inputStatusLabel.setText(message)
 
     # ---------------------------------------------------------------- 2 regions
     def onSplit(self) -> None:
         p = self._parameterNode
+        session = self.logic.session
+        if session is not None and session.n_rated and not slicer.util.confirmOkCancelDisplay(
+                f"Splitting again deletes the {session.n_rated} rating(s) of this case from the scene "
+                f"(ratings saved in the dataset stay). Split again?", windowTitle="SCORERefine"):
+            self.ui.regionsStatusLabel.setText("Not split: the ratings are kept.")
+            return
         result = self._run(self.ui.regionsStatusLabel, self.logic.split, p.inputVolume, p.segmentation,
                            p.segmentId, p.regionMethod, p.regionCount, p.bandWidthMm, p.regions,
                            p.caseId, p.raterName)
@@ -334,6 +414,9 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.rateStatusLabel.text = "Split the segment into regions first (step 2)."
             return
         self._run(self.ui.rateStatusLabel, self.logic.session.handle_key, key)
+        message = self.logic.session.last_message
+        if message:
+            self.ui.rateStatusLabel.setText(message + "  [" + self.logic.session.progress_text() + "]")
 
     def runCommand(self, name: str) -> None:
         if self.logic.session is not None:
@@ -353,13 +436,16 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for interactor, tag in self._clickObservers:
             interactor.RemoveObserver(tag)
         self._clickObservers = []
-        if not enable or slicer.app.layoutManager() is None:
+        if not enable:
             return
-        mainWindow = slicer.util.mainWindow()
+        # the application's main window (the keys work wherever the mouse is), else the panel
+        mainWindow = slicer.util.mainWindow() or self.parent
         for key in RATING_KEYS:
             shortcut = qt.QShortcut(qt.QKeySequence(key), mainWindow)
             shortcut.activated.connect(lambda k=key: self.onKey(k))
             self._shortcuts.append(shortcut)
+        if slicer.app.layoutManager() is None:
+            return
         lm = slicer.app.layoutManager()
         for name in lm.sliceViewNames():
             sliceWidget = lm.sliceWidget(name)
@@ -409,7 +495,7 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---------------------------------------------------------------- 5 train
     def onTrain(self) -> None:
         p = self._parameterNode
-        out = Path(p.modelPath) if str(p.modelPath) else Path(p.datasetFolder) / "model.pt"
+        out = self.logic.model_path(p.modelPath, p.datasetFolder)
         job = self._run(self.ui.trainStatusLabel, self.logic.start_training, p.datasetFolder, out,
                         p.trainMode, p.trainSteps, self.ui.trainDeviceComboBox.currentText)
         if job is None:
@@ -439,11 +525,48 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---------------------------------------------------------------- 6 apply
     def onApply(self) -> None:
+        """Refine in a background process; the panel stays responsive and Cancel stops it."""
         p = self._parameterNode
-        result = self._run(self.ui.applyStatusLabel, self.logic.refine, p.inputVolume, p.segmentation,
-                           p.segmentId, p.modelPath, self.ui.trainDeviceComboBox.currentText)
-        if result is not None:
-            self.ui.applyStatusLabel.text = result.summary()
+        model = self.modelChoice()
+        job = self._run(self.ui.applyStatusLabel, self.logic.start_refine, p.inputVolume, p.segmentation,
+                        p.segmentId, model, p.device)
+        if job is None:
+            return
+        self.ui.applyButton.setEnabled(False)
+        self.cancelApplyButton.setEnabled(True)
+        self.ui.applyStatusLabel.setText("Refining in the background...")
+        self._applyTimer.start()
+
+    def modelChoice(self) -> str:
+        p = self._parameterNode
+        text = str(p.modelPath or "").strip()
+        if text in catalog.BUILTIN_REFINERS:
+            return text
+        return str(self.logic.model_path(p.modelPath, p.datasetFolder))
+
+    def onApplyTimer(self) -> None:
+        result = self._run(self.ui.applyStatusLabel, self.logic.poll_refine, self._parameterNode.segmentation,
+                           self._parameterNode.segmentId)
+        job = self.logic.refineJob
+        if job is not None and job.running:
+            self.ui.applyStatusLabel.setText(job.status_text())
+            return
+        self._applyTimer.stop()
+        self.ui.applyButton.setEnabled(True)
+        self.cancelApplyButton.setEnabled(False)
+        if result is not None and result is not False:
+            self.ui.applyStatusLabel.setText(result.summary())
+            self.onShowInitial(self.showInitialCheckBox.checked)
+        elif job is not None and job.state != "finished":
+            self.ui.applyStatusLabel.setText(job.error_message)
+
+    def onCancelApply(self) -> None:
+        self.logic.cancel_refine()
+        self.ui.applyStatusLabel.setText("stopping...")
+
+    def onShowInitial(self, visible) -> None:
+        bridge.show_initial_outline(self._parameterNode.segmentation if self._parameterNode else None,
+                                    bool(visible))
 
     def onUndoRefine(self) -> None:
         p = self._parameterNode
@@ -458,17 +581,27 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 class SCORERefineLogic(ScriptedLoadableModuleLogic):
-    """Thin: calls SCORERefineLib (mrml_bridge, session, training_job, totalseg) on slicer.mrmlScene."""
+    """Thin: calls SCORERefineLib (mrml, session, training_job, totalseg) on slicer.mrmlScene."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.session: Optional[RatingSession] = None
         self.regions_node = None
         self.job = None
+        self.refineJob = None
+        self._refinePrepared = None
+        self.tsJob = None
+        self._tsPending = None
         self._sessionObserver = None
 
     def getParameterNode(self):
         return SCORERefineParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def model_path(modelPath, datasetFolder) -> Path:
+        """The checkpoint to train or apply: the chosen file, else ``<dataset>/model.pt``."""
+        text = str(modelPath or "").strip()
+        return Path(text) if text not in ("", ".") else Path(datasetFolder) / "model.pt"
 
     # ---------------------------------------------------------------- dependencies and device
     @staticmethod
@@ -506,16 +639,11 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
             if not torchLogic.torchInstalled():
                 torchLogic.installTorch(askConfirmation=False)
         requirements = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
-        pydeps = getattr(slicer, "pydeps", None) or getattr(slicer, "packaging", None)
-        if pydeps is not None and hasattr(pydeps, "pip_ensure"):   # Slicer >= 5.12
-            reqs = pydeps.load_requirements(requirements)
-            try:
-                pydeps.pip_ensure(reqs, skip_packages=["torch"], prompt_install=False,
-                                  requester="SCORERefine")
-            except TypeError:  # an older pip_ensure without skip_packages
-                pydeps.pip_ensure(reqs, prompt_install=False, requester="SCORERefine")
-        else:
-            slicer.util.pip_install(["-r", str(requirements)])
+        # Keep the torch the PyTorch extension chose (CUDA-matched): pin it as a pip constraint,
+        # so MONAI cannot pull another torch. (slicer.packaging exists only from Slicer 5.12 and
+        # must be imported; plain pip with a constraints file works on every version.)
+        constraints = device_info.torch_constraints(Path(tempfile.mkdtemp(prefix="scorerefine-pip-")))
+        slicer.util.pip_install(["-r", str(requirements), *constraints])
         return True
 
     # ---------------------------------------------------------------- 1 input
@@ -532,20 +660,61 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
         segmentation = bridge.new_segmentation_node(slicer.mrmlScene, f"{volumeNode.GetName()} TotalSegmentator",
                                                     volumeNode)
         useCpu = not self._cuda_available()
-        if hasattr(slicer.modules, "totalsegmentator"):
-            tsLogic = slicer.util.getModuleLogic("TotalSegmentator")
-            try:
-                tsLogic.process(volumeNode, segmentation, fast=fast, cpu=useCpu, task="total",
-                                subset=structures)
-            except TypeError:  # an older extension without the subset argument
-                tsLogic.process(volumeNode, segmentation, fast=fast, cpu=useCpu, task="total")
-            segmentId = bridge.merge_segments(segmentation, structures, image.geometry, name,
-                                              totalseg.segment_name_candidates)
-            return segmentation, segmentId, f"TotalSegmentator (extension): {name}"
-        result = totalseg.run_totalsegmentator(image, structures, fast=fast, device="cpu" if useCpu else "gpu")
-        segmentId = bridge.add_mask_segment(segmentation, result.mask, name)
+        try:
+            if hasattr(slicer.modules, "totalsegmentator"):
+                tsLogic = slicer.util.getModuleLogic("TotalSegmentator")
+                totalseg.prepare_extension(tsLogic, fast=fast)       # its pip package, offline weights
+                kwargs = totalseg.extension_process_kwargs(tsLogic.process, fast=fast, cpu=useCpu,
+                                                           subset=structures)
+                tsLogic.process(volumeNode, segmentation, **kwargs)   # bound by its signature, once
+                segmentId = bridge.merge_segments(segmentation, structures, image.geometry, name,
+                                                  totalseg.segment_name_candidates)
+                return segmentation, segmentId, f"TotalSegmentator (extension): {name}"
+            # the command-line TotalSegmentator runs in the background (poll_totalsegmentator)
+            from SCORERefineLib import jobs
+            run = totalseg.prepare_run(image, structures, fast=fast, device="cpu" if useCpu else "gpu")
+            self.tsJob = jobs.BackgroundJob(run.command, run.work / "totalsegmentator.log", checkpoint=None,
+                                            env=dict(run.env, PYTHONUNBUFFERED="1"), cwd=str(run.work),
+                                            what="TotalSegmentator").start()
+            self._tsPending = (run, segmentation, name, image.geometry)
+            if self.tsJob.state == jobs.FAILED:
+                self._tsPending = None
+                run.cleanup()
+                raise totalseg.TotalSegmentatorNotInstalled(self.tsJob.error_message)
+            return segmentation, None, "TotalSegmentator is running in the background..."
+        except Exception:
+            slicer.mrmlScene.RemoveNode(segmentation)   # no empty node left behind
+            raise
+
+    def poll_totalsegmentator(self):
+        """``None`` while running; then ``(segmentation, segmentId, message)``; raises on failure
+        (the segmentation node it would have filled is removed)."""
+        from SCORERefineLib import totalseg
+
+        if self.tsJob is None or self._tsPending is None:
+            return None
+        self.tsJob.poll()
+        if self.tsJob.running:
+            return None
+        run, segmentation, name, geometry = self._tsPending
+        self._tsPending = None
+        try:
+            if self.tsJob.state == "cancelled":
+                raise SCORERefineError("TotalSegmentator cancelled; nothing was added.")
+            log = self.tsJob.log_path.read_text(encoding="utf-8", errors="replace")
+            result = totalseg.finish_run(run, self.tsJob.returncode, log, geometry)
+            segmentId = bridge.add_mask_segment(segmentation, result.mask, name)
+        except Exception:
+            slicer.mrmlScene.RemoveNode(segmentation)
+            raise
+        finally:
+            run.cleanup()
         empty = f" Not found in this CT: {', '.join(result.empty)}." if result.empty else ""
         return segmentation, segmentId, f"TotalSegmentator: {name}.{empty}"
+
+    def cancel_totalsegmentator(self) -> None:
+        if self.tsJob is not None and self.tsJob.running:
+            self.tsJob.cancel(wait=False)
 
     @staticmethod
     def _cuda_available() -> bool:
@@ -563,7 +732,8 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
         self.detach_session()
         result = bridge.split_segment_into_regions(slicer.mrmlScene, volumeNode, segmentationNode,
                                                    segmentId, params, regionsNode)
-        self.session = RatingSession(caseId, result.regions, rater=rater, region_info=params.info())
+        self.session = RatingSession(caseId, result.regions, rater=rater, region_info=params.info(),
+                                     auto_advance=True)
         self.regions_node = result.regions_node
         self._sessionObserver = bridge.attach_session(self.session, self.regions_node)
         self.session.add_observer(self._onSession)
@@ -585,12 +755,14 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
         if session is None:
             return False
         self.session, self.regions_node = session, node
+        session.auto_advance = True
         self._sessionObserver = bridge.attach_session(session, node)
         session.add_observer(self._onSession)
         return True
 
     def centre_views_on_current(self) -> None:
-        bridge.centre_slice_views(slicer.mrmlScene, self.session.centre_ras())
+        bridge.frame_region(slicer.mrmlScene, self.regions_node, self.session.current,
+                            self.session.bounds_ras())
         bridge.highlight_region(self.regions_node, self.session.current)
 
     def select_region_at(self, sliceNode, xy) -> Optional[int]:
@@ -617,6 +789,7 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
         loaded = bridge.load_case_into_scene(slicer.mrmlScene, case, rater=rater)
         self.session, self.regions_node = loaded.session, loaded.regions_node
         if self.session is not None:
+            self.session.auto_advance = True
             self.session.add_observer(self._onSession)
         return loaded
 
@@ -647,6 +820,44 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
         """Refine the segment in place with the model (or ``refineFunction(image, initial)``)."""
         refine = refineFunction or bridge.model_refiner(modelPath, device or "auto")
         return bridge.refine_segment(volumeNode, segmentationNode, segmentId, refine)
+
+    def start_refine(self, volumeNode, segmentationNode, segmentId, model, device="auto"):
+        """Start ``scorerefine refine`` on the segment in a background process."""
+        from SCORERefineLib import jobs
+
+        if self.refineJob is not None and self.refineJob.running:
+            raise SCORERefineError("a refinement is already running; cancel it or wait for it to end.")
+        if str(model) not in catalog.BUILTIN_REFINERS and not Path(str(model)).is_file():
+            raise SCORERefineError(f"no model at {model}: train one (step 5) or choose a checkpoint "
+                                   f"or 'classical'.")
+        self._refinePrepared = bridge.prepare_refine(volumeNode, segmentationNode, segmentId, model,
+                                                     device or "auto")
+        self.refineJob = jobs.BackgroundJob(self._refinePrepared.command,
+                                            Path(self._refinePrepared.workdir) / "refine.log",
+                                            checkpoint=None, what="refinement").start()
+        if self.refineJob.state == jobs.FAILED:
+            raise SCORERefineError(self.refineJob.error_message)
+        return self.refineJob
+
+    def poll_refine(self, segmentationNode, segmentId):
+        """Poll the refinement; when it finished, write the result into the segment and return it."""
+        job = self.refineJob
+        if job is None:
+            return None
+        job.poll()
+        if job.running or self._refinePrepared is None:
+            return None
+        prepared, self._refinePrepared = self._refinePrepared, None
+        if job.state != "finished":
+            import shutil
+            shutil.rmtree(prepared.workdir, ignore_errors=True)
+            return False
+        regions = self.session.regions.array if self.session is not None else None
+        return bridge.finish_refine(prepared, segmentationNode, segmentId, regions)
+
+    def cancel_refine(self) -> None:
+        if self.refineJob is not None and self.refineJob.running:
+            self.refineJob.cancel(wait=False)
 
     def undo_refine(self, segmentationNode, segmentId) -> bool:
         return bridge.undo_refinement(segmentationNode, bridge.find_segment(segmentationNode, segmentId))

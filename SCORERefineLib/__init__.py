@@ -1,4 +1,4 @@
-"""SCORERefineLib: the SCORERefine engine (no Qt; only ``mrml_bridge`` imports ``slicer``).
+"""SCORERefineLib: the SCORERefine engine (no Qt; only the ``mrml`` package imports ``slicer``).
 
 SCORE = Segmentation COrrection from Regional Evaluations: a mask is split into regions, a rater
 scores each region 1-5 and says whether it is over- or under-segmented, and a refiner network is

@@ -64,3 +64,21 @@ def describe(requested: str = "auto", info: Optional[DeviceInfo] = None) -> str:
             return (f"CUDA requested but not available in torch {info.torch_version}; "
                     f"choose auto or cpu.")
     return f"CPU ({info.cpu_threads} threads, torch {info.torch_version})"
+
+
+def torch_constraints(folder, torch_version: str = "") -> "list[str]":
+    """pip arguments that keep the installed PyTorch: ``-c <folder>/constraints.txt`` pinning it.
+
+    Installing MONAI unconstrained lets pip replace the GPU-matched torch chosen by the PyTorch
+    extension (monai 1.6 needs torch>=2.8). Returns [] when torch is not installed."""
+    from pathlib import Path
+
+    if not torch_version:
+        info = probe()
+        torch_version = info.torch_version if info.torch_installed else ""
+    if not torch_version:
+        return []
+    path = Path(folder) / "constraints.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"torch=={torch_version}\n", encoding="utf-8")
+    return ["-c", str(path)]

@@ -87,6 +87,21 @@ class Geometry:
         d = np.asarray(self.direction).reshape(3, 3)
         return tuple(float(v) for v in np.asarray(self.origin) + d @ (ijk * np.asarray(self.spacing)))
 
+    def index_to_ras(self, index_zyx: Sequence[float]) -> tuple[float, float, float]:
+        """RAS (Slicer's world) position of an array index ``(z, y, x)``: RAS = diag(-1, -1, 1) LPS."""
+        x, y, z = self.index_to_physical(index_zyx)
+        return (-x, -y, z)
+
+    def ras_to_index(self, ras: Sequence[float]) -> Optional[tuple[int, int, int]]:
+        """The array index ``(z, y, x)`` nearest a RAS point; None outside the grid."""
+        d = np.asarray(self.direction, dtype=float).reshape(3, 3) @ np.diag(self.spacing)
+        lps = np.array([-float(ras[0]), -float(ras[1]), float(ras[2])])
+        ijk = np.linalg.solve(d, lps - np.asarray(self.origin))
+        i, j, k = (int(round(v)) for v in ijk)
+        if not (0 <= i < self.size[0] and 0 <= j < self.size[1] and 0 <= k < self.size[2]):
+            return None
+        return (k, j, i)
+
 
 @dataclass
 class Volume:

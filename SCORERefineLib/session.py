@@ -8,8 +8,8 @@ commands and redraws when an observer callback says something changed:
 key        command
 =========  =====================================================
 1 .. 5     ``rate(score)``: the current region's quality score
-O          ``mark_over()``: the region is over-segmented (again: clears it)
-U          ``mark_under()``: the region is under-segmented (again: clears it)
+O          ``mark_over()``: the region is over-segmented (again: stays so)
+U          ``mark_under()``: the region is under-segmented (again: stays so)
 N, Space   ``next_unrated()``: the next region without a score
 =========  =====================================================
 
@@ -72,8 +72,8 @@ _KEYMAP = {
 
 #: keys for the panel's help text
 KEY_HELP = (("1-5", "score the current region (1 = wrong, 5 = correct)"),
-            ("O", "over-segmented (press again to clear)"),
-            ("U", "under-segmented (press again to clear)"),
+            ("O", "over-segmented"),
+            ("U", "under-segmented"),
             ("N / Space", "next unrated region"))
 
 
@@ -161,6 +161,8 @@ class RatingSession:
         if current is not None and int(current) in labels:
             self._current = int(current)
         self._entered = clock()
+        #: what the last key or command did, in words (the panel shows it after every key)
+        self.last_message = ""
 
     # ------------------------------------------------------------------ observers
     def add_observer(self, callback: Observer) -> Observer:
@@ -257,19 +259,27 @@ class RatingSession:
 
     def centre_ras(self, region: Optional[int] = None) -> tuple[float, float, float]:
         """The region centre in RAS millimetres (what Slicer's slice views take)."""
-        lps = np.asarray(self.regions.geometry.index_to_physical(self.centre(region)))
-        return tuple(float(v) for v in _FLIP @ lps)  # type: ignore[return-value]
+        return self.regions.geometry.index_to_ras(self.centre(region))
 
     def region_at_ras(self, ras) -> Optional[int]:
         """The region under a RAS point (a click in a slice view), None outside every region."""
-        g = self.regions.geometry
-        d = np.asarray(g.direction).reshape(3, 3) @ np.diag(g.spacing)
-        ijk = np.linalg.solve(d, _FLIP @ np.asarray(ras, dtype=float) - np.asarray(g.origin))
-        i, j, k = (int(round(v)) for v in ijk)
-        if not (0 <= i < g.size[0] and 0 <= j < g.size[1] and 0 <= k < g.size[2]):
+        index = self.regions.geometry.ras_to_index(ras)
+        if index is None:
             return None
-        label = int(self.regions.array[k, j, i])
+        label = int(self.regions.array[index])
         return label if label in self.labels else None
+
+    def bounds_ras(self, region: Optional[int] = None):
+        """The region's bounding box in RAS mm, ((xmin, xmax), (ymin, ymax), (zmin, zmax)),
+        to frame it in the views."""
+        region = self._current if region is None else int(region)
+        idx = np.argwhere(self.regions.array == region)
+        g = self.regions.geometry
+        corners = [g.index_to_ras(c) for c in
+                   [(z, y, x) for z in (idx[:, 0].min(), idx[:, 0].max())
+                    for y in (idx[:, 1].min(), idx[:, 1].max()) for x in (idx[:, 2].min(), idx[:, 2].max())]]
+        arr = np.asarray(corners)
+        return tuple((float(arr[:, a].min()), float(arr[:, a].max())) for a in range(3))
 
     def go_to(self, region: int) -> int:
         """Make ``region`` current (e.g. after a click on it in a slice view)."""
@@ -296,6 +306,7 @@ class RatingSession:
             k = self.labels[(self.current_index + step) % n]
             if not self.is_rated(k):
                 return self.go_to(k)
+        self.last_message = f"All {len(self.labels)} regions are rated. Save the case."
         self._notify(EVENT_ALL_RATED)
         return None
 
@@ -348,22 +359,46 @@ class RatingSession:
         error = "none" if score == 5 else error
         self._apply(region, int(score), error)
         self._undo.append(before)
+        self._say(region)
         self._notify(EVENT_RATING)
         if self.auto_advance and self.is_rated(region):
-            self.next_unrated()
+            self._advance(region)
 
     def _mark(self, kind: str) -> None:
         region = self._current
         before = self._snapshot(region)
         score, error = self._state(region)
-        new = None if error == kind else kind
-        if new is not None and score == 5:
+        if error == kind:      # pressing the same mark again never un-rates the region
+            self._say(region)
+            self._notify(EVENT_RATING)
+            return
+        if score == 5:
             score = None  # 5 means "no error": an over/under mark asks for a new, lower score
-        self._apply(region, score, new)
+        self._apply(region, score, kind)
         self._undo.append(before)
+        self._say(region)
         self._notify(EVENT_RATING)
         if self.auto_advance and self.is_rated(region):
-            self.next_unrated()
+            self._advance(region)
+
+    def _say(self, region: int) -> None:
+        score, error = self._state(region)
+        if self.is_rated(region):
+            r = self.rating(region)
+            kind = "" if r.error == "none" else f" ({r.error}-segmented)"
+            self.last_message = f"Region {region} rated {r.score}{kind}."
+        elif score is not None:
+            self.last_message = f"Region {region}: score {score}; now press O (over) or U (under)."
+        elif error in ("over", "under"):
+            self.last_message = f"Region {region}: {error}-segmented; now give a score 1-4."
+        else:
+            self.last_message = f"Region {region}: not rated."
+
+    def _advance(self, region: int) -> None:
+        said = self.last_message
+        nxt = self.next_unrated()
+        if nxt is not None:
+            self.last_message = f"{said} Next: region {nxt}."
 
     def mark_over(self) -> None:
         """The current region is over-segmented (mask too big); pressing again clears it."""
@@ -421,6 +456,8 @@ class RatingSession:
         """Run the command of ``key``; False when the key is not one of the session's."""
         command = command_for_key(key)
         if command is None:
+            self.last_message = (f"'{key}' is not a rating key: 1-5 score, O over, U under, "
+                                 f"N or Space next unrated.")
             return False
         self.execute(command)
         return True

@@ -17,6 +17,7 @@ and turns its failures into :class:`TotalSegmentatorNotInstalled` (how to instal
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import re
 import shutil
@@ -36,15 +37,18 @@ DEFAULT_STRUCTURES = ("humerus_left", "humerus_right")
 #: TotalSegmentator v2 ``total`` task labels of the structures near the humerus (multi-label output)
 TOTAL_V2_LABELS = {"humerus_left": 69, "humerus_right": 70, "scapula_left": 71, "scapula_right": 72,
                    "clavicula_left": 73, "clavicula_right": 74}
-#: weight folders (``DatasetNNN_*``) the ``total`` task needs: fast (3 mm) and full resolution
-WEIGHT_IDS = {"fast": (297,), "full": (291, 292, 293, 294, 295)}
+#: weight folders (``DatasetNNN_*``) the ``total`` task needs: fast (3 mm) and full resolution.
+#: ``--roi_subset`` first runs the 6 mm model (Dataset298) to crop to the structures, so it is
+#: needed in both modes.
+WEIGHT_IDS = {"fast": (297, 298), "full": (291, 292, 293, 294, 295, 298)}
 EXECUTABLE_ENV = "SCORE_TOTALSEG"       # path of a TotalSegmentator executable to use
 WEIGHTS_ENV = "TOTALSEG_WEIGHTS_PATH"
 HOME_ENV = "TOTALSEG_HOME_DIR"
 
 INSTALL_HINT = (
-    "In 3D Slicer: install the TotalSegmentator extension (Extensions Manager), restart Slicer and "
-    "open the TotalSegmentator module once so it installs its Python package. Outside Slicer: "
+    "In 3D Slicer: install the TotalSegmentator extension (Extensions Manager) and restart Slicer; "
+    "SCORERefine then asks the extension to install its Python package (its "
+    "setupPythonRequirements()) before the first run. Outside Slicer: "
     "`pip install TotalSegmentator` in its own virtual environment (it pins an older vtk and "
     "torchvision that clash with slicer-core) and put that environment's bin folder on PATH, or set "
     f"{EXECUTABLE_ENV}=/path/to/TotalSegmentator. Or pick an existing segmentation instead.")
@@ -92,8 +96,12 @@ def weights_hint(fast: bool = True, env: Optional[dict] = None) -> str:
             f"Dataset..._ weight folders, then run again.")
 
 
-def find_command(env: Optional[dict] = None, python: Optional[str] = None) -> list[str]:
-    """How to start TotalSegmentator here; raises :class:`TotalSegmentatorNotInstalled`."""
+def find_command(env: Optional[dict] = None, python: Optional[Sequence[str]] = None) -> list[str]:
+    """How to start TotalSegmentator here; raises :class:`TotalSegmentatorNotInstalled`.
+
+    ``python``: the interpreter that has the ``totalsegmentator`` package (default: the engine's
+    Python, which is PythonSlicer inside the Slicer application, never the application itself).
+    """
     env = os.environ if env is None else env
     override = env.get(EXECUTABLE_ENV)
     if override:
@@ -103,8 +111,11 @@ def find_command(env: Optional[dict] = None, python: Optional[str] = None) -> li
     found = shutil.which("TotalSegmentator", path=env.get("PATH"))
     if found:
         return [found]
-    if python is None and importlib.util.find_spec("totalsegmentator") is not None:
-        return [sys.executable, "-c",
+    if importlib.util.find_spec("totalsegmentator") is not None:
+        if python is None:
+            from .jobs import python_command
+            python = python_command()
+        return [*python, "-c",
                 "import sys; from totalsegmentator.bin.TotalSegmentator import main; sys.exit(main())"]
     raise TotalSegmentatorNotInstalled(f"TotalSegmentator is not installed (no `TotalSegmentator` "
                                        f"command on PATH). {INSTALL_HINT}")
@@ -249,15 +260,27 @@ class TotalSegResult:
     log: str
 
 
-def run_totalsegmentator(image: Volume, structures: Sequence[str] = DEFAULT_STRUCTURES,
-                         fast: bool = True, device: Optional[str] = None,
-                         workdir: Optional[str | os.PathLike] = None, runner: Runner = _run,
-                         env: Optional[dict] = None, offline: Optional[bool] = None) -> TotalSegResult:
-    """Run TotalSegmentator on ``image`` and return the merged mask of ``structures`` on its grid.
+@dataclass
+class PreparedRun:
+    """A TotalSegmentator command ready to run (in the background by the panel's job runner)."""
 
-    ``offline``: when True (or when ``HF_HUB_OFFLINE``/``SCORE_OFFLINE`` is set) missing weights
-    are reported before running instead of letting TotalSegmentator try to download them.
-    """
+    command: list[str]
+    work: Path
+    out: Path
+    structures: list[str]
+    fast: bool
+    env: dict
+    owned: bool
+
+    def cleanup(self) -> None:
+        if self.owned:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+
+def prepare_run(image: Volume, structures: Sequence[str] = DEFAULT_STRUCTURES, fast: bool = True,
+                device: Optional[str] = None, workdir: Optional[str | os.PathLike] = None,
+                env: Optional[dict] = None, offline: Optional[bool] = None) -> PreparedRun:
+    """Write the CT and build the command (checks installation and, offline, the weights)."""
     env = dict(os.environ if env is None else env)
     executable = find_command(env)
     if offline is None:
@@ -266,25 +289,48 @@ def run_totalsegmentator(image: Volume, structures: Sequence[str] = DEFAULT_STRU
         raise WeightsUnavailable(weights_hint(fast, env))
     owned = workdir is None
     work = Path(tempfile.mkdtemp(prefix="scorerefine-totalseg-")) if owned else Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
     try:
-        work.mkdir(parents=True, exist_ok=True)
         ct = write_volume(image, work / "ct.nii.gz",
                           dtype=np.int16 if np.all(np.mod(image.array, 1) == 0) else np.float32)
         out = work / "out"
         cmd = build_command(ct, out, structures, fast=fast, device=device, executable=executable)
+    except BaseException:
+        if owned:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    return PreparedRun(cmd, work, out, [s.strip() for s in structures if s.strip()], bool(fast),
+                       env, owned)
+
+
+def finish_run(run: PreparedRun, returncode: int, log: str, like: Geometry) -> "TotalSegResult":
+    """The merged mask after the command ended (raises the explained failure otherwise)."""
+    if returncode != 0:
+        raise explain_failure(returncode, log, run.fast, run.env)
+    merged = merge_structures(find_outputs(run.out, run.structures), like=like)
+    return TotalSegResult(merged.mask, merged.voxels, merged.empty, run.command, log)
+
+
+def run_totalsegmentator(image: Volume, structures: Sequence[str] = DEFAULT_STRUCTURES,
+                         fast: bool = True, device: Optional[str] = None,
+                         workdir: Optional[str | os.PathLike] = None, runner: Runner = _run,
+                         env: Optional[dict] = None, offline: Optional[bool] = None) -> TotalSegResult:
+    """Run TotalSegmentator on ``image`` and return the merged mask of ``structures`` on its grid
+    (blocking; the panel runs :func:`prepare_run`'s command in the background instead).
+
+    ``offline``: when True (or when ``HF_HUB_OFFLINE``/``SCORE_OFFLINE`` is set) missing weights
+    are reported before running instead of letting TotalSegmentator try to download them.
+    """
+    run = prepare_run(image, structures, fast, device, workdir, env, offline)
+    try:
         try:
-            proc = runner(cmd, env=env, cwd=str(work))
+            proc = runner(run.command, env=run.env, cwd=str(run.work))
         except FileNotFoundError as exc:
             raise TotalSegmentatorNotInstalled(f"TotalSegmentator could not be started ({exc}). "
                                                f"{INSTALL_HINT}") from exc
-        log = proc.stdout or ""
-        if proc.returncode != 0:
-            raise explain_failure(proc.returncode, log, fast, env)
-        merged = merge_structures(find_outputs(out, structures), like=image.geometry)
-        return TotalSegResult(merged.mask, merged.voxels, merged.empty, cmd, log)
+        return finish_run(run, proc.returncode, proc.stdout or "", image.geometry)
     finally:
-        if owned:
-            shutil.rmtree(work, ignore_errors=True)
+        run.cleanup()
 
 
 def segment_name_candidates(structure: str) -> list[str]:
@@ -294,3 +340,55 @@ def segment_name_candidates(structure: str) -> list[str]:
     if len(words) == 2 and words[1] in ("left", "right"):
         out += [f"{words[1]} {words[0]}", f"{words[1].capitalize()} {words[0]}"]
     return list(dict.fromkeys(out))
+
+
+# --------------------------------------------------------------------------- the Slicer extension
+
+def extension_process_kwargs(process: Callable, fast: bool = True, cpu: bool = False,
+                             subset: Optional[Sequence[str]] = None, task: str = "total") -> dict:
+    """Keyword arguments for the installed extension's ``TotalSegmentatorLogic.process``.
+
+    Bound by its signature, never by trial and error: Slicer 5.8's extension takes ``fast=``,
+    the extension for Slicer 5.10 and later takes ``quality=`` ("normal", "fast", "faster").
+    An extension without ``subset`` would segment all 117 structures: refused with a clear error
+    (update the extension) instead of silently running for many minutes.
+    """
+    params = inspect.signature(process).parameters
+    kwargs: dict = {}
+    if "quality" in params:
+        kwargs["quality"] = "fast" if fast else "normal"
+    elif "fast" in params:
+        kwargs["fast"] = bool(fast)
+    else:
+        raise TotalSegmentatorNotInstalled(
+            "the installed TotalSegmentator extension has neither a 'quality' nor a 'fast' option "
+            "in TotalSegmentatorLogic.process; update it in the Extensions Manager.")
+    if "cpu" in params:
+        kwargs["cpu"] = bool(cpu)
+    if "task" in params:
+        kwargs["task"] = task
+    if subset:
+        if "subset" not in params:
+            raise TotalSegmentatorNotInstalled(
+                "the installed TotalSegmentator extension cannot segment a subset of structures "
+                "(no 'subset' option), so it would segment all 117; update it in the Extensions "
+                "Manager.")
+        kwargs["subset"] = list(subset)
+    if "interactive" in params:
+        kwargs["interactive"] = False
+    return kwargs
+
+
+def prepare_extension(logic, fast: bool = True, env: Optional[dict] = None,
+                      offline: Optional[bool] = None) -> None:
+    """Before running the extension: its Python package installed (``setupPythonRequirements``,
+    which the extension's own widget calls only when a person presses Apply there) and, offline,
+    its weights present (the same pre-check as the command-line path)."""
+    env = os.environ if env is None else env
+    if offline is None:
+        offline = bool(env.get("SCORE_OFFLINE") or env.get("HF_HUB_OFFLINE"))
+    if offline and missing_weights(fast, env):
+        raise WeightsUnavailable(weights_hint(fast, env))
+    setup = getattr(logic, "setupPythonRequirements", None)
+    if callable(setup):
+        setup()

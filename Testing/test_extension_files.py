@@ -201,68 +201,36 @@ def test_module_requirements_parse_and_leave_torch_to_the_pytorch_extension():
 
 # --------------------------------------------------------------------------- the module, headless
 
-def test_module_logic_and_its_self_test_run_on_real_mrml_with_qt_stubbed(monkeypatch):
-    """No Slicer application here: stub only what needs Qt (qt, the ScriptedLoadableModule base
-    classes, parameterNodeWrapper, i18n, slicer.app), give it a real MRML scene, import
-    SCORERefine.py and run its own ScriptedLoadableModuleTest (whole workflow, tiny CPU training)."""
-    import importlib.util
-    import sys
+def test_module_metadata_and_logic_with_slicers_real_python_layer():
+    """SCORERefine.py imported with Slicer 5.10's real ScriptedLoadableModule, parameterNodeWrapper
+    and i18n (Testing/slicer_harness.py); its self-test runs in Testing/test_panel.py."""
     import types
-    import unittest
 
-    slicer = pytest.importorskip("slicer", reason="needs slicer-core")
-    from SCORERefineLib import mrml_bridge
-
-    qt = types.ModuleType("qt")
-    i18n = types.ModuleType("slicer.i18n")
-    i18n.tr = lambda text: text
-    i18n.translate = lambda context, text: text
-    pnw = types.ModuleType("slicer.parameterNodeWrapper")
-    pnw.parameterNodeWrapper = lambda cls: cls
-    pnw.Choice = pnw.WithinRange = lambda *args: None
-    slm = types.ModuleType("slicer.ScriptedLoadableModule")
-
-    class ScriptedLoadableModule:
-        def __init__(self, parent):
-            self.parent = parent
-
-    class ScriptedLoadableModuleLogic:
-        def __init__(self):
-            pass
-
-        def getParameterNode(self):
-            return None
-
-    class ScriptedLoadableModuleTest(unittest.TestCase):
-        def delayDisplay(self, message, msec=0):
-            pass
-
-    slm.ScriptedLoadableModule = ScriptedLoadableModule
-    slm.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
-    slm.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
-    slm.ScriptedLoadableModuleWidget = type("ScriptedLoadableModuleWidget", (), {})
-    for name, mod in (("qt", qt), ("slicer.i18n", i18n), ("slicer.parameterNodeWrapper", pnw),
-                      ("slicer.ScriptedLoadableModule", slm)):
-        monkeypatch.setitem(sys.modules, name, mod)
-    scene = mrml_bridge.new_scene()
-    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
-    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(processEvents=lambda: None,
-                                                              testingEnabled=lambda: True), raising=False)
-
-    spec = importlib.util.spec_from_file_location("SCORERefine_under_test", MODULE_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-
-    meta = module.SCORERefine(types.SimpleNamespace())
+    import slicer_harness as H
+    if H.missing_reason():
+        pytest.skip(H.missing_reason())
+    H.activate("5.10")
+    module = H.load_module()
+    meta = module.SCORERefine(types.SimpleNamespace(path=str(MODULE_PY)))
     assert meta.parent.categories == ["Segmentation"] and "1-5" in meta.parent.helpText
+    assert meta.parent.contributors == ["SCORERefine team"]
     logic = module.SCORERefineLogic()
     assert isinstance(logic.missing_dependencies(), list)
     assert logic.describe_device("cpu").startswith("CPU")
     with pytest.raises(module.SCORERefineError, match="not installed while testing"):
         logic.install_dependencies(confirm=False)           # nothing is ever installed by tests
 
-    test = module.SCORERefineTest("runTest")
-    test.setUp = lambda: scene.Clear(0)
-    result = unittest.TestResult()
-    test.run(result)
-    assert result.wasSuccessful(), result.errors + result.failures
+
+def test_defect8_catalog_files_are_real():
+    """Apache-2.0 licence at the root, screenshots that exist in the repo, a real contributors
+    entry, and only PyTorch forced on install (TotalSegmentator is optional)."""
+    assert (REPO / "LICENSE").read_text().lstrip().startswith("Apache License")
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    assert _cmake_value(cmake, "EXTENSION_DEPENDS").split() == ["PyTorch"]
+    assert _cmake_value(cmake, "EXTENSION_CONTRIBUTORS") == "SCORERefine team"
+    s4 = (REPO / "SCORERefine.s4ext").read_text()
+    for url in _cmake_value(cmake, "EXTENSION_SCREENSHOTURLS").split():
+        path = REPO / url.split("/main/", 1)[1]
+        assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", url
+        assert url in s4
+    assert "TotalSegmentator" not in json.loads((REPO / "SCORERefine.json").read_text())["build_dependencies"]

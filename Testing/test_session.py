@@ -63,9 +63,9 @@ def test_scores_and_marks_are_recorded_in_either_order(session):
     assert session.rating(3) is None and session.error_of(3) == "over"
     session.handle_key("2")
     assert (session.rating(3).score, session.rating(3).error) == (2, "over")
-    session.handle_key("O")                       # pressing O again clears the mark
-    assert session.rating(3) is None and session.score_of(3) == 2
-    session.handle_key("U")
+    session.handle_key("O")                       # pressing O again keeps the rating
+    assert (session.rating(3).score, session.rating(3).error) == (2, "over")
+    session.handle_key("U")                       # the other mark switches it
     assert session.rating(3).error == "under"
     assert ("rating", 1) in events and ("current", 2) in events
     assert session.handle_key("x") is False
@@ -214,3 +214,23 @@ def test_rename_case_before_saving(session, tmp_path):
     for bad in ("", "../x", "a/b", ".hidden"):
         with pytest.raises(InputError, match="cannot be a folder name"):
             session.rename_case(bad)
+
+
+def test_defect7_one_key_per_obvious_region_auto_advance_and_no_unrate(session):
+    """Score 5 = one key, score + O/U = two keys; both advance to the next unrated region;
+    pressing O/U again never un-rates; every key says what it did."""
+    session.auto_advance = True
+    labels = session.labels
+    session.handle_key("5")
+    assert session.current == labels[1] and "rated 5" in session.last_message
+    session.handle_key("3")
+    assert session.current == labels[1] and "press O" in session.last_message
+    session.handle_key("U")
+    assert session.rating(labels[1]).error == "under" and session.current == labels[2]
+    session.go_to(labels[1])
+    session.handle_key("U")                       # again: still rated, not cleared
+    assert session.rating(labels[1]).error == "under" and session.rating(labels[1]).score == 3
+    assert session.handle_key("x") is False and "not a rating key" in session.last_message
+    while not session.all_rated:
+        session.handle_key("5")
+    assert "all" in session.last_message.lower()

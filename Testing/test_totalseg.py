@@ -58,6 +58,7 @@ def fake_ts(tmp_path):
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
     weights = tmp_path / "weights"
     (weights / "Dataset297_TotalSegmentator_total_3mm_1559subj").mkdir(parents=True)
+    (weights / "Dataset298_TotalSegmentator_total_6mm_1559subj").mkdir(parents=True)
     env = {"PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}", "TOTALSEG_WEIGHTS_PATH": str(weights),
            "HOME": str(tmp_path)}
     return env
@@ -100,9 +101,10 @@ def test_not_installed_says_how_to_install(tmp_path, monkeypatch):
 
 def test_weights_unavailable_offline_says_how_to_use_local_weights(tmp_path, fake_ts):
     env = dict(fake_ts, TOTALSEG_WEIGHTS_PATH=str(tmp_path / "empty"))
-    assert ts.missing_weights(True, env) == [297]
+    assert ts.missing_weights(True, env) == [297, 298]
     assert ts.missing_weights(True, fake_ts) == []
     assert ts.missing_weights(False, fake_ts) == [291, 292, 293, 294, 295]
+
     with pytest.raises(ts.WeightsUnavailable) as err:       # refused before running when offline
         ts.run_totalsegmentator(_ct(), env=env, offline=True)
     msg = str(err.value)
@@ -113,6 +115,40 @@ def test_weights_unavailable_offline_says_how_to_use_local_weights(tmp_path, fak
     with pytest.raises(ts.TotalSegmentatorFailed, match="out of memory"):
         ts.run_totalsegmentator(_ct(), env=dict(fake_ts, FAKE_TS_MODE="oom"))
 
+
+def test_defect3_roi_subset_needs_the_6mm_weights_in_both_modes(tmp_path):
+    """--roi_subset always runs Dataset298 (6 mm) first to crop: its absence must be reported."""
+    weights = tmp_path / "w"
+    (weights / "Dataset297_TotalSegmentator_total_3mm_1559subj").mkdir(parents=True)
+    env = {"TOTALSEG_WEIGHTS_PATH": str(weights)}
+    assert ts.missing_weights(True, env) == [298]
+    assert 298 in ts.missing_weights(False, env)
+    assert "Dataset298" in ts.weights_hint(True, env)
+
+
+def test_defect3_extension_path_installs_requirements_and_checks_weights_offline(tmp_path):
+    calls = []
+
+    class Logic:
+        def setupPythonRequirements(self, upgrade=False):
+            calls.append("setup")
+    env = {"TOTALSEG_WEIGHTS_PATH": str(tmp_path / "none")}
+    with pytest.raises(ts.WeightsUnavailable):
+        ts.prepare_extension(Logic(), fast=True, env=env, offline=True)
+    assert calls == []
+    ts.prepare_extension(Logic(), fast=True, env=env, offline=False)
+    assert calls == ["setup"]
+    assert "open the TotalSegmentator module once" not in ts.INSTALL_HINT
+
+
+def test_defect3_fallback_runs_the_engine_python_not_the_application(monkeypatch, tmp_path):
+    """Inside Slicer sys.executable is the application: the package fallback must use PythonSlicer."""
+    import importlib.util as iu
+    from SCORERefineLib import jobs
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: object() if name == "totalsegmentator" else None)
+    monkeypatch.setattr(jobs, "python_command", lambda: ["/opt/Slicer/bin/PythonSlicer"])
+    cmd = ts.find_command(env={"PATH": str(tmp_path)})
+    assert cmd[0] == "/opt/Slicer/bin/PythonSlicer" and cmd[1] == "-c"
 
 def test_run_with_fake_executable_merges_structures_on_the_ct_grid(tmp_path, fake_ts):
     ct = _ct()
@@ -168,3 +204,44 @@ def test_real_totalsegmentator_on_the_shared_ct(shared_humerus):
         ref = read_mask(ref_path, label=69).array | read_mask(ref_path, label=70).array
         inter = (ref & res.mask.array).sum()
         assert 2 * inter / (ref.sum() + res.mask.array.sum()) > 0.8
+
+
+SHARED_TS = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "slicer-python" / "SlicerTotalSegmentator"
+
+
+def _real_process_signature(version):
+    """A function with the exact signature of the real ``TotalSegmentatorLogic.process``."""
+    import ast
+    path = SHARED_TS / version / "TotalSegmentator.py"
+    if not path.exists():
+        pytest.skip(f"Slicer's TotalSegmentator module sources not found at {path} (../shared/slicer-python)")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TotalSegmentatorLogic"):
+        for fn in cls.body:
+            if isinstance(fn, ast.FunctionDef) and fn.name == "process":
+                fn.body = [ast.Expr(ast.Call(ast.Name("record", ast.Load()), [ast.Call(ast.Name("locals", ast.Load()), [], [])], []))]
+                fn.decorator_list = []
+                calls = []
+                ns = {"record": calls.append}
+                exec(compile(ast.fix_missing_locations(ast.Module([fn], [])), str(path), "exec"), ns)
+                return __import__("functools").partial(ns["process"], None), calls
+    raise AssertionError("process() not found")
+
+
+@pytest.mark.parametrize("version", ["5.8", "main"])
+def test_defect2_extension_call_binds_the_installed_signature(version):
+    """Slicer 5.8's extension takes fast=, main (5.10+) quality=: one call, subset always passed."""
+    process, calls = _real_process_signature(version)
+    kwargs = ts.extension_process_kwargs(process, fast=True, cpu=True, subset=["humerus_left"])
+    process(object(), object(), **kwargs)            # raises TypeError on a wrong binding
+    (got,) = calls
+    assert got["subset"] == ["humerus_left"] and got["cpu"] is True and got["task"] == "total"
+    if version == "main":
+        assert got["quality"] == "fast"
+    else:
+        assert got["fast"] is True
+
+    def no_subset(inputVolume, outputSegmentation, fast=True, cpu=False, task=None):
+        pass
+    with pytest.raises(ts.TotalSegmentatorNotInstalled, match="117"):
+        ts.extension_process_kwargs(no_subset, subset=["humerus_left"])

@@ -12,7 +12,7 @@ import slicer  # noqa: E402,F401  (real MRML from slicer-core)
 import SimpleITK as sitk  # noqa: E402
 import vtk  # noqa: E402
 
-from SCORERefineLib import mrml_bridge as mb  # noqa: E402
+from SCORERefineLib import mrml as mb  # noqa: E402
 from SCORERefineLib.errors import InputError  # noqa: E402
 from SCORERefineLib.imageio import Geometry, Volume, read_image, write_volume  # noqa: E402
 from SCORERefineLib.session import RatingSession  # noqa: E402
