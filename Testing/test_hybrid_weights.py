@@ -62,9 +62,15 @@ def test_last_layer_grad_is_the_head_gradient_and_leaves_grad_alone():
 
 
 def test_weighter_schedule_smoothing_history_and_fixed():
-    wr = HybridWeighter(["a", "b"], every=5, smoothing=0.5)
-    assert [s for s in range(12) if wr.due(s)] == [0, 5, 10]
     d = torch.tensor([1.0])
+    sched = HybridWeighter(["a"], every=5, start=2)
+    done = []
+    for s in range(20):
+        if s != 7 and sched.due(s):          # step 7 could not update (no dense patch)
+            sched.update(s, d, {"a": d})
+            done.append(s)
+    assert done == [2, 8, 13, 18]
+    wr = HybridWeighter(["a", "b"], every=5, smoothing=0.5)
     wr.update(0, d, {"a": torch.tensor([2.0]), "b": torch.tensor([-1.0])})
     assert wr.weights == pytest.approx({"a": 0.5 * 1 + 0.5 * 2.0, "b": 0.5 * 1 + 0.5 * 0.0})
     steps, ws = wr.series("b")

@@ -148,8 +148,12 @@ class HybridWeighter:
             self.weights.setdefault(c, 1.0)
 
     def due(self, step: int) -> bool:
-        """Whether the weights should be recomputed at ``step``."""
-        return int(step) >= int(self.start) and (int(step) - int(self.start)) % int(self.every) == 0
+        """Whether the weights should be recomputed at ``step``: from ``start`` on, when no update
+        happened yet or ``every`` steps have passed since the last one (so a step that could not
+        update, e.g. a batch without a dense patch, only delays the update)."""
+        if int(step) < int(self.start):
+            return False
+        return not self.history or int(step) - int(self.history[-1]["step"]) >= int(self.every)
 
     def weight(self, case_id: str) -> float:
         return float(self.weights.get(str(case_id), 1.0))
