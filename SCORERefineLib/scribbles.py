@@ -6,8 +6,9 @@ A scribble map is a label volume on the image grid (array order ``(z, y, x)``):
 * ``1`` (:data:`FOREGROUND`): a stroke on the structure;
 * ``2`` (:data:`BACKGROUND`): a stroke just outside it.
 
-A person draws a few thin strokes on some slices, where the initial mask is wrong (the way
-scribble datasets such as ACDC-scribbles are made, and the supervision ScribbleVS trains from).
+A person draws a few thin strokes on some slices, where the initial mask is wrong (the
+supervision ScribbleVS trains from; its ACDC scribbles were drawn by hand, and synthetic scribble
+sets are commonly made, as here, from skeletons of dense labels).
 
 The simulated scribbler (:func:`simulate_scribbles`) draws from a reference: on ``n_slices``
 slices along ``axis`` it cuts the in-plane skeletons of (a) the reference and the initial mask's

@@ -10,7 +10,8 @@ from SCORERefineLib.case import SCRIBBLES, write_case
 from SCORERefineLib.errors import GridMismatchError, InputError
 from SCORERefineLib.imageio import Geometry, Volume, write_volume
 from SCORERefineLib.scribbles import (BACKGROUND, FOREGROUND, SECONDS_PER_SLICE, SECONDS_PER_STROKE,
-                                      misplace_strokes, read_scribbles, simulate_scribbles,
+                                      misplace_strokes, read_scribbles, scribble_counts,
+                                      simulate_scribbles,
                                       strokes, validate_scribbles)
 
 
@@ -88,6 +89,8 @@ def test_strokes_on_the_right_side(phantom):
     assert np.all(ref[lab == FOREGROUND] == 1)          # foreground strokes only inside
     assert np.all(ref[lab == BACKGROUND] == 0)          # background strokes only outside
     assert len(info["slices"]) == 5 == int(np.any(lab > 0, axis=(1, 2)).sum())
+    counts = scribble_counts(lab)
+    assert counts["slices"] == 5 and counts["foreground"] == int((lab == FOREGROUND).sum()) > 0
     assert info["n_strokes"] == info["n_fg_strokes"] + info["n_bg_strokes"] > 0
     assert info["seconds"] == pytest.approx(info["n_strokes"] * SECONDS_PER_STROKE
                                             + 5 * SECONDS_PER_SLICE)
