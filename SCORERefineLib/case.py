@@ -7,9 +7,12 @@
     <dataset>/cases/<case_id>/regions.nii.gz    int16 region labels, 0 = in no region
     <dataset>/cases/<case_id>/feedback.json     the ratings (see feedback.py)
     <dataset>/cases/<case_id>/reference.nii.gz  optional dense reference
+    <dataset>/cases/<case_id>/scribbles.nii.gz  optional strokes, uint8 0 none / 1 foreground /
+                                                2 background (contract version 2; see scribbles.py)
 
 Predictions written by tools go to ``<case_id>/predictions/<name>.nii.gz``.
-Changing this layout requires bumping :data:`CONTRACT_VERSION`.
+Changing this layout requires bumping :data:`CONTRACT_VERSION`. Version 2 added the optional
+``scribbles.nii.gz``; a version-1 dataset (without it) is a valid version-2 dataset.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ import numpy as np
 from .errors import InputError
 from .imageio import Volume, read_image, read_labels, read_mask, write_volume
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
 
 IMAGE_NAMES = ("image.nii.gz", "image.nii", "image.nrrd")
 INITIAL = "initial.nii.gz"
 REGIONS = "regions.nii.gz"
 FEEDBACK = "feedback.json"
 REFERENCE = "reference.nii.gz"
+SCRIBBLES = "scribbles.nii.gz"
 PREDICTIONS = "predictions"
 
 
@@ -67,6 +71,10 @@ class Case:
     def reference_path(self) -> Path:
         return self.folder / REFERENCE
 
+    @property
+    def scribbles_path(self) -> Path:
+        return self.folder / SCRIBBLES
+
     def prediction_path(self, name: str) -> Path:
         return self.folder / PREDICTIONS / f"{name}.nii.gz"
 
@@ -81,6 +89,10 @@ class Case:
     @property
     def has_reference(self) -> bool:
         return self.reference_path.exists()
+
+    @property
+    def has_scribbles(self) -> bool:
+        return self.scribbles_path.exists()
 
     def load_image(self) -> Volume:
         return read_image(self.image_path)
@@ -100,6 +112,15 @@ class Case:
             return None
         return read_mask(self.reference_path, like=like.geometry if like is not None else None,
                          allow_empty=True)
+
+    def load_scribbles(self, like: Optional[Volume] = None) -> Volume:
+        """The strokes (uint8 0/1/2, validated: :func:`scribbles.read_scribbles`)."""
+        from .scribbles import read_scribbles
+
+        if not self.has_scribbles:
+            raise InputError(f"case {self.case_id} has no scribbles ({self.scribbles_path}); draw "
+                             f"strokes in the Slicer module or simulate them from a reference first.")
+        return read_scribbles(self.scribbles_path, like=like.geometry if like is not None else None)
 
     def load_prediction(self, name: str, like: Optional[Volume] = None) -> Volume:
         path = self.prediction_path(name)
@@ -137,11 +158,13 @@ def get_case(dataset: str | os.PathLike, case_id: str) -> Case:
 
 
 def write_case(dataset: str | os.PathLike, case_id: str, image: Volume, initial: Volume,
-               regions: Optional[Volume] = None, reference: Optional[Volume] = None) -> Case:
+               regions: Optional[Volume] = None, reference: Optional[Volume] = None,
+               scribbles: Optional[Volume] = None) -> Case:
     """Create or update a case folder. Masks must share the image grid."""
     from .imageio import check_same_grid
 
-    for name, vol in (("initial", initial), ("regions", regions), ("reference", reference)):
+    for name, vol in (("initial", initial), ("regions", regions), ("reference", reference),
+                      ("scribbles", scribbles)):
         if vol is not None:
             check_same_grid(image.geometry, vol.geometry, "image", name)
     case = Case(cases_dir(dataset) / case_id)
@@ -153,4 +176,7 @@ def write_case(dataset: str | os.PathLike, case_id: str, image: Volume, initial:
         write_volume(regions, case.regions_path, dtype=np.int16)
     if reference is not None:
         write_volume(reference, case.reference_path, dtype=np.uint8)
+    if scribbles is not None:
+        from .scribbles import write_scribbles
+        write_scribbles(scribbles, case.scribbles_path)
     return case

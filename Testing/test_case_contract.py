@@ -24,7 +24,7 @@ def _volumes():
 def test_write_and_read_case(tmp_path):
     img, init, ref, regions = _volumes()
     case = write_case(tmp_path, "case_001", img, init, regions=regions, reference=ref)
-    assert CONTRACT_VERSION == 1
+    assert CONTRACT_VERSION == 2
     assert (tmp_path / "cases" / "case_001" / "image.nii.gz").exists()
     assert case.has_regions and case.has_reference and not case.has_feedback
     assert case.feedback_path == tmp_path / "cases" / "case_001" / "feedback.json"

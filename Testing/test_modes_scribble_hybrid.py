@@ -1,0 +1,141 @@
+"""ScribbleMode and HybridMode (unregistered, today's TrainingMode interface): a tiny training
+smoke test each, with a minimal loop over today's PatchSampler."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from SCORERefineLib import phantoms
+from SCORERefineLib.case import list_cases, write_case
+from SCORERefineLib.errors import TrainingError
+from SCORERefineLib.imageio import write_volume
+from SCORERefineLib.refiner.mode_hybrid import HybridMode
+from SCORERefineLib.refiner.mode_scribble import ScribbleMode
+from SCORERefineLib.refiner.network import build_network, network_config
+from SCORERefineLib.refiner.sampling import PatchSampler
+from SCORERefineLib.scribbles import misplace_strokes, simulate_scribbles
+
+PATCH = (16, 16, 16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Four tiny phantom cases, all with a reference; cases 1-3 with simulated scribbles,
+    case 3's strokes all with the wrong label."""
+    root = tmp_path_factory.mktemp("scribble_ds")
+    for i in range(4):
+        p = phantoms.make_phantom(i, phantoms.PRESETS["tiny"])
+        scr = None
+        if i > 0:
+            lab, _ = simulate_scribbles(p.initial.array, p.reference.array,
+                                        p.image.geometry.spacing_zyx, n_slices=6, seed=i)
+            if i == 3:
+                lab, _ = misplace_strokes(lab, 1.0, seed=i)
+            scr = p.image.with_array(lab)
+        write_case(root, f"case_{i:03d}", p.image, p.initial, reference=p.reference, scribbles=scr)
+    return root
+
+
+def _train(mode, targets, steps, seed=0):
+    torch.manual_seed(seed)
+    model = build_network(network_config("tiny"))
+    sampler = PatchSampler(targets, mode, PATCH, seed=seed, augment=False)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    mode.attach(model)
+    logs = []
+    for _ in range(steps):
+        batch = sampler.sample(4)
+        opt.zero_grad()
+        loss, terms = mode.loss(model(batch["image"]), batch)
+        assert math.isfinite(float(loss.detach()))
+        loss.backward()
+        opt.step()
+        mode.after_step(model)
+        logs.append(terms)
+    return model, logs
+
+
+def test_scribble_mode_trains(dataset):
+    mode = ScribbleMode()
+    cases = [c for c in list_cases(dataset) if mode.usable(c)]
+    assert [c.case_id for c in cases] == ["case_001", "case_002", "case_003"]
+    targets = [mode.prepare_case(c) for c in cases]
+    assert targets[0].info["n_strokes"] > 0 and targets[0].maps["scribbles"].dtype == np.uint8
+    idx, w = mode.sampling_weights(targets[0])
+    n_stroke_vox = int((targets[0].maps["scribbles"] > 0).sum())
+    assert np.isclose(w[n_stroke_vox:].sum() / w.sum(), 0.25)     # boundary share on the band
+    mode.weights.ramp_steps = 2
+    _, logs = _train(mode, targets, steps=4)
+    assert all("pce" in t and "pseudo" in t for t in logs)
+    assert logs[-1]["ramp"] == 1.0 and logs[0]["ramp"] < 0.01
+    assert mode.teacher is not None and mode.teacher.updates == 4
+
+
+def test_scribble_mode_refuses_bad_scribbles(dataset, tmp_path):
+    p = phantoms.make_phantom(0, phantoms.PRESETS["tiny"])
+    case = write_case(tmp_path, "bad", p.image, p.initial)
+    write_volume(p.image.with_array(np.zeros(p.image.array.shape, np.uint8)), case.scribbles_path)
+    with pytest.raises(TrainingError, match="case bad: .*empty"):
+        ScribbleMode().prepare_case(case)
+
+
+def test_hybrid_mode_trains_and_weighs(dataset):
+    mode = HybridMode(dense_count=1, weak="scribble", every=2, start=2)
+    roles = mode.assign_roles(list_cases(dataset))
+    assert roles == {"case_000": "dense", "case_001": "weak", "case_002": "weak", "case_003": "weak"}
+    cases = [c for c in list_cases(dataset) if mode.usable(c)]
+    targets = [mode.prepare_case(c) for c in cases]
+    assert [t.info["role"] for t in targets] == ["dense", "weak", "weak", "weak"]
+    shares = [mode.sampling_weights(t)[1].sum() for t in targets]
+    assert shares == pytest.approx([0.5, 1 / 6, 1 / 6, 1 / 6])
+    _, logs = _train(mode, targets, steps=6)
+    assert "weak" not in logs[0] and "weak" not in logs[1]      # dense warm-up
+    assert any("weak" in t for t in logs[2:])
+    hist = mode.weighter.history
+    assert hist and all(h["step"] >= 2 for h in hist)
+    assert set(hist[-1]["weights"]) == {"case_001", "case_002", "case_003"}
+
+
+def test_hybrid_mode_with_ratings(tmp_path):
+    from SCORERefineLib.feedback import save_feedback
+    from SCORERefineLib.rater import simulate_feedback
+    from SCORERefineLib.regions import RegionParams, make_regions
+
+    for i in range(3):
+        p = phantoms.make_phantom(i, phantoms.PRESETS["tiny"])
+        regions = make_regions(p.initial, RegionParams(n_regions=4))
+        case = write_case(tmp_path, f"r{i}", p.image, p.initial, regions=regions,
+                          reference=p.reference)
+        if i > 0:
+            save_feedback(simulate_feedback(case.case_id, p.initial, p.reference, regions, seed=i),
+                          case.feedback_path)
+    mode = HybridMode(dense_ids=["r0"], weak="score", every=1, start=0)
+    assert mode.assign_roles(list_cases(tmp_path)) == {"r0": "dense", "r1": "weak", "r2": "weak"}
+    targets = [mode.prepare_case(c) for c in list_cases(tmp_path) if mode.usable(c)]
+    assert targets[0].tables["agreement"].shape == (1,)         # padded tables for the dense case
+    _, logs = _train(mode, targets, steps=3)
+    assert any("weak" in t and "dense" in t for t in logs)
+    assert mode.weighter.history
+
+
+def test_hybrid_mode_roles_errors(dataset):
+    with pytest.raises(Exception, match="--dense"):
+        HybridMode()
+    with pytest.raises(TrainingError, match="no reference"):
+        HybridMode(dense_ids=["nope"]).assign_roles(list_cases(dataset))
+    with pytest.raises(TrainingError, match="choose 1..4"):
+        HybridMode(dense_count=9).assign_roles(list_cases(dataset))
+    with pytest.raises(TrainingError, match="assign_roles"):
+        HybridMode(dense_count=1).usable(list_cases(dataset)[0])
