@@ -78,7 +78,8 @@ def trained(tmp_path_factory):
                                      region_params=RegionParams(n_regions=6),
                                      score_probs=[0.5, 0.0, 0.0, 0.0, 0.5])
     path = tmp_path_factory.mktemp("q") / "quality.pt"
-    train_quality(samples, path, steps=150, batch_size=16, lr=3e-3, config=cfg, seed=0)
+    train_quality(samples, path, steps=120, batch_size=16, lr=3e-3, config=cfg, seed=0,
+                  num_threads=1)
     return path
 
 

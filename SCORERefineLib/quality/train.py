@@ -55,7 +55,8 @@ def train_quality(samples: Sequence[QualitySample], out, steps: int = 200, batch
                   lr: float = 2e-3, seed: int = 0, config: Optional[QualityConfig] = None,
                   init: Optional[str] = None, progress: str = "none",
                   cancel: Optional[CancelToken] = None, device: str = "cpu",
-                  augment: bool = True, extra_metadata: Optional[dict] = None) -> Path:
+                  augment: bool = True, extra_metadata: Optional[dict] = None,
+                  num_threads: Optional[int] = None) -> Path:
     """Train (or fine-tune from ``init``, a quality checkpoint) and save to ``out``.
 
     Args:
@@ -64,12 +65,16 @@ def train_quality(samples: Sequence[QualitySample], out, steps: int = 200, batch
         config: the network (default ``quality_config("small")``, or ``init``'s).
         progress: ``bar`` | ``json`` | ``none`` (stage ``quality``, reports ``loss``).
         cancel: stops cleanly at the next step; the checkpoint is still written.
+        num_threads: torch CPU threads (as the refiner trainer's ``num_threads``); 1 is much
+            faster than the default on a busy 2-core machine for this small network.
 
     Returns: ``out`` as a Path.
     """
     if not samples:
         raise TrainingError("no quality samples to train on; make synthetic samples from reference "
                             "masks or rate some regions first.")
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     if init is not None:
