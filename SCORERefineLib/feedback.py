@@ -13,6 +13,11 @@ A rating is a 1-5 ``score`` (anchors from :mod:`calibration`) and an ``error`` t
 (the mask is too big there), ``under`` (too small) or ``none``. A score of 5 means "no visible
 error" and goes with ``none``; any lower score says which error it is.
 
+An optional top-level ``"model_raters": ["suggested"]`` marks raters that are models (the
+quality predictor's suggestions): :meth:`CaseFeedback.consensus` leaves them out unless asked, and
+saving refuses to let a model rater replace a person's ratings under the same name, or the
+reverse. Files without model raters are written exactly as before.
+
 Several raters are kept side by side. :func:`save_feedback` merges with the file on disk (raters
 there that the new object lacks are kept), writes atomically and never overwrites a file it
 cannot read; :func:`load_feedback` never modifies the file.
@@ -129,6 +134,8 @@ class CaseFeedback:
     region_labels: list[int]
     region_info: dict = field(default_factory=dict)
     raters: dict[str, dict[int, Rating]] = field(default_factory=dict)
+    #: raters that are models (e.g. the quality predictor's ``suggested``), not people
+    model_raters: set = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not isinstance(self.case_id, str) or not self.case_id:
@@ -173,7 +180,7 @@ class CaseFeedback:
         """Regions that at least one rater rated, sorted."""
         return sorted({r for ratings in self.raters.values() for r in ratings})
 
-    def consensus(self) -> dict[int, tuple[float, str]]:
+    def consensus(self, include_models: bool = False) -> dict[int, tuple[float, str]]:
         """Per rated region: ``(mean score over its raters, majority error type)``.
 
         The error type is the most frequent of ``over``/``under`` among the raters of that
@@ -181,7 +188,7 @@ class CaseFeedback:
         the lowest score (the most worried rater); a tie there too goes to ``over``.
         """
         per_region: dict[int, list[Rating]] = {}
-        for ratings in self.raters.values():
+        for ratings in self._raters_for_consensus(include_models):
             for region, rating in ratings.items():
                 per_region.setdefault(region, []).append(rating)
         out: dict[int, tuple[float, str]] = {}
@@ -200,6 +207,20 @@ class CaseFeedback:
             out[region] = (mean, tied[0])
         return out
 
+    # ---------------------------------------------------------------- model raters
+
+    def is_model(self, rater: str) -> bool:
+        """True for a rater marked as a model (its ratings are suggestions, not a person's)."""
+        return rater in self.model_raters
+
+    def human_raters(self) -> list[str]:
+        """Raters that are people, sorted."""
+        return sorted(n for n in self.raters if n not in self.model_raters)
+
+    def _raters_for_consensus(self, include_models: bool):
+        """Consensus (the training target) reads people's ratings only, unless asked."""
+        return [r for n, r in self.raters.items() if include_models or n not in self.model_raters]
+
     # ---------------------------------------------------------------- (de)serialising
 
     def to_dict(self) -> dict:
@@ -213,6 +234,8 @@ class CaseFeedback:
             "regions": {"labels": list(self.region_labels), **self.region_info},
             "raters": {name: [self.raters[name][r].to_dict() for r in sorted(self.raters[name])]
                        for name in sorted(self.raters)},
+            # written only when there is one, so files without model raters are unchanged
+            **({"model_raters": sorted(self.model_raters)} if self.model_raters else {}),
         }
 
     @classmethod
@@ -248,6 +271,12 @@ class CaseFeedback:
         raters = d.get("raters", {})
         if not isinstance(raters, dict):
             raise FeedbackError(f"{source}: 'raters' must be an object {{rater: [ratings]}}.")
+        model_raters = d.get("model_raters", [])
+        if not isinstance(model_raters, list):
+            raise FeedbackError(f"{source}: 'model_raters' must be a list of rater names.")
+        for name in model_raters:
+            _check_rater_name(name, source)
+        fb.model_raters = set(model_raters)
         labels = set(fb.region_labels)
         for name, items in raters.items():
             _check_rater_name(name, source)
@@ -330,12 +359,27 @@ def merge_feedback(on_disk: CaseFeedback, fb: CaseFeedback, source: str = "feedb
         raise FeedbackError(f"{source} rates regions {_short(on_disk.region_labels)} but the new "
                             f"feedback has regions {_short(fb.region_labels)}: the regions changed "
                             f"since rating. The file was not changed; move it aside to start over.")
+    _check_model_humans(on_disk, fb, source)
     merged = CaseFeedback(fb.case_id, list(fb.region_labels), dict(fb.region_info or on_disk.region_info))
+    merged.model_raters = (set(on_disk.model_raters) | set(fb.model_raters)) & (
+        set(on_disk.raters) | set(fb.raters) | set(fb.model_raters))
     for name, ratings in on_disk.raters.items():
         merged.raters[name] = dict(ratings)
     for name, ratings in fb.raters.items():
         merged.raters[name] = dict(ratings)
     return merged
+
+
+def _check_model_humans(on_disk: CaseFeedback, fb: CaseFeedback, source: str) -> None:
+    """A model rater never replaces a person's ratings, nor a person a model's (same name)."""
+    for name in set(on_disk.raters) & set(fb.raters):
+        if on_disk.is_model(name) != fb.is_model(name):
+            was, now = (("a model", "a person") if on_disk.is_model(name) else ("a person", "a model"))
+            raise FeedbackError(f"{source}: rater '{name}' is {was} there but {now} in the new "
+                                f"feedback; the file was not changed. Save under another rater name.")
+    for name in set(fb.model_raters) & set(on_disk.raters) - set(on_disk.model_raters):
+        raise FeedbackError(f"{source}: '{name}' rates there as a person and cannot be marked as a "
+                            f"model; the file was not changed. Use another name for the model.")
 
 
 def save_feedback(fb: CaseFeedback, path: str | os.PathLike) -> None:

@@ -1,0 +1,104 @@
+"""Fixed-size crops around a region, resampled to a fixed spacing: the quality network's input.
+
+A crop is ``(3, D, H, W)`` float32 (channels :data:`~.network.CHANNELS`): the CT windowed as the
+refiner's (:func:`~SCORERefineLib.refiner.inputs.window_ct`), the mask and the region indicator,
+sampled by trilinear interpolation on a grid of ``crop_size`` voxels of ``crop_spacing_mm``
+centred on the region's centre voxel (:func:`~SCORERefineLib.regions.region_centres`, nearest the
+centroid in mm). Index space is scaled by the voxel spacing (the direction matrix is not
+needed: it is the same rotation for the whole case). Outside the image: the nearest edge value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..imageio import Volume
+from ..refiner.inputs import window_ct
+from ..regions import region_centres
+from .network import QualityConfig
+
+
+@dataclass
+class QualitySample:
+    """One training/evaluation sample: a crop ``x`` (3, D, H, W) and its target."""
+
+    x: np.ndarray
+    score: int            # 1..5
+    error: str            # over | under | none
+    dice: float = float("nan")
+    case_id: str = ""
+    region: int = 0
+    weight: float = 1.0   # e.g. lower for synthetic samples when fine-tuning on ratings
+
+
+def _grid(centre, spacing_zyx, crop_size, crop_spacing_mm) -> np.ndarray:
+    axes = []
+    for a in range(3):
+        n = int(crop_size[a])
+        offs_mm = (np.arange(n, dtype=np.float64) - (n - 1) / 2.0) * float(crop_spacing_mm[a])
+        axes.append(float(centre[a]) + offs_mm / float(spacing_zyx[a]))
+    return np.stack(np.meshgrid(*axes, indexing="ij"))
+
+
+def region_crops(image: Volume, mask: np.ndarray, regions: np.ndarray, config: QualityConfig,
+                 labels: Optional[Sequence[int]] = None, normalisation: Optional[dict] = None
+                 ) -> dict[int, np.ndarray]:
+    """``{region: crop (3, D, H, W) float32}`` for ``labels`` (default: every region present).
+
+    ``image``: CT in HU; ``mask``/``regions``: arrays ``(z, y, x)`` on the image grid.
+    """
+    spacing = image.geometry.spacing_zyx
+    centres = region_centres(np.asarray(regions), spacing)
+    labels = sorted(centres) if labels is None else [int(v) for v in labels if int(v) in centres]
+    ct = window_ct(image.array, normalisation)
+    m = (np.asarray(mask) != 0).astype(np.float32)
+    reg = np.asarray(regions)
+    out = {}
+    for label in labels:
+        coords = _grid(centres[label], spacing, config.crop_size, config.crop_spacing_mm)
+        crop = np.empty((3,) + tuple(config.crop_size), dtype=np.float32)
+        crop[0] = ndi.map_coordinates(ct, coords, order=1, mode="nearest")
+        crop[1] = ndi.map_coordinates(m, coords, order=1, mode="nearest")
+        crop[2] = ndi.map_coordinates((reg == label).astype(np.float32), coords, order=1, mode="nearest")
+        out[label] = crop
+    return out
+
+
+def synthetic_samples(image: Volume, reference: np.ndarray, config: QualityConfig,
+                      rng: np.random.Generator, n_corruptions: int = 4, region_params=None,
+                      case_id: str = "", score_probs=None) -> list[QualitySample]:
+    """Samples from ``n_corruptions`` corrupted copies of ``reference`` (regions split from the
+    reference; each region of each copy gets its own target Dice and kind)."""
+    from ..regions import RegionParams, split_regions
+    from .corruptions import corrupt_case
+
+    ref = np.asarray(reference) != 0
+    regions = split_regions(ref.astype(np.uint8), image.geometry.spacing_zyx,
+                            region_params or RegionParams())
+    out = []
+    for _ in range(int(n_corruptions)):
+        mask, truth = corrupt_case(ref, regions, image.geometry.spacing_zyx, rng,
+                                   score_probs=score_probs)
+        for label, crop in region_crops(image, mask, regions, config, labels=sorted(truth)).items():
+            t = truth[label]
+            out.append(QualitySample(crop, t.score, t.error, t.dice, case_id, label))
+    return out
+
+
+def rated_samples(image: Volume, mask: np.ndarray, regions: np.ndarray, consensus: dict,
+                  config: QualityConfig, case_id: str = "", weight: float = 1.0
+                  ) -> list[QualitySample]:
+    """Samples from human ratings (``feedback.consensus()``: region -> (mean score, error)),
+    for fine-tuning; the mean score is rounded to the nearest whole score."""
+    crops = region_crops(image, mask, regions, config, labels=sorted(consensus))
+    out = []
+    for label, crop in crops.items():
+        mean, error = consensus[label]
+        score = int(min(5, max(1, round(float(mean)))))
+        error = "none" if score == 5 else (error if error != "none" else "over")
+        out.append(QualitySample(crop, score, error, float("nan"), case_id, label, weight))
+    return out
