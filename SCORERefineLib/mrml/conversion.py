@@ -429,12 +429,10 @@ def regions_from_segmentation(segmentation_node, target: Geometry) -> Volume:
 
 def region_at_ras(segmentation_node, ras: Sequence[float], target: Geometry) -> Optional[int]:
     """The region label at a RAS point (a click in a slice view), None outside every region."""
-    d = np.asarray(target.direction).reshape(3, 3)
-    lps = _FLIP @ np.asarray(ras, dtype=float)
-    ijk = np.linalg.solve(d @ np.diag(target.spacing), lps - np.asarray(target.origin))
-    i, j, k = (int(round(v)) for v in ijk)
-    if not (0 <= i < target.size[0] and 0 <= j < target.size[1] and 0 <= k < target.size[2]):
+    index = target.ras_to_index(ras)
+    if index is None:
         return None
+    k, j, i = index
     for label, sid in region_segment_ids(segmentation_node).items():
         vol = segment_volume(segmentation_node, sid)
         if vol is None:

@@ -27,8 +27,7 @@ from .storage import nodes_by_class  # noqa: F401
 
 def index_to_ras(geometry: Geometry, index_zyx: Sequence[float]) -> tuple[float, float, float]:
     """RAS position of an array index ``(z, y, x)`` (for centring slice views)."""
-    lps = np.asarray(geometry.index_to_physical(index_zyx))
-    return tuple(float(v) for v in _FLIP @ lps)  # type: ignore[return-value]
+    return geometry.index_to_ras(index_zyx)
 
 
 def centre_slice_views(scene, ras: Sequence[float]) -> int:
