@@ -140,3 +140,12 @@ def test_missing_reference_or_regions_is_one_clear_line(tmp_path, capsys):
     assert main("quality", "train", ds, "--out", tmp_path / "q.pt", "--network", "tiny",
                 "--steps", "2", "--progress", "none") == 2
     assert "reference.nii.gz" in capsys.readouterr().err
+
+
+def test_refine_refuses_a_quality_model_naming_the_task(trained, monkeypatch, capsys):
+    ds, model = trained
+    monkeypatch.setattr(cli, "COMMANDS", {"refine": "refine"})
+    capsys.readouterr()
+    assert main("refine", "--model", model, "--dataset", ds, "--case", "case_001") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'quality' model" in err and "newer" not in err
