@@ -71,6 +71,11 @@ def test_predict_writes_suggestions_and_keeps_the_persons_ratings(trained, capsy
     # a case without feedback gets a file holding only the suggestions
     fb1 = load_feedback(ds / "cases" / "case_001" / "feedback.json")
     assert fb1.human_raters() == [] and len(fb1.raters["suggested"]) == 6
+    # a person's name as the model rater: refused before anything is written
+    snapshot = {c: (ds / "cases" / c / "feedback.json").read_bytes() for c in ("case_000", "case_001")}
+    assert main("quality", "predict", ds, "--model", model, "--rater", "dr_a") == 2
+    assert "holds a person's ratings in case(s) case_000" in capsys.readouterr().err
+    assert all((ds / "cases" / c / "feedback.json").read_bytes() == b for c, b in snapshot.items())
     # predicting again replaces the suggestions, the person's ratings stay
     assert main("quality", "predict", ds, "--model", model, "--case", "case_000") == 0
     assert json.loads(fb_path.read_text())["raters"]["dr_a"] == before["raters"]["dr_a"]

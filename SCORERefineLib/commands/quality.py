@@ -204,6 +204,13 @@ def run_predict(args: argparse.Namespace) -> int:
         raise InputError(f"--p-min must be a probability in [0, 1], got {args.p_min}.")
     cases = select_cases(args.dataset, args.case)
     require_regions(cases, args.dataset)
+    taken = [c.case_id for c in cases if c.has_feedback
+             and args.rater in (fb := load_feedback(c.feedback_path)).raters
+             and not fb.is_model(args.rater)]
+    if taken:
+        raise InputError(f"rater '{args.rater}' holds a person's ratings in case(s) "
+                         f"{', '.join(taken)}; suggestions are never written over them. Choose "
+                         f"another --rater. Nothing was written.")
     model, meta = load_model(args.model, device=args.device)
     total = total_good = 0
     for case in cases:
