@@ -181,6 +181,9 @@ def run_train(args: argparse.Namespace) -> int:
                    f"weight {args.synthetic_weight:g}), {ft_steps} steps")
     if out is None:
         raise InputError("no training steps were run (--steps 0 and nothing to fine-tune on).")
+    if cancel.cancelled:
+        from ..errors import Cancelled
+        raise Cancelled(f"the weights so far are in {out}")
     _say(args, f"quality checkpoint written: {out}")
     return 0
 
