@@ -23,6 +23,7 @@ COMMANDS = {
     "evaluate": "evaluate",
     "train": "train",
     "refine": "refine",
+    "quality": "quality",
     "benchmark": "benchmark",
     "demo": "demo",
 }

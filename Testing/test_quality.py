@@ -111,7 +111,7 @@ def test_checkpoint_round_trip_and_refusals(trained, tmp_path):
     for a, b in zip(model(x), again(x)):
         assert torch.equal(a, b)
     # a quality checkpoint is not a refiner
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="holds a 'quality' model .*region-quality predictor"):
         load_refiner(trained)
     # a refiner checkpoint is not a quality model
     cfg = network_config("tiny")

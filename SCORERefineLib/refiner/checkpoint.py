@@ -121,8 +121,11 @@ def load_refiner(path, device="cpu", expect_channels: Sequence[str] | None = Non
     payload = load_checkpoint(path, map_location="cpu", expect_channels=expect_channels)
     meta = payload["metadata"]
     if meta["task"] != DEFAULT_TASK:
-        raise CheckpointError(f"checkpoint {path} holds a '{meta['task']}' model, not a refiner; "
-                              f"use a checkpoint trained for refinement.")
+        hint = (" (the region-quality predictor: use it with `scorerefine quality predict "
+                "--model` or `scorerefine rate --order uncertainty --model`)"
+                if meta["task"] == "quality" else "")
+        raise CheckpointError(f"checkpoint {path} holds a '{meta['task']}' model{hint}, not a "
+                              f"refiner; use a checkpoint written by `scorerefine train`.")
     try:
         model = build_network(meta["network"])
         model.load_state_dict(payload["state_dict"])
