@@ -189,3 +189,20 @@ def test_hybrid_and_scribble_cli(dataset, tmp_path):
     assert rc in (0, None)
     meta = load_checkpoint(out, map_location="cpu")["metadata"]
     assert meta["mode"] == "hybrid" and meta["training"]["mode_config"]["indicator"] == "fixed"
+
+
+def test_scribble_command_simulates(tmp_path, capsys):
+    from SCORERefineLib import cli
+    from SCORERefineLib.scribbles import read_scribbles
+
+    for i in range(2):
+        p = phantoms.make_phantom(i, phantoms.PRESETS["tiny"])
+        write_case(tmp_path, f"c{i}", p.image, p.initial, reference=p.reference)
+    assert cli.main(["scribble", str(tmp_path), "--simulate", "--n-slices", "2", "--seed", "1",
+                     "--misplace", "0.5"]) == 0
+    for case in list_cases(tmp_path):
+        lab = read_scribbles(case.scribbles_path).array
+        assert (lab == 1).any() and (lab == 2).any()
+    case = write_case(tmp_path, "noref", p.image, p.initial)
+    assert cli.main(["scribble", str(tmp_path), "--simulate"]) == 2
+    assert "noref" in capsys.readouterr().err and not case.has_scribbles
