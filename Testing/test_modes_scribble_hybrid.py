@@ -206,3 +206,22 @@ def test_scribble_command_simulates(tmp_path, capsys):
     case = write_case(tmp_path, "noref", p.image, p.initial)
     assert cli.main(["scribble", str(tmp_path), "--simulate"]) == 2
     assert "noref" in capsys.readouterr().err and not case.has_scribbles
+
+
+def test_train_flags_go_into_the_mode_config():
+    from SCORERefineLib.cli import build_parser
+    from SCORERefineLib.commands.train import config_from_args
+
+    def parse(*extra):
+        return config_from_args(build_parser().parse_args(["train", "ds", "--out", "m.pt", *extra]))
+
+    c = parse("--mode", "hybrid", "--dense", "a,b", "--weak", "scribble", "--indicator-every", "5")
+    assert isinstance(c.mode_config, HybridConfig) and c.mode_config.dense_ids == ["a", "b"]
+    assert c.mode_config.weak == "scribble" and c.mode_config.indicator_every == 5
+    c = parse("--mode", "scribble", "--ema-decay", "0.9", "--loss-weights", "pseudo=0,ramp_steps=10")
+    assert c.mode_config.ema_decay == 0.9 and c.mode_config.weights.pseudo == 0.0
+    assert c.mode_config.weights.ramp_steps == 10
+    with pytest.raises(InputError, match="--dense-count do"):
+        parse("--mode", "score", "--dense-count", "1")
+    with pytest.raises(InputError, match="not both"):
+        parse("--mode", "hybrid", "--dense", "a", "--dense-count", "1")
