@@ -37,6 +37,12 @@ TRAINING_MODES: dict[str, Entry] = _index(
           ("regions", "feedback")),
     Entry("full", "Full supervision (dense reference)",
           "learns from reference.nii.gz: the fully supervised upper bound", ("reference",)),
+    Entry("scribble", "Scribbles (strokes)",
+          "learns from foreground/background strokes in scribbles.nii.gz (partial CE + EMA-teacher "
+          "pseudo-labels)", ("scribbles",)),
+    Entry("hybrid", "Hybrid (few dense + many weak)",
+          "a few cases with reference.nii.gz plus many rated or scribbled ones, weak cases weighted "
+          "by the instance indicator", ("reference",)),
 )
 
 #: region splitters (implementations: ``SCORERefineLib.regions``)

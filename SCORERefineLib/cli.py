@@ -22,6 +22,7 @@ COMMANDS = {
     "rate": "rate",
     "evaluate": "evaluate",
     "train": "train",
+    "scribble": "scribble",
     "refine": "refine",
     "quality": "quality",
     "benchmark": "benchmark",

@@ -28,8 +28,7 @@ def train_command(dataset: str | os.PathLike, out: str | os.PathLike, mode: str 
                   python: Optional[Sequence[str]] = None) -> list[str]:
     """``python -m SCORERefineLib.cli train <dataset> --out <out> ... --progress json``."""
     if mode not in TRAINING_MODES:
-        raise InputError(f"training mode must be 'score' (from ratings) or 'full' (from references), "
-                         f"got {mode!r}.")
+        raise InputError(f"training mode must be one of {sorted(TRAINING_MODES)}, got {mode!r}.")
     if int(steps) < 1:
         raise InputError(f"the number of training steps must be at least 1, got {steps}.")
     dataset = Path(dataset)

@@ -1,4 +1,5 @@
-"""``scorerefine train``: train the refiner from ratings (``--mode score``) or references (``full``).
+"""``scorerefine train``: train the refiner from ratings (``--mode score``), references (``full``),
+strokes (``scribble``) or a few dense cases plus many weak ones (``hybrid``).
 
 Ctrl-C / SIGTERM saves a checkpoint and exits (status 130); ``--resume`` continues from it.
 Several GPUs: ``torchrun --nproc-per-node N -m SCORERefineLib.cli train ...``.
@@ -9,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "train the refiner from regional ratings (score) or dense references (full)"
+HELP = ("train the refiner from regional ratings (score), dense references (full), scribbles "
+        "(scribble) or a few dense + many weak cases (hybrid)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,6 +41,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss-weights", default="",
                    help="SCORE loss weights, e.g. 'pseudo=1,pin=1,anchor=0.5,edge=0.05,pseudo_fraction=0.6' "
                         "(see docs/score-loss.md)")
+    g = p.add_argument_group("scribble / hybrid")
+    g.add_argument("--ema-decay", type=float, default=None,
+                   help="scribble: EMA decay of the pseudo-label teacher (default 0.99)")
+    g.add_argument("--dense", default=None, metavar="CASE_IDS",
+                   help="hybrid: the dense cases (with reference.nii.gz), comma separated")
+    g.add_argument("--dense-count", type=int, default=None, metavar="K",
+                   help="hybrid: the first K cases with a reference (by id) are the dense ones")
+    g.add_argument("--weak", choices=("score", "scribble"), default=None,
+                   help="hybrid: the weak cases' feedback, ratings (score, default) or scribbles")
+    g.add_argument("--indicator", choices=("dynamic", "fixed"), default=None,
+                   help="hybrid: instance-indicator weights (dynamic, default) or all 1 (fixed, ablation)")
+    g.add_argument("--indicator-every", type=int, default=None, metavar="N",
+                   help="hybrid: recompute the weak-case weights every N steps (default 20)")
+    g.add_argument("--indicator-start", type=int, default=None, metavar="STEP",
+                   help="hybrid: weak cases join after STEP dense warm-up steps (default 0)")
     p.add_argument("--checkpoint-every", type=int, default=50,
                    help="write a checkpoint every K steps (0: only at the end/cancel)")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
@@ -68,13 +85,25 @@ def config_from_args(args):
     given = {"no_edge": args.no_edge, "no_direction": args.no_direction, "no_amount": args.no_amount}
     if args.loss_weights:
         try:
-            given["weights"] = ScoreLossWeights.parse(args.loss_weights)
+            given["weights"] = (_scribble_weights(args.loss_weights) if args.mode == "scribble"
+                                else ScoreLossWeights.parse(args.loss_weights))
         except ValueError as exc:
             raise InputError(f"--loss-weights: {exc}") from exc
+    dense = getattr(args, "dense", None)
+    mode_flags = {"ema_decay": getattr(args, "ema_decay", None),
+                  "dense_ids": [c for c in dense.split(",") if c] if dense else None,
+                  "dense_count": getattr(args, "dense_count", None),
+                  "weak": getattr(args, "weak", None), "indicator": getattr(args, "indicator", None),
+                  "indicator_every": getattr(args, "indicator_every", None),
+                  "indicator_start": getattr(args, "indicator_start", None)}
+    given.update({k: v for k, v in mode_flags.items() if v is not None})
+    if args.mode == "hybrid" and mode_flags["dense_ids"] and mode_flags["dense_count"] is not None:
+        raise InputError("give either --dense CASE_IDS or --dense-count K, not both.")
     known = {f.name for f in fields(MODES[args.mode].Config)}
-    foreign = [k for k, v in given.items() if v and k not in known]
+    foreign = [k for k, v in given.items() if v is not None and v is not False and k not in known]
     if foreign:
-        flags = ", ".join("--" + k.replace("_", "-").replace("weights", "loss-weights") for k in foreign)
+        names = {"weights": "loss-weights", "dense_ids": "dense"}
+        flags = ", ".join("--" + names.get(k, k.replace("_", "-")) for k in foreign)
         raise InputError(f"{flags} do(es) not apply to --mode {args.mode}.")
     settings = {k: v for k, v in given.items() if k in known}
     return TrainConfig(
@@ -83,6 +112,23 @@ def config_from_args(args):
         device=args.device, seed=args.seed, checkpoint_every=args.checkpoint_every,
         resume=args.resume, amp=not args.no_amp, augment=not args.no_augment,
         num_threads=args.threads)
+
+
+def _scribble_weights(text: str):
+    """``ScribbleLossWeights`` from ``'pce=1,pseudo=0.5,...'`` (ValueError on an unknown key)."""
+    from dataclasses import fields
+
+    from ..refiner.scribble_losses import ScribbleLossWeights
+
+    w = ScribbleLossWeights()
+    types = {f.name: type(getattr(w, f.name)) for f in fields(w)}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in types:
+            raise ValueError(f"'{part}': expected name=value with a name in {sorted(types)}")
+        setattr(w, key, types[key](float(value)))
+    return w
 
 
 def run(args) -> int:

@@ -127,7 +127,8 @@ class PatchSampler:
             tabs = [self.targets[it["_case"]].tables for it in items]
             for k in RegionTables.LOSS_FIELDS:
                 fields[k] = _pad_tables([getattr(t, k) if t is not None else None for t in tabs])
-        return Batch(image=image, extra=extra, **fields)
+        return Batch(image=image, extra=extra, **fields,
+                     case_ids=[self.targets[it["_case"]].case_id for it in items])
 
 
 def _pad_tables(tables: list) -> torch.Tensor:

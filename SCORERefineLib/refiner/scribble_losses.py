@@ -206,12 +206,15 @@ def scribble_loss(logits: torch.Tensor, batch: dict, teacher_logits: Optional[to
                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """``pce * partial_ce + pseudo * ramp_up(step) * pseudo_label_loss``.
 
-    ``batch``: ``scribbles`` and optional ``valid`` (``(B, 1, z, y, x)``). ``teacher_logits``:
+    ``batch``: a :class:`~.targets.Batch` (or a dict) with ``scribbles`` and optional ``valid`` (``(B, 1, z, y, x)``). ``teacher_logits``:
     the :class:`EMATeacher`'s output on the same input (None: the student competes with itself,
     i.e. plain self-training). Returns ``(total, {"pce", "pseudo", "ramp", "teacher_share"})``.
     """
     w = weights or ScribbleLossWeights()
-    scr, valid = batch["scribbles"], batch.get("valid")
+    if isinstance(batch, dict):
+        scr, valid = batch["scribbles"], batch.get("valid")
+    else:  # a typed Batch: the strokes travel in ``extra``
+        scr, valid = batch.map("scribbles"), batch.valid
     logits = logits.float()
     total = logits.sum() * 0.0
     terms: dict[str, float] = {}

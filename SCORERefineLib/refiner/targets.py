@@ -186,6 +186,7 @@ class Batch:
     anchor_weight: "torch.Tensor | None" = None    # per-voxel anchor weight
     reference: "torch.Tensor | None" = None        # dense reference (full supervision)
     extra: dict[str, Any] = field(default_factory=dict)
+    case_ids: "list[str] | None" = None            # the case id of each item
 
     #: per-voxel map names with a field of their own (other maps go to ``extra``)
     MAP_FIELDS = ("regions", "edge", "depth", "anchor_weight", "reference")
@@ -201,8 +202,32 @@ class Batch:
         """
         def move(v):
             return v.to(device, non_blocking=True) if hasattr(v, "to") else v
-        moved = {f.name: move(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
+        moved = {f.name: move(getattr(self, f.name)) for f in fields(self)
+                 if f.name not in ("extra", "case_ids")}
         return replace(self, **moved, extra={k: move(v) for k, v in self.extra.items()})
+
+    def select(self, items) -> "Batch":
+        """The batch of items ``items`` (indices) only; tables, maps and case ids alike.
+
+        Args:
+            items: item indices (a list of ints).
+
+        Returns:
+            The sub-batch.
+        """
+        import torch
+
+        idx = [int(i) for i in items]
+        n = int(self.image.shape[0])
+
+        def pick(v):
+            if hasattr(v, "index_select") and v.dim() > 0 and v.shape[0] == n:
+                return v.index_select(0, torch.as_tensor(idx, dtype=torch.long, device=v.device))
+            return v
+        kept = {f.name: pick(getattr(self, f.name)) for f in fields(self)
+                if f.name not in ("extra", "case_ids")}
+        ids = None if self.case_ids is None else [self.case_ids[i] for i in idx]
+        return replace(self, **kept, extra={k: pick(v) for k, v in self.extra.items()}, case_ids=ids)
 
     def map(self, name: str):
         """A per-voxel map by name (a field or an ``extra`` entry), or ``None``."""

@@ -115,7 +115,7 @@ def prepare_cases(dataset, mode: TrainingMode) -> list[CaseTargets]:
     Raises:
         TrainingError: no case is left (the mode's message says what to do).
     """
-    usable = [c for c in list_cases(dataset) if mode.usable(c)]
+    usable = mode.select(list_cases(dataset))
     targets = [t for t in (mode.prepare_case(c) for c in usable) if mode.keep(t)]
     if not targets:
         raise TrainingError(mode.missing_message(dataset))
@@ -177,7 +177,13 @@ class Trainer:
         if not self.env.is_main:
             return
         meta = dict(meta, complete=bool(complete))
+        mode_meta = self.mode.checkpoint_metadata()
+        if mode_meta:
+            meta["mode_state"] = mode_meta
         extra = {"scaler": scaler.state_dict()} if scaler is not None else {}
+        mode_state = self.mode.state_dict()
+        if mode_state:
+            extra["mode_state"] = mode_state
         try:
             save_checkpoint(self.out, model, meta, optimizer=opt, step=step, extra=extra)
         except CheckpointError as exc:
@@ -220,8 +226,11 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda") if use_amp else None
 
         start = 0
+        mode.attach(model)
         if c.resume:
             start = self._resume(model, opt, scaler, net_cfg, device)
+            mode.attach(model)
+            mode.load_state_dict(self._resume_mode_state)
             if start >= total:
                 if env.is_main and self.progress_mode == "json":
                     Progress("train", total, mode="json").close(status="already complete", step=start)
@@ -264,6 +273,7 @@ class Trainer:
                     else:
                         loss.backward()
                         opt.step()
+                    mode.after_step(model, step + 1)
                 except torch.OutOfMemoryError as exc:
                     raise TrainingError(
                         f"out of memory on {device} at step {step} with --patch "
@@ -302,6 +312,7 @@ class Trainer:
         model.load_state_dict(payload["state_dict"])
         if payload.get("optimizer"):
             opt.load_state_dict(payload["optimizer"])
+        self._resume_mode_state = payload.get("extra", {}).get("mode_state") or {}
         if scaler is not None and payload.get("extra", {}).get("scaler"):
             scaler.load_state_dict(payload["extra"]["scaler"])
         step = int(meta.get("step", 0))

@@ -1,7 +1,11 @@
 """Training modes: one file per supervision kind, one registry (:data:`MODES`).
 
 * ``score`` (:mod:`.score`): from the region ratings in feedback.json alone;
-* ``full`` (:mod:`.full`): from dense references, the fully supervised upper bound.
+* ``full`` (:mod:`.full`): from dense references, the fully supervised upper bound;
+* ``scribble`` (:mod:`.scribble`): from strokes in scribbles.nii.gz (partial CE + EMA-teacher
+  pseudo-labels);
+* ``hybrid`` (:mod:`.hybrid`): a few dense cases + many weak ones (ratings or strokes), weak cases
+  weighted by the instance indicator.
 
 Adding a mode (e.g. scribbles): write ``modes/scribbles.py`` with a :class:`TrainingMode`
 subclass (and its ``Config``), add one line to :data:`MODES` below and one ``Entry`` to
@@ -13,15 +17,19 @@ from __future__ import annotations
 from ...errors import InputError
 from .base import CaseTargets, ModeConfig, TrainingMode, band_indices, signed_depth, surface
 from .full import FullMode
+from .hybrid import HybridConfig, HybridMode
 from .score import ScoreConfig, ScoreMode
+from .scribble import ScribbleConfig, ScribbleMode
 
 MODES: dict[str, type[TrainingMode]] = {
     ScoreMode.name: ScoreMode,
     FullMode.name: FullMode,
+    ScribbleMode.name: ScribbleMode,
+    HybridMode.name: HybridMode,
 }
 
 __all__ = ["MODES", "get_mode", "mode_config", "TrainingMode", "ModeConfig", "CaseTargets",
-           "ScoreMode", "ScoreConfig", "FullMode", "surface", "signed_depth", "band_indices"]
+           "ScoreMode", "ScoreConfig", "FullMode", "ScribbleMode", "ScribbleConfig", "HybridMode", "HybridConfig", "surface", "signed_depth", "band_indices"]
 
 
 def _mode_class(name: str) -> type[TrainingMode]:

@@ -116,6 +116,30 @@ class TrainingMode:
         """What to do when no case of ``dataset`` is usable."""
         raise NotImplementedError
 
+    # optional trainer hooks (no-ops here; modes with a teacher, weights... override them) ----
+    def select(self, cases: list) -> list:
+        """The cases to prepare, from all of a dataset's cases (default: the usable ones).
+
+        A mode that must see every case first (e.g. to assign roles) overrides this."""
+        return [c for c in cases if self.usable(c)]
+
+    def attach(self, model) -> None:
+        """Called once with the bare network before the first step (after a resume's load)."""
+
+    def after_step(self, model, step: int) -> None:
+        """Called after every optimiser step; ``step`` is the number of steps done."""
+
+    def state_dict(self) -> dict:
+        """Tensors/plain data to resume the mode's own state (saved in the checkpoint's extra)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (called after :meth:`attach` on resume)."""
+
+    def checkpoint_metadata(self) -> dict:
+        """JSON-ready facts for the checkpoint metadata (``metadata["mode_state"]``)."""
+        return {}
+
     # shared helpers -----------------------------------------------------------------------
     def _load_base(self, case):
         image = case.load_image()

@@ -1,29 +1,24 @@
-"""ScribbleMode: train the refiner from scribbles (``scribbles.nii.gz``), after ScribbleVS.
+"""Scribbles: learn from strokes (``scribbles.nii.gz``: 1 foreground, 2 background), after ScribbleVS.
 
-Written against today's :class:`~.modes.TrainingMode` and *not registered*: it moves to
-``refiner/modes/scribble.py`` once the modes package lands (docs/modes-scribble-hybrid.md).
-Beyond today's interface it needs two trainer hooks, which the generic trainer will call and a
-hand-written loop calls now:
-
-* :meth:`ScribbleMode.attach` ``(model)`` once before training: makes the EMA teacher;
-* :meth:`ScribbleMode.after_step` ``(model)`` after every optimiser step: updates the teacher and
-  the step counter that drives the pseudo-label ramp-up.
-
-Without :meth:`attach` the loss is partial CE plus self-training pseudo-labels (the student
-competes with itself).
+Loss (:func:`..scribble_losses.scribble_loss`): partial CE on the stroke voxels plus, ramped up,
+competitive pseudo-labels on confident unscribbled voxels (student vs an EMA teacher, whichever
+agrees better with the item's strokes). The mode owns the :class:`~..scribble_losses.EMATeacher`:
+the trainer's :meth:`attach` hook makes it, :meth:`after_step` updates it, and its weights go into
+the checkpoint (``extra["mode_state"]``) so ``--resume`` continues with the same teacher.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from scipy import ndimage
 
-from ..errors import GridMismatchError, InputError, TrainingError
-from .modes import BOUNDARY_FRACTION, CaseTargets, ModeConfig, TrainingMode
-from .scribble_losses import EMATeacher, ScribbleLossWeights, scribble_loss
+from ...errors import GridMismatchError, InputError, TrainingError
+from ..scribble_losses import EMATeacher, ScribbleLossWeights, scribble_loss
+from ..targets import Batch
+from .base import CaseTargets, ModeConfig, TrainingMode
+from .score import BOUNDARY_FRACTION
 
 #: half-width (mm) of the band around the initial surface where extra patch centres are drawn
 BAND_MM = 3.0
@@ -37,30 +32,64 @@ def boundary_band(initial: np.ndarray, spacing_zyx, mm: float = BAND_MM) -> np.n
     return (d <= mm).astype(np.uint8)
 
 
+@dataclass
+class ScribbleConfig(ModeConfig):
+    """ScribbleMode settings: loss weights, EMA decay (``teacher=False``: the student labels
+    itself, the ``scribble-student-only`` ablation) and the band share of patch centres."""
+
+    weights: ScribbleLossWeights = field(default_factory=ScribbleLossWeights)
+    ema_decay: float = 0.99
+    teacher: bool = True
+    boundary_fraction: float = BOUNDARY_FRACTION
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["weights"] = self.weights.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScribbleConfig":
+        cfg = super().from_dict({k: v for k, v in d.items() if k != "weights"})
+        if isinstance(d.get("weights"), dict):
+            cfg.weights = ScribbleLossWeights(**d["weights"])
+        return cfg
+
+
 class ScribbleMode(TrainingMode):
     """Partial CE on the strokes + competitive (student / EMA teacher) pseudo-labels elsewhere."""
 
     name = "scribble"
-    requires = "scribbles"
+    requires = ("scribbles",)
     label_maps = ("scribbles", "band")
+    Config = ScribbleConfig
 
-    def __init__(self, config: Optional[ModeConfig] = None,
-                 weights: Optional[ScribbleLossWeights] = None, ema_decay: float = 0.99):
+    def __init__(self, config: ScribbleConfig | None = None):
         super().__init__(config)
-        self.weights = weights or ScribbleLossWeights()
-        self.ema_decay = float(ema_decay)
-        self.teacher: Optional[EMATeacher] = None
+        if not isinstance(self.config, ScribbleConfig):  # e.g. a hybrid run's shared ModeConfig
+            base = self.config
+            self.config = ScribbleConfig(channels=base.channels, no_edge=base.no_edge)
+        self.weights = self.config.weights
+        self.teacher: EMATeacher | None = None
         self.step = 0
 
     # trainer hooks ------------------------------------------------------------------------
-    def attach(self, model: torch.nn.Module) -> None:
-        self.teacher = EMATeacher(model, self.ema_decay)
+    def attach(self, model) -> None:
+        self.teacher = EMATeacher(model, self.config.ema_decay) if self.config.teacher else None
         self.step = 0
 
-    def after_step(self, model: torch.nn.Module) -> None:
+    def after_step(self, model, step: int | None = None) -> None:
         if self.teacher is not None:
             self.teacher.update(model)
-        self.step += 1
+        self.step = self.step + 1 if step is None else int(step)
+
+    def state_dict(self) -> dict:
+        return {"step": int(self.step),
+                "teacher": self.teacher.state_dict() if self.teacher is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state.get("step", self.step))
+        if self.teacher is not None and state.get("teacher"):
+            self.teacher.load_state_dict(state["teacher"])
 
     # TrainingMode ---------------------------------------------------------------------------
     def usable(self, case) -> bool:
@@ -68,8 +97,8 @@ class ScribbleMode(TrainingMode):
 
     def missing_message(self, dataset) -> str:
         return (f"no case in {dataset} has a scribbles.nii.gz; --mode scribble needs strokes. Draw "
-                f"them in the Slicer module (foreground 1, background 2) or simulate them from "
-                f"references, then train.")
+                f"them (foreground 1, background 2) or simulate them from references: "
+                f"`scorerefine scribble {dataset} --simulate`, then train.")
 
     def prepare_case(self, case) -> CaseTargets:
         image, initial, x = self._load_base(case)
@@ -81,7 +110,7 @@ class ScribbleMode(TrainingMode):
         except InputError as exc:
             raise TrainingError(f"case {case.case_id}: {exc}") from exc
         band = boundary_band(initial.array, image.geometry.spacing_zyx)
-        from ..scribbles import strokes
+        from ...scribbles import strokes
         return CaseTargets(case.case_id, x, initial.array.astype(np.uint8), image.geometry.spacing_zyx,
                            maps={"scribbles": scr.astype(np.uint8), "band": band},
                            info={"n_strokes": len(strokes(scr)), "fg_voxels": int((scr == 1).sum()),
@@ -93,15 +122,15 @@ class ScribbleMode(TrainingMode):
         band_idx = np.flatnonzero(targets.maps["band"].reshape(-1) > 0)
         w_strokes = np.ones(len(stroke_idx))
         total = float(len(stroke_idx))
-        bf = float(getattr(self.config, "boundary_fraction", BOUNDARY_FRACTION))
+        bf = float(self.config.boundary_fraction)
         if len(band_idx) and total > 0:
             w_band = np.full(len(band_idx), total * bf / max(1.0 - bf, 1e-6) / len(band_idx))
         else:
             w_band = np.zeros(len(band_idx))
         return np.concatenate([stroke_idx, band_idx]), np.concatenate([w_strokes, w_band])
 
-    def loss(self, logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
+    def loss(self, logits, batch: Batch):
         teacher_logits = None
         if self.teacher is not None and self.weights.pseudo:
-            teacher_logits = self.teacher(batch["image"].to(logits.device))
+            teacher_logits = self.teacher(batch.image.to(logits.device))
         return scribble_loss(logits, batch, teacher_logits, self.step, self.weights)
