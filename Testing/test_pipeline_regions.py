@@ -31,3 +31,20 @@ def test_rating_step_reaches_the_errors(tmp_path, preset, n):
     regions = cases[0].load_regions().array.copy()
     assert extend_case_regions(cases[0])["voxels_added"] == first
     np.testing.assert_array_equal(cases[0].load_regions().array, regions)
+
+
+def test_rate_command_extends_unless_told_not_to(tmp_path, capsys):
+    from SCORERefineLib.cli import main
+
+    make_cohort(tmp_path, 1, 7, preset="tiny")
+    assert main(["regions", str(tmp_path)]) == 0
+    case = list_cases(tmp_path)[0]
+    split = case.regions_path.read_bytes()
+    assert main(["rate", str(tmp_path), "--simulate", "--no-extend"]) == 0
+    assert case.regions_path.read_bytes() == split
+    assert "extended" not in load_feedback(case.feedback_path).region_info
+    assert main(["rate", str(tmp_path), "--simulate"]) == 0
+    rec = load_feedback(case.feedback_path).region_info["extended"]
+    if rec["regions_grown"]:
+        assert "extended (+" in capsys.readouterr().out
+        assert case.regions_path.read_bytes() != split
