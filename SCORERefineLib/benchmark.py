@@ -10,7 +10,14 @@ Rows (all on the same held-out test split):
 6. ``score_no_direction``, ``score_no_amount``, ``score_no_edge``: ablations.
 
 The report (``docs/benchmark.md`` and a JSON twin) is generated, headed by the exact command,
-the machine and the date, and says for each target whether it was met.
+the machine and the date, and says for each target whether it was met. Every table has HD95,
+the mean number of connected components and a per-row count of test cases made worse than their
+initial mask (Dice down by more than ``metrics.WORSE_TOLERANCE``; :func:`~.metrics.compare`).
+
+Cohorts: the phantom presets (``smoke``, ``quick``, ``full``) generate synthetic humeri; the
+``real`` preset (and the test-sized ``real_smoke``) builds the real-CT cohort
+(:func:`~.realct.make_real_cohort`, one case per structure, train/test split by structure) and
+adds a per-structure table.
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ from . import __version__
 from .case import list_cases
 from .catalog import TRAINING_MODES
 from .feedback import load_feedback
-from .pipeline import (EvalResult, TrainResult, copy_with_noisy_ratings, evaluate_masks,
-                       make_split, summary_table, train_model)
+from .metrics import compare
+from .pipeline import (EvalResult, Split, TrainResult, copy_with_noisy_ratings, evaluate_masks,
+                       make_split, prepare_regions, rate_cases, summary_table, train_model)
 from .progress import CancelToken
 from .refiners import make_refiner
 from .regions import RegionParams
@@ -61,6 +69,11 @@ class BenchConfig:
     band_mm: float = 3.0
     rows: tuple = ("score", "score_noisy", "full", "score_no_direction", "score_no_amount",
                    "score_no_edge")
+    #: ``phantoms`` (``phantom_preset``) or ``real`` (:func:`~.realct.make_real_cohort`;
+    #: ``n_train``/``n_test`` then come from the split by structure)
+    cohort: str = "phantoms"
+    #: real cohort: build only these structures (None: every available one)
+    real_structures: tuple | None = None
 
 
 PRESETS = {
@@ -73,6 +86,14 @@ PRESETS = {
     # the preset the targets are read from (trainer defaults otherwise: lr 4e-3)
     "full": BenchConfig(n_train=16, n_test=12, phantom_preset="default", steps=1800, network="small",
                         patch=(48, 48, 48)),
+    # the real-CT cohort (slicerio chest CT, TotalSegmentator humeri when shared/data has them),
+    # split by structure; slow (tens of minutes on a CPU)
+    "real": BenchConfig(n_train=0, n_test=0, phantom_preset="-", steps=1800, network="small",
+                        patch=(48, 48, 48), cohort="real"),
+    # for the test suite: three small real structures, 2 steps, the score row only
+    "real_smoke": BenchConfig(n_train=0, n_test=0, phantom_preset="-", steps=2, network="tiny",
+                              patch=(16, 16, 16), batch=1, cohort="real", rows=("score",),
+                              real_structures=("vertebrae_cervical", "rib_left_1", "rib_right_1")),
 }
 
 @dataclass(frozen=True)
@@ -162,6 +183,43 @@ def row_config(row: str, cfg: BenchConfig, device: str = "auto"):
                        batch_size=cfg.batch, seed=cfg.seed, device=device)
 
 
+def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams
+                    ) -> tuple[Split, dict]:
+    """Build the real-CT cohort (:func:`~.realct.make_real_cohort`) under
+    ``<workdir>/real_cohort``, copy its cases into ``<workdir>/train`` and ``<workdir>/test``
+    by the manifest's split (by structure), split regions and rate the training cases.
+
+    Returns ``(split, structures)``, ``structures``: case id -> manifest entry (structure,
+    group, split, initial Dice...)."""
+    import shutil
+
+    from .case import cases_dir
+    from .realct import make_real_cohort
+
+    workdir = Path(workdir)
+    split = Split(workdir / "train", workdir / "test")
+    for path in (split.train, split.test, workdir / "real_cohort"):
+        if path.exists():
+            shutil.rmtree(path)
+    train, test = make_real_cohort(workdir / "real_cohort", seed=cfg.seed,
+                                   structures=cfg.real_structures)
+    for dest, cases in ((split.train, train), (split.test, test)):
+        cases_dir(dest).mkdir(parents=True, exist_ok=True)
+        for case in cases:
+            shutil.copytree(case.folder, cases_dir(dest) / case.case_id)
+    from .realct import load_manifest
+    manifest = load_manifest(workdir / "real_cohort")
+    structures = {c["case_id"]: c for c in manifest["cases"]}
+    prepare_regions(list_cases(split.train), params)
+    prepare_regions(list_cases(split.test), params)
+    rate_cases(list_cases(split.train), params, noise=0.0, seed=cfg.seed)
+    return split, structures
+
+
+def _with_case_id(rows):
+    return [{**r, "case_id": r["case"]} for r in rows]
+
+
 def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: str = "bar",
                   cancel: CancelToken | None = None, rows: Sequence[str] | None = None,
                   log: Callable[[str], None] = print) -> dict:
@@ -187,9 +245,17 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
     workdir = Path(workdir)
     params = RegionParams(method=cfg.region_method, n_regions=cfg.n_regions, band_mm=cfg.band_mm,
                           seed=cfg.seed)
-    log(f"[benchmark] generating {cfg.n_train} training and {cfg.n_test} test cases "
-        f"({cfg.phantom_preset} phantoms), regions and simulated ratings in {workdir}")
-    split = make_split(workdir, cfg.n_train, cfg.n_test, cfg.seed, cfg.phantom_preset, params)
+    structures: dict = {}
+    if cfg.cohort == "real":
+        log(f"[benchmark] building the real-CT cohort (split by structure), regions and simulated "
+            f"ratings in {workdir}")
+        split, structures = make_real_split(workdir, cfg, params)
+        cfg = BenchConfig(**{**asdict(cfg), "n_train": len(list_cases(split.train)),
+                             "n_test": len(list_cases(split.test))})
+    else:
+        log(f"[benchmark] generating {cfg.n_train} training and {cfg.n_test} test cases "
+            f"({cfg.phantom_preset} phantoms), regions and simulated ratings in {workdir}")
+        split = make_split(workdir, cfg.n_train, cfg.n_test, cfg.seed, cfg.phantom_preset, params)
     datasets = {"clean": split.train}
     if "score_noisy" in rows:
         datasets["noisy"] = copy_with_noisy_ratings(split.train, workdir / "train_noisy", params,
@@ -208,8 +274,16 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
                                       cancel=cancel))
     table = summary_table(results)
     n_ratings = _count_ratings(split.train)
+    base = _with_case_id(results[0].rows)
+    comparisons = {res.name: compare(base, _with_case_id(res.rows)) for res in results}
     for entry in table:
         row = entry["method"]
+        worse = comparisons[row]["worse_than_initial"]
+        entry["worse_than_initial"] = int(worse["n"])
+        entry["worse_cases"] = list(worse["cases"])
+        comps = [r["components"] for res in results if res.name == row for r in res.rows
+                 if r.get("components") is not None]
+        entry["components_mean"] = float(np.mean(comps)) if comps else float("nan")
         entry["label"] = ROW_LABELS[row]
         entry["train_seconds"] = trainings[row].seconds if row in trainings else 0.0
         if row in ("initial", "classical"):
@@ -226,7 +300,28 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
     return {"preset": preset, "config": asdict(cfg), "machine": machine_description(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "rows": table, "targets": targets, "n_ratings": n_ratings,
-            "per_case": {res.name: res.rows for res in results}}
+            "per_case": {res.name: res.rows for res in results},
+            "structures": structures}
+
+
+def per_structure_rows(report: dict) -> list[dict]:
+    """One row per (test structure, method): Dice, HD95, components, worse than initial."""
+    from .metrics import worse_than
+
+    per_case, structures = report["per_case"], report.get("structures") or {}
+    initial = {r["case"]: r for r in per_case.get("initial", [])}
+    out = []
+    for cid in sorted(initial):
+        s = structures.get(cid, {})
+        for method, rows in per_case.items():
+            r = next((x for x in rows if x["case"] == cid), None)
+            if r is None:
+                continue
+            out.append({"case": cid, "structure": s.get("structure", cid),
+                        "group": s.get("group", ""), "method": method, "dice": r["dice"],
+                        "hd95": r["hd95"], "components": r.get("components"),
+                        "worse_than_initial": worse_than(initial[cid], r)})
+    return out
 
 
 def evaluate_targets(by: dict) -> list[dict]:
@@ -250,6 +345,14 @@ def evaluate_targets(by: dict) -> list[dict]:
 
 def render_markdown(report: dict, command: str) -> str:
     m, cfg = report["machine"], report["config"]
+    if cfg.get("cohort", "phantoms") == "real":
+        cohort = (f"- preset `{report['preset']}`: {cfg['n_train']} training and {cfg['n_test']} "
+                  f"held-out test cases of the real-CT cohort (one case per structure, split by "
+                  f"structure; seed {cfg['seed']}); ")
+    else:
+        cohort = (f"- preset `{report['preset']}`: {cfg['n_train']} training and {cfg['n_test']} "
+                  f"held-out test cases of the `{cfg['phantom_preset']}` synthetic humerus cohort "
+                  f"(seed {cfg['seed']}); ")
     lines = [
         "# SCORERefine benchmark",
         "",
@@ -263,9 +366,7 @@ def render_markdown(report: dict, command: str) -> str:
         f"- machine: {m['processor']}, {m['cpu_count']} CPUs, device {m['device']}; "
         f"{m['platform']}; Python {m['python']}, torch {m['torch']}, MONAI {m.get('monai', '?')}, "
         f"scorerefine {m['scorerefine']}",
-        f"- preset `{report['preset']}`: {cfg['n_train']} training and {cfg['n_test']} held-out test "
-        f"cases of the `{cfg['phantom_preset']}` synthetic humerus cohort (seed {cfg['seed']}); "
-        f"regions `{cfg['region_method']}` x{cfg['n_regions']}, band {cfg['band_mm']} mm; "
+        cohort + f"regions `{cfg['region_method']}` x{cfg['n_regions']}, band {cfg['band_mm']} mm; "
         f"network `{cfg['network']}`, {cfg['steps']} steps, patch {tuple(cfg['patch'])}, "
         f"batch {cfg['batch']}; noisy rater: {cfg['noise']:.0%} of ratings off",
         f"- feedback cost: {SECONDS_PER_RATING:.0f} s per region rating and "
@@ -274,18 +375,30 @@ def render_markdown(report: dict, command: str) -> str:
         "",
         "## Results on the held-out test cases",
         "",
-        "| row | Dice mean ± sd | HD95 mm | ASSD mm | ΔDice | cases improved | feedback (time) "
-        "| training s | inference s/case |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| row | Dice mean ± sd | HD95 mm | ASSD mm | components | ΔDice | cases improved "
+        "| worse than initial | feedback (time) | training s | inference s/case |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for e in report["rows"]:
         lines.append(
             f"| {e['label']} | {e['dice_mean']:.4f} ± {e['dice_std']:.4f} "
             f"| {e['hd95_mean']:.2f} ± {e['hd95_std']:.2f} | {e['assd_mean']:.3f} ± {e['assd_std']:.3f} "
-            f"| {e['dice_gain']:+.4f} | {e['improved']:.0%} "
+            f"| {e.get('components_mean', float('nan')):.1f} "
+            f"| {e['dice_gain']:+.4f} | {e['improved']:.0%} | {e.get('worse_than_initial', 0)} "
             f"| {e['feedback']} ({e['feedback_seconds'] / 60:.1f} min) "
             f"| {e['train_seconds']:.0f} | {e['seconds_per_case']:.2f} |")
-    lines += ["", "ΔDice and 'cases improved' are against row 1 (the initial masks).", "",
+    lines += ["", "ΔDice, 'cases improved' and 'worse than initial' (test cases whose Dice "
+              "dropped by more than 0.005) are against row 1 (the initial masks); components is "
+              "the mean number of 26-connected components of the result."]
+    if report.get("structures"):
+        lines += ["", "## Per structure (held-out test structures)", "",
+                  "| structure | group | row | Dice | HD95 mm | components | worse than initial |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in per_structure_rows(report):
+            lines.append(f"| {r['structure']} | {r['group']} | {ROW_LABELS.get(r['method'], r['method'])} "
+                         f"| {r['dice']:.4f} | {r['hd95']:.2f} | {r['components']} "
+                         f"| {'**yes**' if r['worse_than_initial'] else 'no'} |")
+    lines += ["",
               "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
     for t in report["targets"]:
         val = f"{t['value']:.1%}" if "%" in t["target"] else f"{t['value']:+.4f}"

@@ -24,7 +24,7 @@ from .predictions import iter_predict_dataset
 from .progress import CancelToken
 from .rater import simulate_feedback
 from .refiners import Refiner
-from .regions import RegionParams, make_regions
+from .regions import RegionParams, extend_case_regions, make_regions
 
 if TYPE_CHECKING:  # pragma: no cover
     from .refiner.trainer import TrainConfig
@@ -52,8 +52,14 @@ def prepare_regions(cases: Sequence[Case], params: RegionParams) -> int:
 
 
 def rate_cases(cases: Sequence[Case], params: RegionParams, noise: float = 0.0, seed: int = 0,
-               rater: str = "simulated", seconds_per_rating: float = 5.0) -> int:
-    """Simulated ratings from each case's reference; returns the number of ratings given."""
+               rater: str = "simulated", seconds_per_rating: float = 5.0,
+               extend: bool = True) -> int:
+    """Simulated ratings from each case's reference; returns the number of ratings given.
+
+    With ``extend`` (default) each case's regions rated at most ``params.extend_max_score``
+    (1-4) then grow on their rated error side (:func:`~.regions.extend_case_regions`), so the
+    regions reach the deeper errors; feedback.json's ``regions`` entry records it
+    (``extended``)."""
     n = 0
     for i, case in enumerate(cases):
         image = case.load_image()
@@ -62,10 +68,11 @@ def rate_cases(cases: Sequence[Case], params: RegionParams, noise: float = 0.0, 
         regions = case.load_regions(like=image).array
         fb = simulate_feedback(case.case_id, initial, reference.array, regions, noise=noise,
                                seed=seed + i, rater=rater, seconds_per_rating=seconds_per_rating,
-                               region_info={"method": params.method, "n_regions": params.n_regions,
-                                            "band_mm": params.band_mm})
+                               region_info=params.info())
         save_feedback(fb, case.feedback_path)
         n += len(fb.ratings(rater))
+        if extend:
+            extend_case_regions(case, params)
     return n
 
 
@@ -92,6 +99,7 @@ def copy_with_noisy_ratings(train: Path, out: Path, params: RegionParams, noise:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(train, out, ignore=shutil.ignore_patterns("feedback.json", "predictions"))
+    prepare_regions(list_cases(out), params)   # the unextended regions: this rater extends its own
     rate_cases(list_cases(out), params, noise=noise, seed=seed + 7, rater="simulated_noisy")
     return out
 

@@ -3,7 +3,10 @@
 One loop, :func:`iter_predict_dataset`, serves every :class:`~SCORERefineLib.refiners.Refiner`
 (a trained model, the classical baseline, the benchmark's rows): it loads each case, times the
 refinement alone, writes the mask and a sidecar with the timing, the change made (voxels
-added/removed, volume before/after) and the refiner's settings. :func:`predict_file` does the same
+added/removed, volume before/after), the refiner's settings and what the refiner reports about
+the call (``refiner.last_info``: a model refiner's ``guard`` report, what the do-no-harm guard
+clipped and why). A refiner that sets ``accepts_context = True`` also gets the case's regions and
+feedback (``context={"regions": ..., "feedback": ...}``, None when the case has none). :func:`predict_file` does the same
 for one mask file outside a dataset.
 """
 
@@ -71,6 +74,24 @@ def read_prediction_info(case: Case, name: str) -> dict | None:
         return None
 
 
+def _call(refiner: "Refiner", image, initial, context: dict | None = None):
+    """``refiner(image, initial)`` (with ``context`` when it accepts one) and its ``last_info``."""
+    if context is not None and getattr(refiner, "accepts_context", False):
+        result = refiner(image, initial, context=context)
+    else:
+        result = refiner(image, initial)
+    return result, dict(getattr(refiner, "last_info", None) or {})
+
+
+def case_context(case: Case, like: Volume) -> dict:
+    """The case's regions (Volume) and feedback (CaseFeedback), None for what it lacks."""
+    from .feedback import load_feedback
+
+    regions = case.load_regions(like=like) if case.has_regions else None
+    feedback = load_feedback(case.feedback_path) if case.has_feedback else None
+    return {"regions": regions, "feedback": feedback}
+
+
 def select_cases(dataset: str | os.PathLike, case_ids: Sequence[str] | None = None) -> list[Case]:
     """Every case of ``dataset`` (sorted), or the given ``case_ids`` in their order."""
     if case_ids:
@@ -80,7 +101,8 @@ def select_cases(dataset: str | os.PathLike, case_ids: Sequence[str] | None = No
 
 def iter_predict_dataset(dataset: str | os.PathLike, name: str, refiner: "Refiner",
                          case_ids: Sequence[str] | None = None, progress: str = "bar",
-                         cancel: CancelToken | None = None) -> Iterator[tuple[Case, Path, dict, Volume]]:
+                         cancel: CancelToken | None = None,
+                         use_context: bool = True) -> Iterator[tuple[Case, Path, dict, Volume]]:
     """Apply ``refiner`` to each case and write ``predictions/<name>.nii.gz`` plus its sidecar.
 
     Args:
@@ -90,11 +112,13 @@ def iter_predict_dataset(dataset: str | os.PathLike, name: str, refiner: "Refine
         case_ids: only these cases, in this order (default: every case, sorted).
         progress: ``bar`` | ``json`` | ``none``.
         cancel: checked before each case.
+        use_context: give a refiner that accepts it the case's regions and feedback.
 
     Yields:
         ``(case, prediction path, info, mask)`` per case; ``info`` (also the sidecar) holds
         ``seconds`` (the refinement alone, no file IO), ``seconds_total``, the change summary and
-        the refiner's ``settings``; ``mask`` is the written uint8 Volume (so callers need not
+        the refiner's ``settings`` and its ``last_info`` (``guard``: the guard's report);
+        ``mask`` is the written uint8 Volume (so callers need not
         read it back).
     """
     cases = select_cases(dataset, case_ids)
@@ -105,12 +129,15 @@ def iter_predict_dataset(dataset: str | os.PathLike, name: str, refiner: "Refine
             t0 = time.perf_counter()
             image = case.load_image()
             initial = case.load_initial(like=image)
+            context = case_context(case, initial) \
+                if use_context and getattr(refiner, "accepts_context", False) else None
             t1 = time.perf_counter()
-            out = np.asarray(refiner(image, initial).array, dtype=np.uint8)
+            result, extra = _call(refiner, image, initial, context)
+            out = np.asarray(result.array, dtype=np.uint8)
             seconds = time.perf_counter() - t1
             mask = initial.with_array(out)
             path = write_volume(mask, case.prediction_path(name), dtype=np.uint8)
-            info = {"case_id": case.case_id, "name": name, **refiner.settings,
+            info = {"case_id": case.case_id, "name": name, **refiner.settings, **extra,
                     "seconds": seconds, "seconds_total": time.perf_counter() - t0,
                     **change_summary(initial.array, out, image.geometry.voxel_volume_mm3)}
             write_prediction_info(case, name, info)
@@ -140,9 +167,10 @@ def predict_file(refiner: "Refiner", mask_path: str | os.PathLike, out_path: str
     image = read_image(image_path) if image_path is not None else None
     initial = read_mask(mask_path, label=label, like=image.geometry if image is not None else None)
     t1 = time.perf_counter()
-    out = np.asarray(refiner(image, initial).array, dtype=np.uint8)
+    result, extra = _call(refiner, image, initial)
+    out = np.asarray(result.array, dtype=np.uint8)
     seconds = time.perf_counter() - t1
     path = write_volume(initial.with_array(out), out_path, dtype=np.uint8)
-    return {"out": str(path), **refiner.settings, "seconds": seconds,
+    return {"out": str(path), **refiner.settings, **extra, "seconds": seconds,
             "seconds_total": time.perf_counter() - t0,
             **change_summary(initial.array, out, initial.geometry.voxel_volume_mm3)}

@@ -7,7 +7,15 @@ called as ``refiner(image, initial) -> Volume`` on the image grid. Implementatio
 * :class:`ClassicalRefiner`: closing, hole filling, largest component
   (:func:`~SCORERefineLib.refiner.postprocess.classical_postprocess`);
 * :class:`ModelRefiner`: a trained checkpoint
-  (:func:`~SCORERefineLib.refiner.inference.refine_volume`); torch is imported when it is built.
+  (:func:`~SCORERefineLib.refiner.inference.refine_volume`), followed by the do-no-harm guard
+  (:func:`~SCORERefineLib.refiner.guard.guard_volume`, on by default); torch is imported when it
+  is built.
+
+Optional per-case context: a refiner with ``accepts_context = True`` is called as
+``refiner(image, initial, context={"regions": Volume | None, "feedback": CaseFeedback | None})``
+by the prediction loop when the case has them; the plain ``refiner(image, initial)`` call keeps
+working. After a call, ``refiner.last_info`` (a dict, possibly empty) holds what the call wants in
+the prediction's sidecar (the model refiner's ``guard`` report).
 
 :func:`make_refiner` takes a built-in name from ``catalog.BUILTIN_REFINERS`` or a checkpoint path.
 Reading and writing case folders is :mod:`SCORERefineLib.predictions`' job. This module does not
@@ -76,17 +84,28 @@ class ModelRefiner:
             (:func:`~SCORERefineLib.refiner.inference.refine_volume`).
         cancel: checked between sliding windows.
         progress: ``progress(done, total)`` over sliding windows.
+        guard: clip the network's proposal with the do-no-harm guard
+            (:func:`~SCORERefineLib.refiner.guard.guard_volume`); ``False`` only for ablations.
+            The guard's margin ties to the model: the band the checkpoint was trained on
+            (``GuardLimits.for_regions`` of ``metadata["regions"]`` or
+            ``metadata["training"]["regions"]``) when the checkpoint records it, else the inference
+            ``margin_mm``. With a case's regions (and ratings) in ``context`` the guard also lets
+            changes inside regions and enforces the ratings.
+
+    After each call ``last_info["guard"]`` is the guard's report (what it clipped and why, the
+    margin and where it came from); the prediction loop writes it to the sidecar.
 
     Raises:
         InputError: no file at ``path``; CheckpointError: not a usable checkpoint.
     """
 
     name = "refiner"
+    accepts_context = True
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", margin_mm: float = 10.0,
                  threshold: float = 0.5, overlap: float = 0.25, sw_batch_size: int = 1,
                  cancel: CancelToken | None = None,
-                 progress: Callable[[int, int], None] | None = None):
+                 progress: Callable[[int, int], None] | None = None, guard: bool = True):
         from .refiner.inference import load_model, resolve_device
 
         self.path = Path(path)
@@ -95,17 +114,51 @@ class ModelRefiner:
         self.cancel, self.progress = cancel, progress
         self.settings = {"method": self.name, "model": str(self.path), "device": str(self.device),
                          "margin_mm": float(margin_mm), "threshold": float(threshold),
-                         "overlap": float(overlap), "sw_batch_size": int(sw_batch_size)}
+                         "overlap": float(overlap), "sw_batch_size": int(sw_batch_size),
+                         "guard": bool(guard)}
+        self.last_info: dict = {}
+        if guard:
+            limits, source = self.guard_limits()
+            self.settings.update(guard_margin_mm=float(limits.margin_mm),
+                                 guard_margin_source=source)
 
-    def __call__(self, image: Volume, initial: Volume) -> Volume:
+    def guard_limits(self):
+        """``(GuardLimits, source)``: the training band from the checkpoint's metadata when it
+        records the regions it was trained on, else the inference margin."""
+        from .refiner.guard import GuardLimits
+
+        meta = self.metadata or {}
+        training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+        for source, info in (("metadata.regions", meta.get("regions")),
+                             ("metadata.training.regions", training.get("regions"))):
+            if isinstance(info, dict) and ("band_mm" in info or "max_band_mm" in info):
+                return GuardLimits.for_regions(info), source
+        return GuardLimits(margin_mm=float(self.settings["margin_mm"])), "inference margin_mm"
+
+    def __call__(self, image: Volume, initial: Volume, context: dict | None = None) -> Volume:
         from .refiner.inference import refine_volume
 
         if image is None:
             raise InputError("a trained refiner needs the CT image (--image) besides the mask.")
         s = self.settings
-        return refine_volume(self.model, self.metadata, image, initial, self.device, s["margin_mm"],
-                             s["threshold"], s["overlap"], s["sw_batch_size"],
-                             progress=self.progress, cancel=self.cancel)
+        self.last_info = {}
+        proposed = refine_volume(self.model, self.metadata, image, initial, self.device,
+                                 s["margin_mm"], s["threshold"], s["overlap"], s["sw_batch_size"],
+                                 progress=self.progress, cancel=self.cancel)
+        if not s["guard"]:
+            return proposed
+        from .refiner.guard import guard_volume
+
+        context = context or {}
+        limits, source = self.guard_limits()
+        regions, feedback = context.get("regions"), context.get("feedback")
+        out, report = guard_volume(initial, proposed, limits=limits, regions=regions,
+                                   feedback=feedback)
+        report["margin_source"] = source
+        report["used_regions"] = regions is not None
+        report["used_ratings"] = feedback is not None and regions is not None
+        self.last_info = {"guard": report}
+        return out
 
 
 #: built-in refiner name -> class (names and labels: ``catalog.BUILTIN_REFINERS``)
@@ -123,7 +176,8 @@ def make_refiner(name_or_path: str | os.PathLike, device: str = "auto", **settin
             of a checkpoint.
         device: device of a model refiner (ignored by the built-ins).
         **settings: the refiner's own settings (``closing_mm`` for classical; ``margin_mm``,
-            ``threshold``, ``overlap``, ``sw_batch_size``, ``cancel``, ``progress`` for a model).
+            ``threshold``, ``overlap``, ``sw_batch_size``, ``cancel``, ``progress``, ``guard`` for
+            a model).
 
     Returns:
         The refiner.

@@ -586,6 +586,49 @@ def make_regions(initial: Volume, params: Optional[RegionParams] = None,
                                             img))
 
 
+def params_from_info(info: Optional[dict]) -> RegionParams:
+    """:class:`RegionParams` from feedback.json's ``regions`` entry (unknown keys ignored)."""
+    known = set(RegionParams.__dataclass_fields__)
+    return RegionParams(**{k: v for k, v in dict(info or {}).items() if k in known})
+
+
+def extend_case_regions(case, params: Optional[RegionParams] = None) -> dict:
+    """After rating: grow the case's poorly rated regions (:func:`extend_regions`) so they reach
+    the deeper errors, rewrite ``regions.nii.gz`` and record it in feedback.json's ``regions``
+    entry (``extended``: ``{"max_score", "voxels_added", "regions_grown"}``).
+
+    ``params``: the region parameters (default: from feedback.json's ``regions`` entry). A case
+    without regions or feedback is left alone. Growing only takes voxels in no region yet and
+    depends only on the initial mask and the ratings, so running it again adds nothing.
+
+    Returns:
+        The ``extended`` record (empty dict when nothing was done).
+    """
+    from .feedback import load_feedback, save_feedback
+    from .imageio import write_volume
+
+    if not (case.has_regions and case.has_feedback):
+        return {}
+    fb = load_feedback(case.feedback_path)
+    p = params or params_from_info(fb.region_info)
+    initial = case.load_initial()
+    regions = case.load_regions(like=initial)
+    before = np.asarray(regions.array)
+    ext = extend_regions(before, initial.array, initial.geometry.spacing_zyx, fb.consensus(), p)
+    grown = sorted(int(k) for k in np.unique(ext[(ext != before)]) if k > 0)
+    record = {"max_score": float(p.extend_max_score),
+              "voxels_added": int(((ext > 0) & (before == 0)).sum()), "regions_grown": grown}
+    prev = dict(fb.region_info.get("extended") or {})
+    if prev:   # a second extension: keep the totals
+        record["voxels_added"] += int(prev.get("voxels_added", 0))
+        record["regions_grown"] = sorted(set(grown) | set(prev.get("regions_grown", [])))
+    write_volume(regions.with_array(ext.astype(np.int16)), case.regions_path, dtype=np.int16)
+    fb.region_info = {**p.info(), **{k: v for k, v in fb.region_info.items()
+                                     if k not in p.info()}, "extended": record}
+    save_feedback(fb, case.feedback_path)
+    return record
+
+
 def dataset_coverage(dataset, params: Optional[RegionParams] = None, extend: bool = True) -> dict:
     """Error coverage of the regions of every case of ``dataset`` that has a reference and
     regions: ``{"cases": {case_id: {"coverage", "coverage_extended", "wrong_voxels",

@@ -14,7 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..benchmark import PRESETS, ROW_TRAINING
     p.add_argument("--preset", choices=sorted(PRESETS) + ["perf"], default="quick",
                    help="quick: minutes; full: the preset the targets are read from; smoke: tests "
-                        "only; perf: speed and memory at real sizes -> docs/performance.md")
+                        "only; real: the real-CT cohort (split by structure) with a per-structure "
+                        "table, real_smoke: its test-sized version; perf: speed and memory at "
+                        "real sizes -> docs/performance.md")
     p.add_argument("--out", type=Path, default=Path("docs/benchmark.md"),
                    help="markdown report (a JSON twin is written beside it)")
     p.add_argument("--workdir", type=Path, default=Path("benchmark_output"),

@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds-per-rating", type=float, default=SECONDS_PER_RATING,
                         help=f"time recorded per rating (default {SECONDS_PER_RATING:g} s)")
     parser.add_argument("--case", nargs="+", metavar="ID", help="only these cases")
+    parser.add_argument("--no-extend", dest="extend", action="store_false",
+                        help="keep the regions as split; by default regions rated 1-4 then grow "
+                             "on their rated error side (over: into the mask, under: out of it) "
+                             "so they reach the deeper errors (regions.nii.gz is rewritten and "
+                             "feedback.json's regions entry records 'extended')")
     parser.add_argument("--order", choices=("uncertainty",), default=None,
                         help="print, per case, the regions in the order to rate them (the quality "
                              "predictor's most uncertain first; confidently good ones last, "
@@ -80,7 +85,14 @@ def run(args: argparse.Namespace) -> int:
                                seed=case_seed(args.seed, case.case_id), rater=args.rater,
                                seconds_per_rating=args.seconds_per_rating, region_info=info)
         save_feedback(fb, case.feedback_path)
-        print(rating_summary(fb), flush=True)
+        line = rating_summary(fb)
+        if getattr(args, "extend", True):
+            from ..regions import extend_case_regions
+            rec = extend_case_regions(case)
+            if rec.get("regions_grown"):
+                line += (f"; regions {', '.join(map(str, rec['regions_grown']))} extended "
+                         f"(+{rec['voxels_added']} voxels)")
+        print(line, flush=True)
     return 0
 
 

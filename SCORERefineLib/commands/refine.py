@@ -54,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="sliding-window overlap in [0, 1) (default 0.25)")
     net.add_argument("--sw-batch-size", type=int, default=1,
                      help="windows per forward pass (default 1; raise on a large GPU)")
+    net.add_argument("--no-guard", dest="guard", action="store_false",
+                     help="skip the do-no-harm guard on the network's proposal (ablations only; "
+                          "by default far islands, detached components and changes beyond the "
+                          "training band are clipped and reported in the sidecar's 'guard')")
     cls = parser.add_argument_group("classical baseline")
     cls.add_argument("--closing-mm", type=float, default=2.0,
                      help="radius of the closing ball in mm (default 2)")
@@ -97,7 +101,12 @@ def _report(info: dict, case_id: str, mode: str) -> None:
         sys.stdout.write(json.dumps(record, default=str) + "\n")
         sys.stdout.flush()
     else:
-        print(format_summary(case_id, info))
+        line = format_summary(case_id, info)
+        guard = info.get("guard")
+        if isinstance(guard, dict) and guard.get("clipped_total"):
+            line += (f"; guard clipped {guard['clipped_total']} voxel(s), "
+                     f"{guard.get('components_removed', 0)} detached component(s)")
+        print(line)
 
 
 def _make(args: argparse.Namespace, classical: bool, mode: str, cancel):
@@ -115,7 +124,8 @@ def _make(args: argparse.Namespace, classical: bool, mode: str, cancel):
         callback, close = None, (lambda: None)
     refiner = make_refiner(args.model, device=args.device, margin_mm=args.margin_mm,
                            threshold=args.threshold, overlap=args.overlap,
-                           sw_batch_size=args.sw_batch_size, cancel=cancel, progress=callback)
+                           sw_batch_size=args.sw_batch_size, cancel=cancel, progress=callback,
+                           guard=getattr(args, "guard", True))
     return refiner, close
 
 

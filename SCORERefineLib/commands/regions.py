@@ -46,7 +46,21 @@ def _would_change(case: Case, new: np.ndarray) -> bool:
         old = read_labels(case.regions_path).array
     except InputError:
         return True
-    return old.shape != new.shape or not np.array_equal(old, new)
+    if old.shape != new.shape:
+        return True
+    if np.array_equal(old, new):
+        return False
+    if case.has_feedback:   # regions extended after rating (`scorerefine rate`): same split?
+        from ..feedback import load_feedback
+        from ..regions import extend_regions, params_from_info
+
+        fb = load_feedback(case.feedback_path)
+        if fb.region_info.get("extended"):
+            initial = _load_initial(case)
+            ext = extend_regions(new, initial.array, initial.geometry.spacing_zyx,
+                                 fb.consensus(), params_from_info(fb.region_info))
+            return not np.array_equal(old, ext)
+    return True
 
 
 def _move_aside(path: os.PathLike) -> str:

@@ -1,0 +1,27 @@
+"""``--preset real``: the real-CT cohort, split by structure, in the benchmark (test-sized)."""
+
+import pytest
+
+from SCORERefineLib.benchmark import PRESETS, render_markdown, run_benchmark
+from SCORERefineLib.case import list_cases
+
+pytestmark = pytest.mark.slow
+
+
+def test_real_smoke_builds_the_cohort_and_reports_per_structure(tmp_path):
+    assert PRESETS["real"].cohort == "real" and PRESETS["real"].real_structures is None
+    report = run_benchmark("real_smoke", tmp_path / "w", device="cpu", progress="none",
+                           log=lambda *_: None)
+    train = {c.case_id for c in list_cases(tmp_path / "w" / "train")}
+    test = {c.case_id for c in list_cases(tmp_path / "w" / "test")}
+    assert train and test and not (train & test)
+    assert {report["structures"][c]["split"] for c in test} == {"test"}
+    assert report["config"]["n_test"] == len(test)
+    assert [r["method"] for r in report["rows"]] == ["initial", "classical", "score"]
+    for r in report["rows"]:
+        assert r["worse_than_initial"] >= 0 and r["components_mean"] >= 1
+    assert report["rows"][0]["worse_than_initial"] == 0
+    md = render_markdown(report, "scorerefine benchmark --preset real_smoke")
+    assert "## Per structure" in md and "worse than initial" in md and "real-CT cohort" in md
+    for cid in test:
+        assert report["structures"][cid]["structure"] in md

@@ -1,0 +1,93 @@
+"""The do-no-harm guard in every trained refinement (ModelRefiner, the dataset loop, the CLI)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from SCORERefineLib.case import get_case, write_case
+from SCORERefineLib.imageio import Geometry, Volume
+from conftest import ellipsoid
+
+GEOM = Geometry(size=(40, 40, 20), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+SHAPE = GEOM.shape                                  # (z, y, x) = (20, 40, 40)
+
+
+def _initial():
+    return ellipsoid(SHAPE, (5, 5, 5), centre=(10, 12, 12))
+
+
+def _bad_proposal(model, metadata, image, initial, *a, **k):
+    """A network gone wrong: the initial mask plus a far blob and a detached nearby component."""
+    out = initial.array.copy()
+    out[8:12, 32:36, 32:36] = 1                       # far away (> margin from the surface)
+    out[10:12, 12:14, 20:22] = 1                      # detached: 2 voxels gap from x=17
+    return initial.with_array(out)
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    from SCORERefineLib.refiner.checkpoint import save_checkpoint
+    from SCORERefineLib.refiner.inputs import CHANNELS, NORMALISATION
+    from SCORERefineLib.refiner.network import build_network, network_config
+
+    cfg = network_config("tiny")
+    meta = {"channels": list(CHANNELS), "network": cfg.to_dict(), "normalisation": NORMALISATION,
+            "patch_size": [16, 16, 16]}
+    return save_checkpoint(tmp_path / "model.pt", build_network(cfg), meta)
+
+
+@pytest.fixture
+def bad_network(monkeypatch):
+    from SCORERefineLib.refiner import inference
+    monkeypatch.setattr(inference, "refine_volume", _bad_proposal)
+
+
+def test_model_refiner_guards_by_default(checkpoint, bad_network):
+    from SCORERefineLib.refiners import make_refiner
+
+    init = _initial()
+    image = Volume(np.where(init > 0, 900.0, 0.0).astype(np.float32), GEOM)
+    initial = Volume(init, GEOM)
+    refiner = make_refiner(checkpoint, device="cpu")
+    assert refiner.settings["guard"] and refiner.settings["guard_margin_mm"] == 10.0
+    out = refiner(image, initial)
+    np.testing.assert_array_equal(out.array, init)    # both bad changes clipped
+    rep = refiner.last_info["guard"]
+    assert rep["clipped"]["outside_zone"] == 64 and rep["clipped"]["unconnected"] == 8
+    assert rep["components_removed"] == 1 and rep["margin_source"] == "inference margin_mm"
+    raw = make_refiner(checkpoint, device="cpu", guard=False)(image, initial)
+    assert raw.array.sum() == init.sum() + 64 + 8     # ablation: the proposal as is
+
+
+def test_margin_follows_the_training_band(checkpoint, bad_network):
+    from SCORERefineLib.refiners import make_refiner
+
+    refiner = make_refiner(checkpoint, device="cpu")
+    refiner.metadata = {**refiner.metadata, "training": {"regions": {"band_mm": 3.0}}}
+    limits, source = refiner.guard_limits()
+    assert limits.margin_mm == 5.0 and source == "metadata.training.regions"
+
+
+def test_refine_dataset_writes_the_guard_report(tmp_path, checkpoint, bad_network, capsys):
+    import argparse
+
+    from SCORERefineLib.commands import refine as refine_cmd
+
+    init = _initial()
+    image = Volume(np.where(init > 0, 900.0, 0.0).astype(np.float32), GEOM)
+    write_case(tmp_path / "ds", "c1", image, Volume(init, GEOM))
+    parser = argparse.ArgumentParser()
+    refine_cmd.add_arguments(parser)
+    args = parser.parse_args(["--model", str(checkpoint), "--dataset", str(tmp_path / "ds"),
+                              "--device", "cpu", "--progress", "none"])
+    assert refine_cmd.run(args) == 0
+    assert "guard clipped 72 voxel(s), 1 detached component(s)" in capsys.readouterr().out
+    case = get_case(tmp_path / "ds", "c1")
+    info = json.loads(case.prediction_path("refined").with_name("refined.json").read_text())
+    assert info["guard"]["clipped_total"] == 72 and info["guard"]["components_removed"] == 1
+    assert info["guard_margin_mm"] == 10.0 and info["voxels_added"] == 0

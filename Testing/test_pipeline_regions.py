@@ -1,0 +1,50 @@
+"""The pipeline's rating step extends poorly rated regions so they reach the errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from SCORERefineLib.case import list_cases
+from SCORERefineLib.feedback import load_feedback
+from SCORERefineLib.phantoms import make_cohort
+from SCORERefineLib.pipeline import prepare_regions, rate_cases
+from SCORERefineLib.regions import RegionParams, dataset_coverage, extend_case_regions
+
+
+@pytest.mark.parametrize("preset,n", [("tiny", 2), ("default", 1)])
+def test_rating_step_reaches_the_errors(tmp_path, preset, n):
+    make_cohort(tmp_path, n, 7, preset=preset)
+    params = RegionParams()
+    cases = list_cases(tmp_path)
+    prepare_regions(cases, params)
+    before = {c.case_id: (c.load_regions().array > 0).sum() for c in cases}
+    rate_cases(cases, params)
+    cov = dataset_coverage(tmp_path, extend=False)        # what is on disk after rating
+    assert cov["pooled"] >= 0.95
+    for c in cases:
+        rec = load_feedback(c.feedback_path).region_info["extended"]
+        assert (c.load_regions().array > 0).sum() == before[c.case_id] + rec["voxels_added"]
+        assert load_feedback(c.feedback_path).region_info["max_band_mm"] == params.max_band_mm
+    # extending again adds nothing new
+    first = load_feedback(cases[0].feedback_path).region_info["extended"]["voxels_added"]
+    regions = cases[0].load_regions().array.copy()
+    assert extend_case_regions(cases[0])["voxels_added"] == first
+    np.testing.assert_array_equal(cases[0].load_regions().array, regions)
+
+
+def test_rate_command_extends_unless_told_not_to(tmp_path, capsys):
+    from SCORERefineLib.cli import main
+
+    make_cohort(tmp_path, 1, 7, preset="tiny")
+    assert main(["regions", str(tmp_path)]) == 0
+    case = list_cases(tmp_path)[0]
+    split = case.regions_path.read_bytes()
+    assert main(["rate", str(tmp_path), "--simulate", "--no-extend"]) == 0
+    assert case.regions_path.read_bytes() == split
+    assert "extended" not in load_feedback(case.feedback_path).region_info
+    assert main(["rate", str(tmp_path), "--simulate"]) == 0
+    rec = load_feedback(case.feedback_path).region_info["extended"]
+    if rec["regions_grown"]:
+        assert "extended (+" in capsys.readouterr().out
+        assert case.regions_path.read_bytes() != split
