@@ -96,3 +96,13 @@ def test_resampled_case_falls_back_to_its_grid_when_the_mode_refuses(aniso, monk
         return "native"
     monkeypatch.setattr(mode, "prepare_case", prepare)
     assert trainer_mod._prepare(mode, wrapped) == "native" and calls == ["_ResampledCase", "Case"]
+
+
+def test_cli_native_spacing_flag():
+    import argparse
+    from SCORERefineLib.commands import train as cmd
+
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    assert cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt"])).resample is True
+    assert cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt", "--native-spacing"])).resample is False
