@@ -180,3 +180,24 @@ def test_perf_report_on_tiny_volumes(tmp_path):
     text = md.read_text()
     assert "## Targets" in text and "--device cuda" in text and "load average" in text
     assert json.loads(js.read_text())["preset"] == "tiny"
+
+
+class KeepInitialModel(nn.Module):
+    """A residual refiner that changes nothing: foreground exactly where the initial channel is."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(3, 1, 1)
+
+    def forward(self, x):
+        return 8.0 * (x[:, 1:2] - 0.5)
+
+
+def test_resampling_a_network_that_changes_nothing_returns_the_initial_mask_exactly():
+    # only the network's change is resampled back: no blur of the initial mask on a finer grid
+    image, initial, _, _ = _two_blobs(shape=(24, 40, 90), spacing=(1.0, 0.5, 0.5))
+    tm = {}
+    refined = refine_volume(KeepInitialModel(), dict(META, spacing_mm=[1.3, 1.1, 1.1]), image,
+                            initial, margin_mm=3.0, timings=tm)
+    assert tm["resampled_to"] == [1.3, 1.1, 1.1]
+    np.testing.assert_array_equal(refined.array, initial.array)

@@ -60,7 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write a checkpoint every K steps (0: only at the end/cancel)")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--no-augment", action="store_true", help="no flips/rotations/intensity jitter")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the cores this process may run on)")
+    p.add_argument("--native-spacing", action="store_true",
+                   help="train every case on its own grid and record no spacing_mm (default: "
+                        "cases are resampled to their median spacing, which inference then uses)")
 
 
 def config_from_args(args):
@@ -111,7 +115,7 @@ def config_from_args(args):
         patch_size=tuple(args.patch), batch_size=args.batch, lr=args.lr, network=args.network,
         device=args.device, seed=args.seed, checkpoint_every=args.checkpoint_every,
         resume=args.resume, amp=not args.no_amp, augment=not args.no_augment,
-        num_threads=args.threads)
+        num_threads=args.threads, resample=not getattr(args, "native_spacing", False))
 
 
 def _scribble_weights(text: str):

@@ -396,7 +396,8 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
             t0 = time.perf_counter()
             roi_prob = _refine_roi(model, metadata, channels, patch, image, mask0, roi, ctx, dev,
                                    margin_mm, overlap, int(sw_batch_size), band_only,
-                                   skip_far_windows, train_sp, progress, cancel, done, total, stats)
+                                   skip_far_windows, train_sp, progress, cancel, done, total, stats,
+                                   threshold=threshold)
             t1 = time.perf_counter()
             new = (roi_prob >= threshold).astype(np.uint8)
             if band_only:
@@ -423,8 +424,14 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
 
 def _refine_roi(model, metadata, channels, patch, image, mask0, roi, ctx, dev, margin_mm, overlap,
                 sw_batch_size, band_only, skip_far_windows, train_sp, progress, cancel, done,
-                total, stats) -> np.ndarray:
-    """The foreground probability on ``roi`` (float32 array of the ROI's shape)."""
+                total, stats, threshold: float = 0.5) -> np.ndarray:
+    """The foreground probability on ``roi`` (float32 array of the ROI's shape).
+
+    With ``train_sp`` only the network's *change* goes back to the image grid: the voxels it adds
+    to or removes from the resampled initial mask (at ``threshold``) are resampled back, and only
+    there does the resampled probability replace the initial mask (0/1). A network that changes
+    nothing therefore returns exactly the initial mask, not a resampling-blurred copy of it.
+    """
     from monai.inferers import sliding_window_inference
 
     t0 = time.perf_counter()
@@ -501,7 +508,15 @@ def _refine_roi(model, metadata, channels, patch, image, mask0, roi, ctx, dev, m
     stats["network_s"] += time.perf_counter() - t1
     if train_sp is not None:
         t2 = time.perf_counter()
-        prob_np = _resample_back(prob_np, train_sp, spacing, [c.stop - c.start for c in ctx])
+        size = [c.stop - c.start for c in ctx]
+        pred = prob_np >= threshold
+        init = crop_mask != 0
+        changed = (pred != init).astype(np.float32)
+        changed_back = _resample_back(changed, train_sp, spacing, size) >= 0.5
+        prob_back = _resample_back(prob_np, train_sp, spacing, size)
+        native = mask0[ctx].astype(np.float32)
+        native[changed_back] = prob_back[changed_back]
+        prob_np = native
         stats["input_s"] += time.perf_counter() - t2
     inner = tuple(slice(r.start - c.start, r.stop - c.start) for r, c in zip(roi, ctx))
     return np.ascontiguousarray(prob_np[inner])

@@ -52,6 +52,20 @@ def crop(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill=0) -
     return out
 
 
+def valid_mask(start: Sequence[int], size: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """``crop(ones(shape)[None], start, size)`` without the whole-volume array: (1, *size) float32,
+    1 where the patch lies inside the volume."""
+    out = np.zeros((1,) + tuple(size), np.float32)
+    dst = []
+    for s, n, dim in zip(start, size, shape):
+        a, b = max(s, 0), min(s + n, dim)
+        if b <= a:
+            return out
+        dst.append(slice(a - s, b - s))
+    out[(Ellipsis, *dst)] = 1.0
+    return out
+
+
 class PatchSampler:
     """Draws augmented training batches from prepared cases."""
 
@@ -89,13 +103,13 @@ class PatchSampler:
         item = {}
         for i, name in enumerate(self.channel_names):
             item[f"ch_{name}"] = crop(t.image[i:i + 1], start, self.patch)
-        item["initial"] = crop(t.initial[None].astype(np.float32), start, self.patch)
-        item["valid"] = crop(np.ones((1,) + t.initial.shape, np.float32), start, self.patch)
+        # crop first, convert after: nothing per patch costs a whole-volume array
+        item["initial"] = crop(t.initial[None], start, self.patch).astype(np.float32)
+        item["valid"] = valid_mask(start, self.patch, t.initial.shape)
         for k in self.map_keys:
             arr = t.maps.get(k)
-            if arr is None:
-                arr = np.zeros(t.initial.shape, np.float32)
-            item[k] = crop(arr[None], start, self.patch)
+            item[k] = (np.zeros((1,) + self.patch, np.float32) if arr is None
+                       else crop(arr[None], start, self.patch))
         if self.augment is not None:
             item = self.augment(item)
         out = {k: torch.as_tensor(np.ascontiguousarray(np.asarray(v))) for k, v in item.items()}

@@ -10,13 +10,20 @@
 * ``resume=True`` continues from ``out``'s step with its optimizer state.
 
 Learning rate: Adam, cosine decay from ``lr`` to ``lr/10`` over ``steps`` (a pure function of the
-step, so resume needs no scheduler state). Mixed precision (autocast + GradScaler) on CUDA.
-Seeded with ``monai.utils.set_determinism``; each distributed rank draws different patches.
+step, so resume needs no scheduler state). Mixed precision (autocast + GradScaler) and
+``cudnn.benchmark`` on CUDA; on CPU torch uses as many threads as cores this process may run on
+(``os.sched_getaffinity``) unless ``num_threads`` says otherwise. Seeded with
+``monai.utils.set_determinism``; each distributed rank draws different patches.
+
+Throughput is reported: each JSON progress line carries ``steps_per_s`` (since the run or resume
+started), and the checkpoint's ``metadata["training"]`` gets ``seconds`` (wall time of the steps
+of this run) and ``steps_per_second``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,6 +88,7 @@ class TrainConfig:
     augment: bool = True
     residual_gain: float = 2.0
     num_threads: int | None = None
+    resample: bool = True   # train at the cases' median spacing (recorded as metadata spacing_mm)
 
     def make_mode(self) -> TrainingMode:
         """The training mode with its config (InputError for an unknown mode or a foreign config)."""
@@ -96,18 +104,127 @@ class TrainConfig:
         return d
 
 
+def _default_num_threads() -> int:
+    """CPU cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` elsewhere)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return max(os.cpu_count() or 1, 1)
+
+
 def lr_at(step: int, total: int, lr: float) -> float:
     """Cosine decay from ``lr`` to ``lr / 10``."""
     frac = min(max(step / max(total, 1), 0.0), 1.0)
     return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
-def prepare_cases(dataset, mode: TrainingMode) -> list[CaseTargets]:
-    """Load and prepare every case the mode can use and learn from (kept in memory).
+#: relative spacing difference (any axis) below which a case is trained on its own grid; the
+#: same tolerance as :func:`~.inference.refine_volume` uses before resampling an image
+SPACING_TOL = 0.05
+
+
+def _header_spacing_zyx(path) -> tuple:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return tuple(float(v) for v in reversed(reader.GetSpacing()))
+
+
+def median_spacing(cases) -> tuple:
+    """The per-axis median (z, y, x) spacing in mm of ``cases``' images (headers only)."""
+    import numpy as np
+
+    sp = np.array([_header_spacing_zyx(c.image_path) for c in cases], float)
+    return tuple(float(v) for v in np.median(sp, axis=0))
+
+
+def _close(spacing_zyx, target_zyx, tol: float = SPACING_TOL) -> bool:
+    return all(abs(a - b) <= tol * b for a, b in zip(spacing_zyx, target_zyx))
+
+
+class _ResampledCase:
+    """A case whose volumes are served on the grid of ``spacing_zyx`` (same extent): the image
+    linearly, the initial mask and reference linearly then ``>= 0.5`` (as inference resamples the
+    initial mask), other label maps (regions, scribbles) by nearest neighbour. Region ids and
+    ratings are unchanged. Everything else is the wrapped case's."""
+
+    def __init__(self, case, spacing_zyx):
+        self._case, self._spacing = case, tuple(float(v) for v in spacing_zyx)
+        self._native = None
+
+    def __getattr__(self, name):
+        return getattr(self._case, name)
+
+    def _native_image(self):
+        if self._native is None:
+            self._native = self._case.load_image()
+        return self._native
+
+    def _resampled(self, vol, kind: str):
+        import numpy as np
+
+        from ..imageio import Geometry, Volume
+        from .inference import _resample
+
+        g = vol.geometry
+        sp, nsp = g.spacing_zyx, self._spacing
+        arr = np.asarray(vol.array)
+        if kind == "image":
+            out = _resample(arr, sp, nsp).astype(np.float32)
+        elif kind == "mask":
+            out = (_resample(arr, sp, nsp) >= 0.5).astype(arr.dtype)
+        else:
+            out = np.rint(_resample(arr, sp, nsp, linear=False)).astype(arr.dtype)
+        shift_xyz = np.array([0.5 * (t - s) for s, t in zip(sp, nsp)][::-1])
+        origin = np.asarray(g.origin, float) + np.asarray(g.direction, float).reshape(3, 3) @ shift_xyz
+        geom = Geometry(size=tuple(int(v) for v in reversed(out.shape)),
+                        spacing=tuple(float(v) for v in reversed(nsp)),
+                        origin=tuple(float(v) for v in origin), direction=g.direction)
+        return Volume(out, geom)
+
+    def load_image(self):
+        return self._resampled(self._native_image(), "image")
+
+    def _load(self, name: str, kind: str):
+        vol = getattr(self._case, name)(like=self._native_image())
+        return None if vol is None else self._resampled(vol, kind)
+
+    def load_initial(self, like=None):
+        return self._load("load_initial", "mask")
+
+    def load_reference(self, like=None):
+        return self._load("load_reference", "mask")
+
+    def load_regions(self, like=None):
+        return self._load("load_regions", "labels")
+
+    def load_scribbles(self, like=None):
+        return self._load("load_scribbles", "labels")
+
+
+def _prepare(mode: TrainingMode, case) -> CaseTargets:
+    if not isinstance(case, _ResampledCase):
+        return mode.prepare_case(case)
+    try:
+        return mode.prepare_case(case)
+    except TrainingError:
+        # resampling lost a small rated region or shifted the band: this case stays on its own
+        # grid (a genuine problem of the case raises again from there)
+        return mode.prepare_case(case._case)
+
+
+def prepare_cases(dataset, mode: TrainingMode, spacing_zyx=None) -> list[CaseTargets]:
+    """Load and prepare every case the mode can use and learn from (kept in memory: each case is
+    loaded, resampled and prepared once per run).
 
     Args:
         dataset: dataset folder.
         mode: the training mode (asked :meth:`~.modes.TrainingMode.usable` and ``keep``).
+        spacing_zyx: the common training spacing (mm); a case whose spacing differs from it by
+            more than :data:`SPACING_TOL` on an axis is resampled to it first (see
+            :class:`_ResampledCase`). None: every case on its own grid.
 
     Returns:
         The prepared cases.
@@ -116,7 +233,10 @@ def prepare_cases(dataset, mode: TrainingMode) -> list[CaseTargets]:
         TrainingError: no case is left (the mode's message says what to do).
     """
     usable = mode.select(list_cases(dataset))
-    targets = [t for t in (mode.prepare_case(c) for c in usable) if mode.keep(t)]
+    if spacing_zyx is not None:
+        usable = [c if _close(_header_spacing_zyx(c.image_path), spacing_zyx)
+                  else _ResampledCase(c, spacing_zyx) for c in usable]
+    targets = [t for t in (_prepare(mode, c) for c in usable) if mode.keep(t)]
     if not targets:
         raise TrainingError(mode.missing_message(dataset))
     return targets
@@ -156,8 +276,18 @@ class Trainer:
         if not (c.lr > 0 and math.isfinite(c.lr)):
             raise InputError(f"--lr must be a positive number, got {c.lr}.")
 
-    def _metadata(self, net_cfg, targets, total) -> dict:
+    def _spacing(self):
+        """The common training spacing: the median over the usable cases (None if resampling is
+        off or no case is usable; prepare_cases then reports the missing cases)."""
+        if not self.config.resample:
+            return None
+        usable = self.mode.select(list_cases(self.dataset))
+        return median_spacing(usable) if usable else None
+
+    def _metadata(self, net_cfg, targets, total, spacing=None) -> dict:
+        extra = {"spacing_mm": [round(float(v), 6) for v in spacing]} if spacing else {}
         return {
+            **extra,
             "task": self.task.name,
             "channels": list(self.mode.channels),
             "normalisation": NORMALISATION,
@@ -201,8 +331,11 @@ class Trainer:
     def run(self) -> Path:
         c = self.config
         env, device = self.env, self.device
-        if c.num_threads:
-            torch.set_num_threads(int(c.num_threads))
+        threads = int(c.num_threads) if c.num_threads else _default_num_threads()
+        if device.type == "cpu" and threads > 0 and threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         ddp.init(env, device)
         try:
             return self._run(c, env, device)
@@ -215,7 +348,8 @@ class Trainer:
         mode = self.mode
         net_cfg = self.task.network_config(c, mode.channels)
         self._check_config(net_cfg)
-        targets = prepare_cases(self.dataset, mode)
+        spacing = self._spacing()
+        targets = prepare_cases(self.dataset, mode, spacing)
         total = int(c.steps)
 
         set_determinism(seed=int(c.seed))
@@ -235,7 +369,7 @@ class Trainer:
                 if env.is_main and self.progress_mode == "json":
                     Progress("train", total, mode="json").close(status="already complete", step=start)
                 return self.out
-        meta = self._metadata(net_cfg, targets, total)
+        meta = self._metadata(net_cfg, targets, total, spacing)
 
         train_model = ddp.wrap(model, env, device)
         sampler = PatchSampler(targets, mode, c.patch_size,
@@ -247,6 +381,7 @@ class Trainer:
             bar._t0 = time.monotonic()
         ema = None
         step = start
+        t_steps = time.perf_counter()
         try:
             for step in range(start, total):
                 cancelled, = ddp.any_flag([self.cancel.cancelled], env, device)
@@ -285,8 +420,13 @@ class Trainer:
                 done = step + 1
                 if every and done % every == 0 and done < total:
                     self._save(model, meta, opt, scaler, done)
+                rate = (done - start) / max(time.perf_counter() - t_steps, 1e-9)
                 bar.update(done, loss=round(lv, 5), loss_avg=round(ema, 5),
-                           **{k: round(v, 5) for k, v in terms.items()})
+                           **{k: round(v, 5) for k, v in terms.items()},
+                           steps_per_s=round(rate, 4))
+            seconds = time.perf_counter() - t_steps
+            meta = dict(meta, training=dict(meta["training"], seconds=round(seconds, 3),
+                                            steps_per_second=round((total - start) / max(seconds, 1e-9), 4)))
             self._save(model, meta, opt, scaler, total, complete=True)
             ddp.barrier(env)
         finally:
