@@ -123,9 +123,13 @@ def test_resampling_to_the_training_spacing():
     same = refine_volume(CTThresholdModel(), META, image, initial, margin_mm=3.0, timings=plain)
     _, z2, y2, x2 = plain["input_shapes"][0]
     assert y < 0.7 * y2 and x < 0.7 * x2
-    # the result agrees with inference on the image grid except near the boundary (resampling)
+    # the result agrees with inference on the image grid except near the boundary: only what the
+    # network changes on its coarser grid goes back, so sub-voxel differences between the image
+    # grid's initial mask and the CT stay as the initial mask had them (here 2x coarser in y, x)
     diff = (refined.array != same.array).sum()
-    assert diff <= 0.15 * max(int(same.array.sum()), 1)
+    assert diff <= 0.25 * max(int(same.array.sum()), 1)
+    changed = refined.array != initial.array
+    assert changed.any() and (same.array[changed] == refined.array[changed]).mean() > 0.9
     # close spacing: no resampling
     tm2 = {}
     refine_volume(CTThresholdModel(), dict(META, spacing_mm=[1.02, 0.5, 0.5]), image, initial,

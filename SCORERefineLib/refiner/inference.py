@@ -512,7 +512,7 @@ def _refine_roi(model, metadata, channels, patch, image, mask0, roi, ctx, dev, m
         pred = prob_np >= threshold
         init = crop_mask != 0
         changed = (pred != init).astype(np.float32)
-        changed_back = _resample_back(changed, train_sp, spacing, size) >= 0.5
+        changed_back = _resample_back(changed, train_sp, spacing, size) > 0.01
         prob_back = _resample_back(prob_np, train_sp, spacing, size)
         native = mask0[ctx].astype(np.float32)
         native[changed_back] = prob_back[changed_back]
