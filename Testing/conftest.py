@@ -43,3 +43,15 @@ def ellipsoid(shape=(24, 28, 32), radii=(8, 9, 11), centre=None) -> np.ndarray:
 @pytest.fixture
 def ellipsoid_mask():
     return ellipsoid
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one torch thread is far faster than many on shared cores. The previous
+    setting is restored after the module. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -17,13 +17,7 @@ from SCORERefineLib.refiner.scribble_losses import partial_ce
 from SCORERefineLib.scribbles import misplace_strokes, simulate_scribbles
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one torch thread is far faster than many on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_instance_weights_clip_and_normalise():

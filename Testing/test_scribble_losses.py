@@ -12,13 +12,7 @@ from SCORERefineLib.refiner.scribble_losses import (BACKGROUND, FOREGROUND, STUD
                                                     pseudo_label_loss, ramp_up, scribble_loss)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one torch thread is far faster than many on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _scribbles(shape=(2, 1, 4, 5, 6)):
