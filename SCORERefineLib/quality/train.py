@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError, TrainingError
 from ..progress import CancelToken, Progress
-from ..refiner.checkpoint import load_checkpoint, save_checkpoint
+from ..refiner.checkpoint import build_and_load, load_checkpoint, save_checkpoint
 from ..refiner.inputs import NORMALISATION
 from .data import QualitySample
 from .network import CHANNELS, ERROR_TYPES, QualityConfig, build_quality_network, quality_config
@@ -136,13 +136,6 @@ def load_quality_model(path, device: str = "cpu") -> tuple[torch.nn.Module, dict
     if list(meta["channels"]) != list(CHANNELS):
         raise CheckpointError(f"quality checkpoint {path} has input channels {meta['channels']}, "
                               f"this SCORERefine builds {list(CHANNELS)}. Retrain.")
-    try:
-        model = build_quality_network(meta["network"])
-        model.load_state_dict(payload["state_dict"])
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"quality checkpoint {path} weights do not fit its network "
-                              f"({str(exc).splitlines()[0][:200]}); it is damaged. Retrain.") from exc
+    model = build_and_load(payload, build_quality_network, f"quality checkpoint {path}")
     model.to(device).eval()
     return model, meta

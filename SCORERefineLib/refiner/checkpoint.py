@@ -109,6 +109,32 @@ def load_checkpoint(path, map_location="cpu",
     return payload
 
 
+def build_and_load(payload: dict, build, what: str) -> torch.nn.Module:
+    """Build the network ``payload["metadata"]["network"]`` describes with ``build`` and load the
+    payload's weights into it.
+
+    Args:
+        payload: what :func:`load_checkpoint` returned.
+        build: the task's network builder (a config dict -> ``nn.Module``).
+        what: how error messages name the file (e.g. ``"checkpoint model.pt"``).
+
+    Returns:
+        The network with the checkpoint's weights (on the CPU, not yet in eval mode).
+
+    Raises:
+        CheckpointError: the weights do not fit the described network (a damaged file).
+    """
+    try:
+        model = build(payload["metadata"]["network"])
+        model.load_state_dict(payload["state_dict"])
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{what}: weights do not fit its network description "
+                              f"({str(exc).splitlines()[0][:200]}); it is damaged. Retrain.") from exc
+    return model
+
+
 def load_refiner(path, device="cpu", expect_channels: Sequence[str] | None = None
                  ) -> tuple[torch.nn.Module, dict]:
     """Build the network a checkpoint describes, load its weights, ``eval()`` on ``device``.
@@ -126,14 +152,7 @@ def load_refiner(path, device="cpu", expect_channels: Sequence[str] | None = Non
                 if meta["task"] == "quality" else "")
         raise CheckpointError(f"checkpoint {path} holds a '{meta['task']}' model{hint}, not a "
                               f"refiner; use a checkpoint written by `scorerefine train`.")
-    try:
-        model = build_network(meta["network"])
-        model.load_state_dict(payload["state_dict"])
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} weights do not fit its network description "
-                              f"({str(exc).splitlines()[0][:200]}); it is damaged. Retrain.") from exc
+    model = build_and_load(payload, build_network, f"checkpoint {path}")
     if list(model.config.in_channels) != list(meta["channels"]):
         raise CheckpointError(f"checkpoint {path} is inconsistent: network inputs "
                               f"{model.config.in_channels} vs channels {meta['channels']}. Retrain.")
