@@ -215,31 +215,34 @@ def _prepare(mode: TrainingMode, case) -> CaseTargets:
         return mode.prepare_case(case._case)
 
 
-def prepare_cases(dataset, mode: TrainingMode, spacing_zyx=None) -> list[CaseTargets]:
+def prepare_cases(dataset, mode: TrainingMode, resample: bool = False
+                  ) -> tuple[list[CaseTargets], tuple | None]:
     """Load and prepare every case the mode can use and learn from (kept in memory: each case is
     loaded, resampled and prepared once per run).
 
     Args:
         dataset: dataset folder.
-        mode: the training mode (asked :meth:`~.modes.TrainingMode.usable` and ``keep``).
-        spacing_zyx: the common training spacing (mm); a case whose spacing differs from it by
-            more than :data:`SPACING_TOL` on an axis is resampled to it first (see
-            :class:`_ResampledCase`). None: every case on its own grid.
+        mode: the training mode (asked :meth:`~.modes.TrainingMode.select` once, then ``keep``).
+        resample: train at a common spacing, the median over the selected cases
+            (:func:`median_spacing`); a case whose spacing differs from it by more than
+            :data:`SPACING_TOL` on an axis is resampled to it first (see :class:`_ResampledCase`).
+            False: every case on its own grid.
 
     Returns:
-        The prepared cases.
+        The prepared cases, and the common spacing (z, y, x) in mm (None without ``resample``).
 
     Raises:
         TrainingError: no case is left (the mode's message says what to do).
     """
     usable = mode.select(list_cases(dataset))
+    spacing_zyx = median_spacing(usable) if resample and usable else None
     if spacing_zyx is not None:
         usable = [c if _close(_header_spacing_zyx(c.image_path), spacing_zyx)
                   else _ResampledCase(c, spacing_zyx) for c in usable]
     targets = [t for t in (_prepare(mode, c) for c in usable) if mode.keep(t)]
     if not targets:
         raise TrainingError(mode.missing_message(dataset))
-    return targets
+    return targets, spacing_zyx
 
 
 class Trainer:
@@ -275,14 +278,6 @@ class Trainer:
                              f"got {list(c.patch_size)}, try --patch {' '.join(map(str, fixed))}.")
         if not (c.lr > 0 and math.isfinite(c.lr)):
             raise InputError(f"--lr must be a positive number, got {c.lr}.")
-
-    def _spacing(self):
-        """The common training spacing: the median over the usable cases (None if resampling is
-        off or no case is usable; prepare_cases then reports the missing cases)."""
-        if not self.config.resample:
-            return None
-        usable = self.mode.select(list_cases(self.dataset))
-        return median_spacing(usable) if usable else None
 
     def _metadata(self, net_cfg, targets, total, spacing=None) -> dict:
         extra = {"spacing_mm": [round(float(v), 6) for v in spacing]} if spacing else {}
@@ -348,8 +343,7 @@ class Trainer:
         mode = self.mode
         net_cfg = self.task.network_config(c, mode.channels)
         self._check_config(net_cfg)
-        spacing = self._spacing()
-        targets = prepare_cases(self.dataset, mode, spacing)
+        targets, spacing = prepare_cases(self.dataset, mode, self.config.resample)
         total = int(c.steps)
 
         set_determinism(seed=int(c.seed))
