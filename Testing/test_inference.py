@@ -19,6 +19,7 @@ from SCORERefineLib.refiner.inference import (context_slices, count_windows, ref
                                               resolve_device, roi_slices)
 from SCORERefineLib.refiners import ModelRefiner, make_refiner
 from conftest import ellipsoid
+from toy_models import CTThresholdModel, IdentityModel
 
 CHANNELS = ["ct", "initial", "edge"]
 META = {"channels": CHANNELS, "patch_size": [16, 16, 16], "normalisation": None}
@@ -39,29 +40,6 @@ class ConstantModel(nn.Module):
 
     def forward(self, x):
         return torch.full_like(x[:, :1], self.value)
-
-
-class IdentityModel(nn.Module):
-    """Logits = 20 * (2 * initial - 1): returns the initial mask."""
-
-    def __init__(self, initial_index: int = 1):
-        super().__init__()
-        self.conv = nn.Conv3d(3, 1, 1)
-        self.i = initial_index
-
-    def forward(self, x):
-        return 20.0 * (2.0 * x[:, self.i:self.i + 1] - 1.0)
-
-
-class CTThresholdModel(nn.Module):
-    """Logits = 40 * (windowed CT - 0.5): foreground where HU >= 700 (checks image alignment)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv3d(3, 1, 1)
-
-    def forward(self, x):
-        return 40.0 * (x[:, :1] - 0.5)
 
 
 def _case(shape=(20, 30, 26), spacing_xyz=(0.8, 1.3, 2.5), origin=(-40.5, 12.25, 301.0),

@@ -13,19 +13,9 @@ from SCORERefineLib.imageio import Geometry, Volume
 from SCORERefineLib.refiner.inference import (boundary_band, component_rois, forward_floor,
                                               refine_volume, training_spacing)
 from conftest import ellipsoid
+from toy_models import CTThresholdModel, IdentityModel
 
 META = {"channels": ["ct", "initial", "edge"], "patch_size": [16, 16, 16], "normalisation": None}
-
-
-class CTThresholdModel(nn.Module):
-    """Foreground where HU >= 700 (windowed CT >= 0.5): changes voxels on both sides."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv3d(3, 1, 1)
-
-    def forward(self, x):
-        return 40.0 * (x[:, :1] - 0.5)
 
 
 class RecordingModel(CTThresholdModel):
@@ -186,22 +176,11 @@ def test_perf_report_on_tiny_volumes(tmp_path):
     assert json.loads(js.read_text())["preset"] == "tiny"
 
 
-class KeepInitialModel(nn.Module):
-    """A residual refiner that changes nothing: foreground exactly where the initial channel is."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv3d(3, 1, 1)
-
-    def forward(self, x):
-        return 8.0 * (x[:, 1:2] - 0.5)
-
-
 def test_resampling_a_network_that_changes_nothing_returns_the_initial_mask_exactly():
     # only the network's change is resampled back: no blur of the initial mask on a finer grid
     image, initial, _, _ = _two_blobs(shape=(24, 40, 90), spacing=(1.0, 0.5, 0.5))
     tm = {}
-    refined = refine_volume(KeepInitialModel(), dict(META, spacing_mm=[1.3, 1.1, 1.1]), image,
+    refined = refine_volume(IdentityModel(), dict(META, spacing_mm=[1.3, 1.1, 1.1]), image,
                             initial, margin_mm=3.0, timings=tm)
     assert tm["resampled_to"] == [1.3, 1.1, 1.1]
     np.testing.assert_array_equal(refined.array, initial.array)
