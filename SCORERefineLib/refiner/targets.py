@@ -182,7 +182,7 @@ class Batch:
     error: "torch.Tensor | None" = None            # (B, K+1) long
     score: "torch.Tensor | None" = None            # (B, K+1) float
     edge: "torch.Tensor | None" = None             # edge prior (edge loss)
-    depth: "torch.Tensor | None" = None            # signed depth to the M0 surface, mm (pseudo-labels)
+    depth: "torch.Tensor | None" = None            # pseudo-label ranking key: signed depth to M0 (mm) + appearance
     anchor_weight: "torch.Tensor | None" = None    # per-voxel anchor weight
     reference: "torch.Tensor | None" = None        # dense reference (full supervision)
     extra: dict[str, Any] = field(default_factory=dict)
