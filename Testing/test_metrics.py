@@ -174,7 +174,7 @@ def test_detached_components_counts_islands_away_from_the_initial_mask():
     refined = initial.copy()
     refined[7, 3:7, 3:7] = 1                 # grows the structure: touches it
     assert detached_components(refined, initial) == 0
-    refined[8, 8:10, 8:10] = 1               # diagonal contact with the dilated neighbourhood
+    refined[8, 7:9, 7:9] = 1                 # joined to the grown part by a diagonal contact
     assert detached_components(refined, initial) == 0
     refined[10:12, 10:12, 0:2] = 1           # an island far away
     assert detached_components(refined, initial) == 1
