@@ -220,9 +220,34 @@ def _with_case_id(rows):
     return [{**r, "case_id": r["case"]} for r in rows]
 
 
+#: training settings that do not change what is learned (ignored when reusing a model)
+_RUN_ONLY_SETTINGS = ("device", "num_threads", "resume", "prefetch", "checkpoint_every",
+                      "seconds", "steps_per_second", "steps_run")
+
+
+def reusable_model(path: Path, config) -> TrainResult | None:
+    """An earlier run's checkpoint at ``path`` when it is complete and was trained with the same
+    settings as ``config`` (everything but :data:`_RUN_ONLY_SETTINGS`), else None. Its recorded
+    training seconds are reported. The cohort is regenerated from the same seed, so the data are
+    the same too."""
+    from .refiner.checkpoint import load_checkpoint
+
+    if not Path(path).exists():
+        return None
+    try:
+        meta = load_checkpoint(path, map_location="cpu")["metadata"]
+    except Exception:
+        return None
+    had = {k: v for k, v in (meta.get("training") or {}).items() if k not in _RUN_ONLY_SETTINGS}
+    want = {k: v for k, v in config.to_dict().items() if k not in _RUN_ONLY_SETTINGS}
+    if not meta.get("complete") or json.loads(json.dumps(had)) != json.loads(json.dumps(want)):
+        return None
+    return TrainResult(Path(path), float((meta.get("training") or {}).get("seconds", 0.0)), config)
+
+
 def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: str = "bar",
                   cancel: CancelToken | None = None, rows: Sequence[str] | None = None,
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print, reuse_models: bool = False) -> dict:
     """Run every row of ``preset``.
 
     Args:
@@ -233,6 +258,9 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         cancel: stops the run.
         rows: trained rows to run (default: the preset's); rows 1-2 always run.
         log: receives one line per stage.
+        reuse_models: use a row's model from an earlier run in ``workdir/models`` when it was
+            trained with the same settings (:func:`reusable_model`) instead of training again;
+            the report lists the reused rows.
 
     Returns:
         The report as a JSON-serialisable dict.
@@ -265,11 +293,19 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         evaluate_masks(split.test, "classical", make_refiner("classical"), cancel=cancel),
     ]
     trainings: dict[str, TrainResult] = {}
+    reused: list[str] = []
     for row in rows:
         spec = ROW_TRAINING[row]
-        log(f"[benchmark] training '{row}' ({spec.mode} mode, {cfg.steps} steps)")
-        trainings[row] = train_model(datasets[spec.dataset], workdir / "models" / f"{row}.pt",
-                                     row_config(row, cfg, device), progress=progress, cancel=cancel)
+        path, config = workdir / "models" / f"{row}.pt", row_config(row, cfg, device)
+        earlier = reusable_model(path, config) if reuse_models else None
+        if earlier is not None:
+            log(f"[benchmark] reusing '{row}' from {path} (trained with the same settings)")
+            trainings[row] = earlier
+            reused.append(row)
+        else:
+            log(f"[benchmark] training '{row}' ({spec.mode} mode, {cfg.steps} steps)")
+            trainings[row] = train_model(datasets[spec.dataset], path, config, progress=progress,
+                                         cancel=cancel)
         results.append(evaluate_masks(split.test, row, make_refiner(trainings[row].model, device),
                                       cancel=cancel))
     from .regions import dataset_coverage
@@ -310,7 +346,8 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "rows": table, "targets": targets, "n_ratings": n_ratings,
             "per_case": {res.name: res.rows for res in results},
-            "structures": structures, "pseudo_labels": pseudo, "coverage": coverage}
+            "structures": structures, "pseudo_labels": pseudo, "coverage": coverage,
+            "reused_models": reused}
 
 
 def pseudo_label_report(train: Path, model: Path, device: str = "auto") -> dict:
@@ -478,6 +515,11 @@ def render_markdown(report: dict, command: str) -> str:
         lines.append(f"| {t['target']} | {val} | {'yes' if t['met'] else '**no (missed)**'} |")
     if not report["targets"]:
         lines.append("| (no SCORE row was run) | | |")
+    if report.get("reused_models"):
+        lines += ["", f"Models of rows {', '.join(report['reused_models'])} were reused from an "
+                      f"earlier run of the same preset in the same work folder (`--reuse-models`: "
+                      f"same training settings, same seeded cohort); their training seconds are "
+                      f"that run's. Refinement and evaluation ran anew."]
     lines += ["", "## Notes", "",
               "- Ablations (settings of the score mode's config; flags of `scorerefine train`): `--no-direction` drops every use of the "
               "over/under label; `--no-amount` drops every use of the score's size (the pseudo-label, "
