@@ -277,6 +277,7 @@ def test_cli_validation_appearance_and_prefetch_flags():
                                            "--val-every", "25", "--val-patience", "2",
                                            "--appearance-mm", "0", "--prefetch", "0"]))
     assert (c.val_fraction, c.val_every, c.val_patience, c.prefetch) == (0.3, 25, 2, 0)
+    assert c.val_min_cases == 20
     assert c.make_mode().config.appearance_mm == 0.0
     default = cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt"]))
     assert default.val_fraction == 0.2 and default.make_mode().config.appearance_mm == 1.0

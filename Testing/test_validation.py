@@ -20,15 +20,18 @@ def _cases(n):
     return [SimpleNamespace(case_id=f"case_{i:03d}") for i in range(n)]
 
 
-def test_split_holds_out_a_seeded_share_and_never_below_five_cases():
-    train4, val4 = split_validation(_cases(4), 0.5, seed=0)
+def test_split_holds_out_a_seeded_share_and_never_below_min_cases():
+    train4, val4 = split_validation(_cases(4), 0.5, seed=0, min_cases=5)
     assert len(train4) == 4 and val4 == []
-    tr, va = split_validation(_cases(10), 0.2, seed=3)
+    assert split_validation(_cases(19), 0.2)[1] == []          # default: at least 20 cases
+    assert len(split_validation(_cases(20), 0.2)[1]) == 4
+    tr, va = split_validation(_cases(10), 0.2, seed=3, min_cases=5)
     assert len(va) == 2 and len(tr) == 8
     assert {c.case_id for c in tr}.isdisjoint({c.case_id for c in va})
-    again = split_validation(_cases(10), 0.2, seed=3)[1]
+    again = split_validation(_cases(10), 0.2, seed=3, min_cases=5)[1]
     assert [c.case_id for c in again] == [c.case_id for c in va]
-    others = {tuple(c.case_id for c in split_validation(_cases(10), 0.2, seed=s)[1]) for s in range(6)}
+    others = {tuple(c.case_id for c in split_validation(_cases(10), 0.2, seed=s, min_cases=5)[1])
+              for s in range(6)}
     assert len(others) > 1, "the seed must choose which cases are held out"
     assert split_validation(_cases(10), 0.0)[1] == []
 
@@ -67,7 +70,7 @@ def test_trainer_holds_out_cases_and_records_validation(tmp_path):
     out = tmp_path / "m.pt"
     cfg = TrainConfig(steps=6, patch_size=(16, 16, 16), batch_size=1, network="tiny", device="cpu",
                       checkpoint_every=0, num_threads=1, val_fraction=0.2, val_every=2,
-                      val_patience=10)
+                      val_patience=10, val_min_cases=5)
     train(ds, out, cfg, progress="none")
     meta = load_checkpoint(out)["metadata"]
     val = meta["validation"]
@@ -78,11 +81,12 @@ def test_trainer_holds_out_cases_and_records_validation(tmp_path):
     assert val["best_step"] in (2, 4, 6) and not val["stopped_early"]
 
 
-def test_trainer_without_validation_trains_on_every_case(tmp_path):
+@pytest.mark.parametrize("settings", [dict(val_fraction=0.0, val_min_cases=5), dict()])
+def test_trainer_without_validation_trains_on_every_case(tmp_path, settings):
     ds = make_tiny_dataset(tmp_path / "ds", n=5, seed=11)
     out = tmp_path / "m.pt"
     cfg = TrainConfig(steps=2, patch_size=(16, 16, 16), batch_size=1, network="tiny", device="cpu",
-                      checkpoint_every=0, num_threads=1, val_fraction=0.0)
+                      checkpoint_every=0, num_threads=1, **settings)
     train(ds, out, cfg, progress="none")
     meta = load_checkpoint(out)["metadata"]
     assert "validation" not in meta and len(meta["cases"]) == 5

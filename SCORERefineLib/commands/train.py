@@ -68,8 +68,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v = p.add_argument_group("validation and early stopping")
     v.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of the cases held out for validation (default 0.2; 0: none; no "
-                        "validation below 5 cases or in hybrid mode). The checkpoint keeps the best "
-                        "weights by the mode's loss on the held-out cases")
+                        "validation below --val-min-cases cases or in hybrid mode). The checkpoint "
+                        "keeps the best weights by the mode's loss on the held-out cases")
+    v.add_argument("--val-min-cases", type=int, default=20,
+                   help="the fewest usable cases a validation split is made from (default 20: "
+                        "on smaller cohorts holding cases out cost more than it gave)")
     v.add_argument("--val-every", type=int, default=100, help="steps between validations (100)")
     v.add_argument("--val-patience", type=int, default=5,
                    help="validations without improvement before stopping early (5; never before "
@@ -137,6 +140,7 @@ def config_from_args(args):
         val_fraction=_fraction(getattr(args, "val_fraction", 0.2)),
         val_every=_positive("--val-every", getattr(args, "val_every", 100)),
         val_patience=_positive("--val-patience", getattr(args, "val_patience", 5)),
+        val_min_cases=_positive("--val-min-cases", getattr(args, "val_min_cases", 20)),
         prefetch=max(int(getattr(args, "prefetch", 2)), 0))
 
 

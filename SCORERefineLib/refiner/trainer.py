@@ -8,7 +8,8 @@
 * on cancel (:class:`~SCORERefineLib.progress.CancelToken`: SIGINT/SIGTERM in the CLI) the current
   weights and optimizer state are saved, then :class:`~SCORERefineLib.errors.Cancelled` is raised;
 * ``resume=True`` continues from ``out``'s step with its optimizer state.
-* held-out validation (:mod:`.validation`): with ``val_fraction`` > 0 and enough cases, a share of
+* held-out validation (:mod:`.validation`): with ``val_fraction`` > 0 and at least
+  ``val_min_cases`` (20) usable cases, a share of
   the cases is never trained on; the mode's loss on fixed patches of them is measured every
   ``val_every`` steps, the best weights are kept, and training stops early when it stops
   improving (``val_patience``). The checkpoint holds the best weights and
@@ -108,6 +109,7 @@ class TrainConfig:
     val_every: int = 100
     val_patience: int = 5
     val_min_share: float = 0.3
+    val_min_cases: int = 20   # fewer usable cases: no split (validation.MIN_CASES_FOR_VALIDATION)
 
     def make_mode(self) -> TrainingMode:
         """The training mode with its config (InputError for an unknown mode or a foreign config)."""
@@ -391,7 +393,8 @@ class Trainer:
         total = int(c.steps)
         val_targets: list = []
         if getattr(mode, "supports_validation", True):
-            targets, val_targets = split_validation(targets, float(c.val_fraction), int(c.seed))
+            targets, val_targets = split_validation(targets, float(c.val_fraction), int(c.seed),
+                                                    min_cases=int(c.val_min_cases))
 
         set_determinism(seed=int(c.seed))
         fmt = memory_format(device) if c.channels_last else torch.contiguous_format
