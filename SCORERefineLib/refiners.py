@@ -91,6 +91,10 @@ class ModelRefiner:
             ``metadata["training"]["regions"]``) when the checkpoint records it, else the inference
             ``margin_mm``. With a case's regions (and ratings) in ``context`` the guard also lets
             changes inside regions and enforces the ratings.
+        fragment_share: after the guard, pieces the refinement cut off an initial component that
+            are smaller than this share of its largest piece are dropped
+            (:func:`~SCORERefineLib.refiner.fragments.drop_cut_fragments`: a cut leak's body that
+            lies beyond the zone); 0 keeps them. Reported in ``last_info["fragments"]``.
 
     After each call ``last_info["guard"]`` is the guard's report (what it clipped and why, the
     margin and where it came from); the prediction loop writes it to the sidecar.
@@ -105,7 +109,8 @@ class ModelRefiner:
     def __init__(self, path: str | os.PathLike, device: str = "auto", margin_mm: float = 10.0,
                  threshold: float = 0.5, overlap: float = 0.25, sw_batch_size: int = 4,
                  cancel: CancelToken | None = None,
-                 progress: Callable[[int, int], None] | None = None, guard: bool = True):
+                 progress: Callable[[int, int], None] | None = None, guard: bool = True,
+                 fragment_share: float | None = None):
         from .refiner.inference import load_model, resolve_device
 
         self.path = Path(path)
@@ -115,7 +120,7 @@ class ModelRefiner:
         self.settings = {"method": self.name, "model": str(self.path), "device": str(self.device),
                          "margin_mm": float(margin_mm), "threshold": float(threshold),
                          "overlap": float(overlap), "sw_batch_size": int(sw_batch_size),
-                         "guard": bool(guard)}
+                         "guard": bool(guard), "fragment_share": _fragment_share(fragment_share)}
         self.last_info: dict = {}
         if guard:
             limits, source = self.guard_limits()
@@ -148,6 +153,7 @@ class ModelRefiner:
         if not s["guard"]:
             return proposed
         from .refiner.guard import guard_volume
+        from .refiner.fragments import drop_cut_fragments
 
         context = context or {}
         limits, source = self.guard_limits()
@@ -158,7 +164,20 @@ class ModelRefiner:
         report["used_regions"] = regions is not None
         report["used_ratings"] = feedback is not None and regions is not None
         self.last_info = {"guard": report}
+        if s["fragment_share"] > 0:
+            kept, frag = drop_cut_fragments(initial.array, out.array, s["fragment_share"])
+            out = initial.with_array(kept)
+            self.last_info["fragments"] = frag
         return out
+
+
+def _fragment_share(value: float | None) -> float:
+    from .refiner.fragments import FRAGMENT_SHARE
+
+    v = FRAGMENT_SHARE if value is None else float(value)
+    if not 0.0 <= v < 1.0:
+        raise InputError(f"fragment share must be in [0, 1), got {value}.")
+    return v
 
 
 #: built-in refiner name -> class (names and labels: ``catalog.BUILTIN_REFINERS``)

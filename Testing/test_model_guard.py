@@ -91,3 +91,30 @@ def test_refine_dataset_writes_the_guard_report(tmp_path, checkpoint, bad_networ
     info = json.loads(case.prediction_path("refined").with_name("refined.json").read_text())
     assert info["guard"]["clipped_total"] == 72 and info["guard"]["components_removed"] == 1
     assert info["guard_margin_mm"] == 10.0 and info["voxels_added"] == 0
+
+
+def _cutting_proposal(model, metadata, image, initial, *a, **k):
+    """A network that cuts a thin neck joining a small lobe to the body (it cannot reach the
+    lobe's interior: that lies beyond its zone)."""
+    out = initial.array.copy()
+    out[10, 12, 18:21] = 0
+    return initial.with_array(out)
+
+
+def test_model_refiner_drops_what_its_cut_left_behind(checkpoint, monkeypatch):
+    from SCORERefineLib.refiner import inference
+    from SCORERefineLib.refiners import make_refiner
+
+    monkeypatch.setattr(inference, "refine_volume", _cutting_proposal)
+    init = _initial()
+    init[10, 12, 17:21] = 1                          # a neck ...
+    init[9:12, 11:14, 21:24] = 1                     # ... to a small lobe
+    image = Volume(np.where(init > 0, 900.0, 0.0).astype(np.float32), GEOM)
+    refiner = make_refiner(checkpoint, device="cpu")
+    assert refiner.settings["fragment_share"] == 0.2
+    out = refiner(image, Volume(init, GEOM))
+    assert not out.array[9:12, 11:14, 21:24].any()
+    assert refiner.last_info["fragments"]["pieces_dropped"] == 1
+    keep = make_refiner(checkpoint, device="cpu", fragment_share=0.0)
+    assert keep(image, Volume(init, GEOM)).array[9:12, 11:14, 21:24].all()
+    assert "fragments" not in keep.last_info

@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="skip the do-no-harm guard on the network's proposal (ablations only; "
                           "by default far islands, detached components and changes beyond the "
                           "training band are clipped and reported in the sidecar's 'guard')")
+    net.add_argument("--fragment-share", type=float, default=None,
+                     help="after the guard, drop pieces the refinement cut off an initial component "
+                          "that are smaller than this share of its largest piece (default 0.2; 0 "
+                          "keeps them): the body of a cut leak that lies beyond the guard's zone")
     cls = parser.add_argument_group("classical baseline")
     cls.add_argument("--closing-mm", type=float, default=2.0,
                      help="radius of the closing ball in mm (default 2)")
@@ -127,7 +131,8 @@ def _make(args: argparse.Namespace, classical: bool, mode: str, cancel):
     refiner = make_refiner(args.model, device=args.device, margin_mm=args.margin_mm,
                            threshold=args.threshold, overlap=args.overlap,
                            sw_batch_size=args.sw_batch_size, cancel=cancel, progress=callback,
-                           guard=getattr(args, "guard", True))
+                           guard=getattr(args, "guard", True),
+                           fragment_share=getattr(args, "fragment_share", None))
     return refiner, close
 
 
