@@ -66,10 +66,13 @@ right) or pick an existing segmentation and segment.</li>
 <li><b>Rate</b>: for each region give a score 1-5 (5 = correct) and say whether it is over- (O) or
 under-segmented (U). Keys: 1-5, O, U, N or Space for the next unrated region. Click a region in a
 slice view to make it current. Ratings are kept in the scene.</li>
+<li><b>Scribbles</b> (optional): draw strokes in the segments "scribble: inside" and "scribble:
+outside" with the Segment Editor's Paint effect where the segment is wrong; they are saved with the
+case.</li>
 <li><b>Dataset</b>: save the case (image, initial mask, regions, ratings) into a dataset folder;
 Next case loads the next one you have not rated.</li>
-<li><b>Train</b>: train the refiner from the ratings in the background (Cancel keeps the last
-checkpoint).</li>
+<li><b>Train</b>: train the refiner in the background from the ratings, the scribbles, dense
+references or a few dense cases plus many weak ones (hybrid); Cancel keeps the last checkpoint.</li>
 <li><b>Apply</b>: refine the segment in place; Undo restores the initial segment exactly.</li>
 </ol>
 See the <a href="https://github.com/scorerefine/SlicerSCORERefine/blob/main/docs/slicer-module.md">module documentation</a>.
