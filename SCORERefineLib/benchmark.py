@@ -309,8 +309,6 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         log(f"[benchmark] simulating scribbles ({cfg.scribble_slices} slices per case) on the "
             f"training cases")
         eff.add_scribbles(split.train, cfg.scribble_slices, cfg.seed)
-        if "noisy" in datasets:
-            eff.add_scribbles(datasets["noisy"], cfg.scribble_slices, cfg.seed)
     if any(ROW_TRAINING[r].dataset == "scribbles_noisy" for r in rows):
         datasets["scribbles_noisy"] = eff.copy_with_misplaced_strokes(
             split.train, workdir / "train_scribbles_noisy", cfg.misplace, cfg.seed)
