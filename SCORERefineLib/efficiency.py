@@ -379,7 +379,7 @@ def plot_efficiency(report: dict, path: Path) -> Path:
                 steps = [e["step"] for e in h["history"] if cid in e.get(key, {})]
                 ws = [e[key][cid] for e in h["history"] if cid in e.get(key, {})]
                 if steps:
-                    ax2.plot(steps, ws, ls=styles[j % len(styles)], color=f"C{i % 10}",
+                    ax2.plot(steps, ws, ls=styles[j % len(styles)], color=f"C{i % 10}", marker=".",
                              label=f"{row}: {cid}" + (" (would be)" if key == "would_be" else ""))
         ax2.set_xlabel("training step")
         ax2.set_ylabel("weak-case weight")
