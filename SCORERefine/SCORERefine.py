@@ -1062,10 +1062,23 @@ class SCORERefineTest(ScriptedLoadableModuleTest):
         self.assertTrue(reloaded.restore_session(volumeNode))
         self.assertEqual(reloaded.session.feedback.to_dict(), session.feedback.to_dict())
 
+        # 3b scribbles: the two segments, one stroke in each (written as a Paint stroke would be)
+        segments = bridge.ensure_scribble_segments(slicer.mrmlScene, volumeNode)
+        image = bridge.volume_from_node(volumeNode)
+        L = slicer.vtkSlicerSegmentationsModuleLogic
+        for sid, (y, x) in ((segments.inside_id, (22, 24)), (segments.outside_id, (22, 33))):
+            stroke = np.zeros(image.geometry.shape, np.uint8)
+            stroke[12, y - 3:y + 4, x] = 1
+            self.assertTrue(L.SetBinaryLabelmapToSegment(
+                bridge._oriented_image(image.with_array(stroke)), segments.node, sid, L.MODE_REPLACE))
+        counted = logic.count_scribbles(segments.node, volumeNode)
+        self.assertEqual((counted["foreground"], counted["background"], counted["slices"]), (1, 1, 1))
+
         # 4 dataset
         dataset = Path(tempfile.mkdtemp(prefix="SCORERefineTest-"))
-        case = logic.save_case(dataset, "case_000", volumeNode, segmentation, segmentId)
+        case = logic.save_case(dataset, "case_000", volumeNode, segmentation, segmentId, segments.node)
         self.assertTrue(case.feedback_path.exists() and case.regions_path.exists())
+        self.assertEqual(sorted(np.unique(case.load_scribbles().array).tolist()), [0, 1, 2])
 
         # 5 train (background process, tiny network, CPU), Slicer stays responsive
         job = logic.start_training(dataset, dataset / "model.pt", "score", 3, "cpu",
