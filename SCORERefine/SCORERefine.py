@@ -66,10 +66,13 @@ right) or pick an existing segmentation and segment.</li>
 <li><b>Rate</b>: for each region give a score 1-5 (5 = correct) and say whether it is over- (O) or
 under-segmented (U). Keys: 1-5, O, U, N or Space for the next unrated region. Click a region in a
 slice view to make it current. Ratings are kept in the scene.</li>
+<li><b>Scribbles</b> (optional): draw strokes in the segments "scribble: inside" and "scribble:
+outside" with the Segment Editor's Paint effect where the segment is wrong; they are saved with the
+case.</li>
 <li><b>Dataset</b>: save the case (image, initial mask, regions, ratings) into a dataset folder;
 Next case loads the next one you have not rated.</li>
-<li><b>Train</b>: train the refiner from the ratings in the background (Cancel keeps the last
-checkpoint).</li>
+<li><b>Train</b>: train the refiner in the background from the ratings, the scribbles, dense
+references or a few dense cases plus many weak ones (hybrid); Cancel keeps the last checkpoint.</li>
 <li><b>Apply</b>: refine the segment in place; Undo restores the initial segment exactly.</li>
 </ol>
 See the <a href="https://github.com/scorerefine/SlicerSCORERefine/blob/main/docs/slicer-module.md">module documentation</a>.
@@ -104,6 +107,14 @@ class SCORERefineParameterNode:
     caseId: str = "case_000"
     trainMode: Annotated[str, Choice(catalog.names(catalog.TRAINING_MODES))] = "score"
     trainSteps: Annotated[int, WithinRange(1, 100000)] = 300
+    # hybrid training (shown for the hybrid mode only): dense cases by ID or by count, weak
+    # feedback and weighting, choices from the catalog
+    hybridDense: str = ""
+    hybridDenseCount: Annotated[int, WithinRange(0, 100000)] = 0
+    hybridWeak: Annotated[str, Choice(catalog.names(catalog.HYBRID_WEAK_KINDS))] = "score"
+    hybridIndicator: Annotated[str, Choice(catalog.names(catalog.HYBRID_INDICATORS))] = "dynamic"
+    # the scribble segmentation ("scribble: inside" / "scribble: outside", step 3b)
+    scribbles: vtkMRMLSegmentationNode
     # Not bound to a widget (no SlicerParameterName): the device list is dynamic (cuda:N), and
     # the wrapper's combo-box connector needs a fixed Choice it would refill the box with.
     device: str = "auto"
@@ -174,6 +185,7 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.showInitialCheckBox.setChecked(True)
         u.applyButtonsWidget.layout().addWidget(self.showInitialCheckBox)
         self.showInitialCheckBox.toggled.connect(self.onShowInitial)
+        self.setupScribblesAndHybrid(uiWidget)
         self._timer.timeout.connect(self.onTimer)
         self._applyTimer = qt.QTimer()
         self._applyTimer.setInterval(100)
@@ -190,8 +202,71 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         u.keyHelpLabel.text = "Keys: " + "; ".join(f"{k} {what}" for k, what in KEY_HELP) + \
             ". Click a region in a slice view to make it current."
         self.initializeParameterNode()
+        self.onTrainModeChanged(self.ui.trainModeComboBox.currentText)
         self.updateDependencyStatus()
         self.restoreSessionFromScene()
+
+    def setupScribblesAndHybrid(self, uiWidget) -> None:
+        """Step 3b (scribbles) and the hybrid settings of step 5, made here (not in the .ui, like
+        the Apply section's extras) and bound to the parameter node through SlicerParameterName."""
+        import ctk
+
+        u = self.ui
+        box = self.scribbleCollapsibleButton = ctk.ctkCollapsibleButton()
+        box.setObjectName("scribbleCollapsibleButton")
+        box.text = "3b. Scribbles (optional)"
+        box.collapsed = True
+        form = qt.QFormLayout(box)
+        self.drawScribblesButton = qt.QPushButton("Draw scribbles")
+        self.drawScribblesButton.setObjectName("drawScribblesButton")
+        self.drawScribblesButton.toolTip = ("Create the segments 'scribble: inside' (strokes on the "
+                                            "structure) and 'scribble: outside' (just outside it) and "
+                                            "paint them with the Segment Editor's Paint effect")
+        self.countStrokesButton = qt.QPushButton("Count strokes")
+        self.countStrokesButton.setObjectName("countStrokesButton")
+        buttons = qt.QWidget()
+        row = qt.QHBoxLayout(buttons)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.drawScribblesButton)
+        row.addWidget(self.countStrokesButton)
+        form.addRow(buttons)
+        self.scribbleStatusLabel = qt.QLabel("Strokes where the segment is wrong: inside on the "
+                                             "structure, outside just beyond it. Saved with the case.")
+        self.scribbleStatusLabel.setObjectName("scribbleStatusLabel")
+        self.scribbleStatusLabel.wordWrap = True
+        form.addRow(self.scribbleStatusLabel)
+        layout = uiWidget.layout()
+        layout.insertWidget(layout.indexOf(u.datasetCollapsibleButton), box)
+        self.drawScribblesButton.clicked.connect(self.onDrawScribbles)
+        self.countStrokesButton.clicked.connect(self.onCountStrokes)
+
+        self.hybridSettingsWidget = qt.QWidget()
+        self.hybridSettingsWidget.setObjectName("hybridSettingsWidget")
+        hform = qt.QFormLayout(self.hybridSettingsWidget)
+        hform.setContentsMargins(0, 0, 0, 0)
+        widgets = (("hybridDenseLineEdit", qt.QLineEdit, "hybridDense", "Dense cases:",
+                    "Case IDs with a full reference (reference.nii.gz), e.g. case_000, case_003"),
+                   ("hybridDenseCountSpinBox", qt.QSpinBox, "hybridDenseCount", "or dense count:",
+                    "0: use the IDs above; K: the first K cases with a reference"),
+                   ("hybridWeakComboBox", qt.QComboBox, "hybridWeak", "Weak feedback:",
+                    "; ".join(f"{e.name}: {e.description}" for e in catalog.HYBRID_WEAK_KINDS.values())),
+                   ("hybridIndicatorComboBox", qt.QComboBox, "hybridIndicator", "Weighting:",
+                    "; ".join(f"{e.name}: {e.description}" for e in catalog.HYBRID_INDICATORS.values())))
+        for name, cls, parameter, label, tip in widgets:
+            w = cls()
+            w.setObjectName(name)
+            w.setProperty("SlicerParameterName", parameter)
+            w.toolTip = tip
+            if cls is qt.QSpinBox:
+                w.maximum = 100000
+            hform.addRow(label, w)
+            setattr(u, name, w)
+        u.trainCollapsibleButton.layout().insertRow(1, self.hybridSettingsWidget)
+        u.trainModeComboBox.currentTextChanged.connect(self.onTrainModeChanged)
+
+    def onTrainModeChanged(self, mode) -> None:
+        from SCORERefineLib.training_job import MODE_SETTINGS
+        self.hybridSettingsWidget.setVisible(bool(MODE_SETTINGS.get(str(mode))))
 
     def cleanup(self) -> None:
         """Module reload or application exit: stop observing; a running training is cancelled."""
@@ -466,13 +541,39 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if moved <= 2:  # a click, not a drag (window/level, panning)
             self.logic.select_region_at(sliceWidget.mrmlSliceNode(), position)
 
+    # ---------------------------------------------------------------- 3b scribbles
+    def onDrawScribbles(self) -> None:
+        p = self._parameterNode
+        result = self._run(self.scribbleStatusLabel, self.logic.draw_scribbles, p.inputVolume, p.scribbles)
+        if result is None:
+            return
+        segments, opened, summary = result
+        p.scribbles = segments.node
+        where = ("the Segment Editor is open with the Paint effect" if opened else
+                 f"open the Segment Editor on '{segments.node.GetName()}' and use its Paint effect")
+        self.scribbleStatusLabel.text = (f"Paint 'scribble: inside' on the structure and 'scribble: "
+                                         f"outside' just outside it, where the segment is wrong: {where}. "
+                                         + self.logic.describe_strokes(summary))
+
+    def onCountStrokes(self) -> None:
+        p = self._parameterNode
+        summary = self._run(self.scribbleStatusLabel, self.logic.count_scribbles, p.scribbles, p.inputVolume)
+        if summary is not None:
+            self.scribbleStatusLabel.text = self.logic.describe_strokes(summary)
+
     # ---------------------------------------------------------------- 4 dataset
     def onSaveCase(self) -> None:
         p = self._parameterNode
         case = self._run(self.ui.datasetStatusLabel, self.logic.save_case, p.datasetFolder, p.caseId,
-                         p.inputVolume, p.segmentation, p.segmentId)
+                         p.inputVolume, p.segmentation, p.segmentId, p.scribbles)
         if case is not None:
             self.ui.datasetStatusLabel.text = f"Saved {case.case_id} to {case.folder}"
+            if p.scribbles is not None:
+                summary = self._run(self.scribbleStatusLabel, self.logic.count_scribbles, p.scribbles,
+                                    p.inputVolume)
+                if summary is not None:
+                    saved = "saved as scribbles.nii.gz" if summary["n_strokes"] else "nothing saved"
+                    self.scribbleStatusLabel.text = self.logic.describe_strokes(summary) + f" ({saved})"
 
     def onNextCase(self) -> None:
         p = self._parameterNode
@@ -486,6 +587,7 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p.inputVolume = loaded.volume_node
         p.caseId = loaded.case.case_id
         p.regions = loaded.regions_node
+        p.scribbles = loaded.scribbles_node
         self.ui.segmentSelector.setCurrentNode(loaded.segmentation_node)
         self.ui.segmentSelector.setCurrentSegmentID(loaded.segment_id)
         slicer.util.setSliceViewerLayers(background=loaded.volume_node, fit=True)
@@ -496,8 +598,11 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onTrain(self) -> None:
         p = self._parameterNode
         out = self.logic.model_path(p.modelPath, p.datasetFolder)
+        settings = {"dense": p.hybridDense, "dense_count": p.hybridDenseCount, "weak": p.hybridWeak,
+                    "indicator": p.hybridIndicator}
         job = self._run(self.ui.trainStatusLabel, self.logic.start_training, p.datasetFolder, out,
-                        p.trainMode, p.trainSteps, self.ui.trainDeviceComboBox.currentText)
+                        p.trainMode, p.trainSteps, self.ui.trainDeviceComboBox.currentText,
+                        settings=settings)
         if job is None:
             return
         self.ui.trainButton.enabled = False
@@ -772,12 +877,33 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
             self.session.go_to(label)
         return label
 
+    # ---------------------------------------------------------------- 3b scribbles
+    def draw_scribbles(self, volumeNode, scribblesNode=None):
+        """Create (or find) the two scribble segments and open the Segment Editor's Paint on them.
+        Returns ``(ScribbleSegments, editor opened, stroke summary)``."""
+        segments = bridge.ensure_scribble_segments(slicer.mrmlScene, volumeNode, scribblesNode)
+        opened = bridge.open_segment_editor(segments, volumeNode)
+        return segments, opened, bridge.count_scribbles(segments.node, volumeNode)
+
+    @staticmethod
+    def count_scribbles(scribblesNode, volumeNode) -> dict:
+        return bridge.count_scribbles(scribblesNode, volumeNode)
+
+    @staticmethod
+    def describe_strokes(summary) -> str:
+        from SCORERefineLib.scribbles import describe_strokes
+        text = describe_strokes(summary)
+        if summary.get("conflicts"):
+            text += (f" {summary['conflicts']} voxel(s) are painted both inside and outside and "
+                     f"are left out.")
+        return text
+
     # ---------------------------------------------------------------- 4 dataset
-    def save_case(self, dataset, caseId, volumeNode, segmentationNode, segmentId):
+    def save_case(self, dataset, caseId, volumeNode, segmentationNode, segmentId, scribblesNode=None):
         if self.session is not None and self.session.case_id != caseId:
             self.session.rename_case(caseId)
         return bridge.save_case_from_scene(dataset, caseId, volumeNode, segmentationNode, segmentId,
-                                           self.regions_node, self.session)
+                                           self.regions_node, self.session, scribbles_node=scribblesNode)
 
     def next_case(self, dataset, rater, after=None):
         from SCORERefineLib.session import next_case_to_rate
@@ -794,11 +920,14 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
         return loaded
 
     # ---------------------------------------------------------------- 5 train
-    def start_training(self, dataset, out, mode="score", steps=300, device="auto", extra=()):
+    def start_training(self, dataset, out, mode="score", steps=300, device="auto", extra=(), settings=None):
+        """``settings``: the mode's panel settings (hybrid: dense, dense_count, weak, indicator),
+        turned into ``scorerefine train`` flags by ``training_job.mode_arguments``."""
         from SCORERefineLib import training_job
 
         if self.job is not None and self.job.running:
             raise SCORERefineError("training is already running; cancel it or wait for it to end.")
+        extra = [*training_job.mode_arguments(mode, dataset=dataset, **(settings or {})), *extra]
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         self.job = training_job.start_training(dataset, out, mode=mode, steps=int(steps),
                                                device=device or "auto", extra=extra)
@@ -933,10 +1062,23 @@ class SCORERefineTest(ScriptedLoadableModuleTest):
         self.assertTrue(reloaded.restore_session(volumeNode))
         self.assertEqual(reloaded.session.feedback.to_dict(), session.feedback.to_dict())
 
+        # 3b scribbles: the two segments, one stroke in each (written as a Paint stroke would be)
+        segments = bridge.ensure_scribble_segments(slicer.mrmlScene, volumeNode)
+        image = bridge.volume_from_node(volumeNode)
+        L = slicer.vtkSlicerSegmentationsModuleLogic
+        for sid, (y, x) in ((segments.inside_id, (22, 24)), (segments.outside_id, (22, 33))):
+            stroke = np.zeros(image.geometry.shape, np.uint8)
+            stroke[12, y - 3:y + 4, x] = 1
+            self.assertTrue(L.SetBinaryLabelmapToSegment(
+                bridge._oriented_image(image.with_array(stroke)), segments.node, sid, L.MODE_REPLACE))
+        counted = logic.count_scribbles(segments.node, volumeNode)
+        self.assertEqual((counted["foreground"], counted["background"], counted["slices"]), (1, 1, 1))
+
         # 4 dataset
         dataset = Path(tempfile.mkdtemp(prefix="SCORERefineTest-"))
-        case = logic.save_case(dataset, "case_000", volumeNode, segmentation, segmentId)
+        case = logic.save_case(dataset, "case_000", volumeNode, segmentation, segmentId, segments.node)
         self.assertTrue(case.feedback_path.exists() and case.regions_path.exists())
+        self.assertEqual(sorted(np.unique(case.load_scribbles().array).tolist()), [0, 1, 2])
 
         # 5 train (background process, tiny network, CPU), Slicer stays responsive
         job = logic.start_training(dataset, dataset / "model.pt", "score", 3, "cpu",

@@ -7,7 +7,16 @@ Rows (all on the same held-out test split):
 3. ``score``: SCORE trained from the simulated rater's ratings;
 4. ``score_noisy``: SCORE from a noisy rater (a share of ratings off by one / type flipped);
 5. ``full``: the fully supervised refiner (dense references), the upper bound;
-6. ``score_no_direction``, ``score_no_amount``, ``score_no_edge``: ablations.
+6. ``score_no_direction``, ``score_no_amount``, ``score_no_edge``: ablations;
+7. ``scribble``, ``scribble_noisy``: trained from simulated scribbles (a share of strokes
+   misplaced in the noisy one);
+8. ``hybrid``, ``hybrid_fixed`` (and ``hybrid_noisy``, ``hybrid_fixed_noisy`` on the noisy
+   ratings): a few dense cases plus rated ones, weak cases weighted by the dynamic instance
+   indicator or all at 1 (the ablation); the weights over training are logged.
+
+With ``efficiency`` (``scorerefine benchmark --efficiency``) the report adds the annotation
+efficiency (test Dice against expert minutes per kind of feedback over several budgets) and a
+PNG plot beside it (:mod:`.efficiency`).
 
 The report (``docs/benchmark.md`` and a JSON twin) is generated, headed by the exact command,
 the machine and the date, and says for each target whether it was met. Every table has HD95,
@@ -43,6 +52,7 @@ from .pipeline import (EvalResult, Split, TrainResult, copy_with_noisy_ratings, 
 from .progress import CancelToken
 from .refiners import make_refiner
 from .regions import RegionParams
+from .scribbles import SECONDS_PER_SLICE, SECONDS_PER_STROKE
 
 #: stated (not measured) costs used for the feedback-cost column
 SECONDS_PER_RATING = 5.0
@@ -74,6 +84,12 @@ class BenchConfig:
     cohort: str = "phantoms"
     #: real cohort: build only these structures (None: every available one)
     real_structures: tuple | None = None
+    #: scribble rows: slices per case the simulated scribbler draws on
+    scribble_slices: int = 4
+    #: ``scribble_noisy``: share of strokes given the wrong label
+    misplace: float = 0.2
+    #: hybrid rows: dense cases (0: a quarter of the training cases, at least 1)
+    hybrid_dense: int = 0
 
 
 PRESETS = {
@@ -114,6 +130,12 @@ ROW_TRAINING: dict[str, RowTraining] = {
     "score_no_direction": RowTraining("score", mode_settings=(("no_direction", True),)),
     "score_no_amount": RowTraining("score", mode_settings=(("no_amount", True),)),
     "score_no_edge": RowTraining("score", mode_settings=(("no_edge", True),)),
+    "scribble": RowTraining("scribble"),
+    "scribble_noisy": RowTraining("scribble", "scribbles_noisy"),
+    "hybrid": RowTraining("hybrid", mode_settings=(("indicator", "dynamic"),)),
+    "hybrid_fixed": RowTraining("hybrid", mode_settings=(("indicator", "fixed"),)),
+    "hybrid_noisy": RowTraining("hybrid", "noisy", (("indicator", "dynamic"),)),
+    "hybrid_fixed_noisy": RowTraining("hybrid", "noisy", (("indicator", "fixed"),)),
 }
 
 ROW_LABELS = {
@@ -125,6 +147,12 @@ ROW_LABELS = {
     "score_no_direction": "6a. SCORE w/o direction term",
     "score_no_amount": "6b. SCORE w/o amount term",
     "score_no_edge": "6c. SCORE w/o edge channel",
+    "scribble": "7a. scribbles (simulated scribbler)",
+    "scribble_noisy": "7b. scribbles (misplaced strokes)",
+    "hybrid": "8a. hybrid: few dense + rated, dynamic indicator",
+    "hybrid_fixed": "8b. hybrid: few dense + rated, fixed weights",
+    "hybrid_noisy": "8c. hybrid (noisy ratings), dynamic indicator",
+    "hybrid_fixed_noisy": "8d. hybrid (noisy ratings), fixed weights",
 }
 
 
@@ -161,13 +189,15 @@ def _count_ratings(dataset: Path) -> int:
     return n
 
 
-def row_config(row: str, cfg: BenchConfig, device: str = "auto"):
+def row_config(row: str, cfg: BenchConfig, device: str = "auto", n_train: int | None = None):
     """The training config of a trained benchmark row.
 
     Args:
         row: a :data:`ROW_TRAINING` name.
         cfg: the preset.
         device: training device.
+        n_train: training cases it sees (hybrid rows: sets the dense count; default
+            ``cfg.n_train``).
 
     Returns:
         A :class:`~SCORERefineLib.refiner.trainer.TrainConfig`.
@@ -178,9 +208,15 @@ def row_config(row: str, cfg: BenchConfig, device: str = "auto"):
     spec = ROW_TRAINING[row]
     if spec.mode not in TRAINING_MODES:
         raise ValueError(f"benchmark row '{row}' uses unknown training mode '{spec.mode}'")
-    return TrainConfig(mode=spec.mode, mode_config=mode_config(spec.mode, **dict(spec.mode_settings)),
+    settings = dict(spec.mode_settings)
+    if spec.mode == "hybrid":
+        from .efficiency import hybrid_settings
+        settings = {**hybrid_settings(cfg, cfg.n_train if n_train is None else n_train), **settings}
+    # hybrid: a batch needs a dense and a weak patch for the indicator to compare gradients
+    batch = max(cfg.batch, 2) if spec.mode == "hybrid" else cfg.batch
+    return TrainConfig(mode=spec.mode, mode_config=mode_config(spec.mode, **settings),
                        steps=cfg.steps, network=cfg.network, patch_size=tuple(cfg.patch),
-                       batch_size=cfg.batch, seed=cfg.seed, device=device)
+                       batch_size=batch, seed=cfg.seed, device=device)
 
 
 def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams
@@ -247,7 +283,8 @@ def reusable_model(path: Path, config) -> TrainResult | None:
 
 def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: str = "bar",
                   cancel: CancelToken | None = None, rows: Sequence[str] | None = None,
-                  log: Callable[[str], None] = print, reuse_models: bool = False) -> dict:
+                  log: Callable[[str], None] = print, steps: int | None = None,
+                  efficiency: Sequence[float] | None = None, reuse_models: bool = False) -> dict:
     """Run every row of ``preset``.
 
     Args:
@@ -258,6 +295,9 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         cancel: stops the run.
         rows: trained rows to run (default: the preset's); rows 1-2 always run.
         log: receives one line per stage.
+        steps: training steps of every row (default: the preset's).
+        efficiency: annotation budgets (shares of the training cases) for the efficiency
+            comparison (:func:`~.efficiency.run_budgets`); None: not run.
         reuse_models: use a row's model from an earlier run in ``workdir/models`` when it was
             trained with the same settings (:func:`reusable_model`) instead of training again;
             the report lists the reused rows.
@@ -266,6 +306,10 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         The report as a JSON-serialisable dict.
     """
     cfg = PRESETS[preset]
+    if steps is not None:
+        if int(steps) < 1:
+            raise ValueError(f"--steps must be at least 1, got {steps}")
+        cfg = BenchConfig(**{**asdict(cfg), "steps": int(steps)})
     rows = tuple(rows) if rows else cfg.rows
     unknown = set(rows) - set(ROW_TRAINING)
     if unknown:
@@ -285,15 +329,24 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
             f"({cfg.phantom_preset} phantoms), regions and simulated ratings in {workdir}")
         split = make_split(workdir, cfg.n_train, cfg.n_test, cfg.seed, cfg.phantom_preset, params)
     datasets = {"clean": split.train}
-    if "score_noisy" in rows:
+    if "score_noisy" in rows or any(ROW_TRAINING[r].dataset == "noisy" for r in rows):
         datasets["noisy"] = copy_with_noisy_ratings(split.train, workdir / "train_noisy", params,
                                                     cfg.noise, cfg.seed)
+    from . import efficiency as eff
+    if efficiency or any(ROW_TRAINING[r].mode == "scribble" for r in rows):
+        log(f"[benchmark] simulating scribbles ({cfg.scribble_slices} slices per case) on the "
+            f"training cases")
+        eff.add_scribbles(split.train, cfg.scribble_slices, cfg.seed)
+    if any(ROW_TRAINING[r].dataset == "scribbles_noisy" for r in rows):
+        datasets["scribbles_noisy"] = eff.copy_with_misplaced_strokes(
+            split.train, workdir / "train_scribbles_noisy", cfg.misplace, cfg.seed)
     results: list[EvalResult] = [
         evaluate_masks(split.test, "initial", make_refiner("identity"), cancel=cancel),
         evaluate_masks(split.test, "classical", make_refiner("classical"), cancel=cancel),
     ]
     trainings: dict[str, TrainResult] = {}
     reused: list[str] = []
+    by_row: dict[str, EvalResult] = {}
     for row in rows:
         spec = ROW_TRAINING[row]
         path, config = workdir / "models" / f"{row}.pt", row_config(row, cfg, device)
@@ -308,6 +361,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
                                          cancel=cancel)
         results.append(evaluate_masks(split.test, row, make_refiner(trainings[row].model, device),
                                       cancel=cancel))
+        by_row[row] = results[-1]
     from .regions import dataset_coverage
     cov = dataset_coverage(split.train, extend=False)   # the rated regions as training saw them
     coverage = {"pooled": cov["pooled"], "min": cov["min"], "n_cases": len(cov["cases"])}
@@ -337,17 +391,32 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         elif row == "full":
             entry["feedback"] = f"{cfg.n_train} dense masks"
             entry["feedback_seconds"] = cfg.n_train * SECONDS_PER_DENSE_CORRECTION
+        elif ROW_TRAINING[row].mode in ("scribble", "hybrid"):
+            spec = ROW_TRAINING[row]
+            entry["feedback"], entry["feedback_seconds"] = eff.row_feedback(
+                spec.mode, datasets[spec.dataset], trainings[row].config.mode_config.to_dict())
+            if spec.mode == "hybrid":
+                entry["hybrid"] = eff.hybrid_log(trainings[row].model)
+                if spec.dataset == "noisy":
+                    entry["hybrid"]["noisy_share"] = eff.noisy_rating_share(split.train,
+                                                                            datasets["noisy"])
         else:
             entry["feedback"] = f"{n_ratings} ratings"
             entry["feedback_seconds"] = n_ratings * SECONDS_PER_RATING
     by = {e["method"]: e for e in table}
     targets = evaluate_targets(by) + do_no_harm_targets(by)
-    return {"preset": preset, "config": asdict(cfg), "machine": machine_description(),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "rows": table, "targets": targets, "n_ratings": n_ratings,
-            "per_case": {res.name: res.rows for res in results},
-            "structures": structures, "pseudo_labels": pseudo, "coverage": coverage,
-            "reused_models": reused}
+    report = {"preset": preset, "config": asdict(cfg), "machine": machine_description(),
+              "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "rows": table, "targets": targets, "n_ratings": n_ratings,
+              "per_case": {res.name: res.rows for res in results},
+              "structures": structures, "pseudo_labels": pseudo, "coverage": coverage,
+              "reused_models": reused}
+    if efficiency:
+        report["efficiency"] = eff.run_budgets(
+            split, cfg, efficiency, device=device, progress=progress, cancel=cancel, log=log,
+            reuse={r: (by_row[r], trainings[r]) for r in by_row}, workdir=workdir,
+            initial_dice=by["initial"]["dice_mean"])
+    return report
 
 
 def pseudo_label_report(train: Path, model: Path, device: str = "auto") -> dict:
@@ -450,9 +519,14 @@ def render_markdown(report: dict, command: str) -> str:
         f"scorerefine {m['scorerefine']}",
         cohort + f"regions `{cfg['region_method']}` x{cfg['n_regions']}, band {cfg['band_mm']} mm; "
         f"network `{cfg['network']}`, {cfg['steps']} steps, patch {tuple(cfg['patch'])}, "
-        f"batch {cfg['batch']}; noisy rater: {cfg['noise']:.0%} of ratings off",
-        f"- feedback cost: {SECONDS_PER_RATING:.0f} s per region rating and "
-        f"{SECONDS_PER_DENSE_CORRECTION:.0f} s per dense manual correction, both stated assumptions "
+        f"batch {cfg['batch']}; noisy rater: {cfg['noise']:.0%} of ratings off"
+        + (f"; scribbles on {cfg.get('scribble_slices', 4)} slices per case, noisy scribbler: "
+           f"{cfg.get('misplace', 0.2):.0%} of strokes misplaced"
+           if any(r["method"].startswith(("scribble", "hybrid")) for r in report["rows"])
+           or report.get("efficiency") else ""),
+        f"- feedback cost: {SECONDS_PER_RATING:.0f} s per region rating, "
+        f"{SECONDS_PER_STROKE:.0f} s per scribble stroke + {SECONDS_PER_SLICE:.0f} s per slice drawn on, and "
+        f"{SECONDS_PER_DENSE_CORRECTION:.0f} s per dense manual correction, all stated assumptions "
         f"(not measured); training and inference times are measured on the machine above.",
         "",
         "## Results on the held-out test cases",
@@ -506,6 +580,8 @@ def render_markdown(report: dict, command: str) -> str:
                   f"| {summ.get('precision_before', float('nan')):.1%} "
                   f"| {summ.get('precision_after', float('nan')):.1%} "
                   f"| {summ.get('changed_before', 0)} | {summ.get('changed_after', 0)} |"]
+    from .efficiency import markdown_sections
+    lines += markdown_sections(report)
     lines += ["",
               "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
     for t in report["targets"]:
@@ -546,6 +622,11 @@ def write_report(report: dict, out_md: Path, command: str) -> tuple[Path, Path]:
     out_md = Path(out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_json = out_md.with_suffix(".json")
+    if report.get("efficiency") or any(r.get("hybrid") for r in report.get("rows", [])):
+        from .efficiency import plot_efficiency
+        png = plot_efficiency(report, out_md.with_suffix(".png"))
+        if report.get("efficiency"):
+            report["efficiency"]["plot"] = png.name
     atomic_write_text(out_md, render_markdown(report, command))
     atomic_write_text(out_json, json.dumps(dict(report, command=command), indent=2, default=float))
     return out_md, out_json

@@ -45,6 +45,21 @@ TRAINING_MODES: dict[str, Entry] = _index(
           "by the instance indicator", ("reference",)),
 )
 
+#: hybrid mode: the weak cases' feedback (``refiner.modes.hybrid.WEAK_KINDS``; ``--weak``)
+HYBRID_WEAK_KINDS: dict[str, Entry] = _index(
+    Entry("score", "Region ratings", "weak cases learn from their 1-5 region ratings (feedback.json)",
+          ("regions", "feedback")),
+    Entry("scribble", "Scribbles", "weak cases learn from their strokes (scribbles.nii.gz)",
+          ("scribbles",)),
+)
+
+#: hybrid mode: how weak cases are weighted (``refiner.modes.hybrid.INDICATORS``; ``--indicator``)
+HYBRID_INDICATORS: dict[str, Entry] = _index(
+    Entry("dynamic", "Dynamic instance indicator", "each weak case weighted by how well its "
+          "gradient agrees with the dense cases' (recomputed every N steps)"),
+    Entry("fixed", "Fixed weights (ablation)", "every weak case weighs 1"),
+)
+
 #: region splitters (implementations: ``SCORERefineLib.regions``)
 REGION_METHODS: dict[str, Entry] = _index(
     Entry("patches", "Surface patches", "compact patches of the boundary band (k-means in mm)"),

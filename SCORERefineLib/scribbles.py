@@ -265,3 +265,55 @@ def misplace_strokes(labels: np.ndarray, share: float, seed: int = 0,
         flat[ids] = BACKGROUND if label == FOREGROUND else FOREGROUND
         vox += len(ids)
     return a, {"n_strokes": len(st), "n_misplaced": n_bad, "misplaced_voxels": int(vox)}
+
+
+def stroke_summary(labels: np.ndarray) -> dict:
+    """Count the strokes of a scribble map as a person drew them, and their cost.
+
+    A stroke is a 26-connected piece of one label in 3D, so a stroke painted in any slice view
+    (axial, coronal or sagittal), with a brush that reaches into the neighbouring slices, counts
+    once; strokes of one label that touch count as one. Its slice is the one it was drawn on: the
+    middle index along the axis where the stroke is thinnest. The cost model is the simulated
+    scribbler's (:data:`SECONDS_PER_STROKE` per stroke, :data:`SECONDS_PER_SLICE` per slice drawn
+    on), so drawn and simulated scribbles are priced alike.
+
+    Args:
+        labels: ``(z, y, x)`` map, 0 none / 1 foreground / 2 background (other values are an
+            InputError; an empty map is allowed here and counts zero).
+
+    Returns:
+        ``{"foreground", "background", "n_strokes", "slices", "voxels_foreground",
+        "voxels_background", "seconds"}`` (``foreground``/``background``: strokes of each label;
+        ``slices``: distinct slices drawn on).
+    """
+    a = np.asarray(labels)
+    if a.ndim != 3:
+        raise InputError(f"a scribble map is 3D (z, y, x); got shape {a.shape}.")
+    values = [int(v) for v in np.unique(a) if int(v) not in LABELS]
+    if values:
+        raise InputError(f"the scribble map holds labels {values[:10]} besides 0/1/2; {_FIX}.")
+    counts = {FOREGROUND: 0, BACKGROUND: 0}
+    planes: set = set()
+    full = np.ones((3, 3, 3), bool)
+    for label in (FOREGROUND, BACKGROUND):
+        comp, n = ndimage.label(a == label, structure=full)
+        counts[label] = int(n)
+        for sl in ndimage.find_objects(comp):
+            extent = [s.stop - s.start for s in sl]
+            axis = int(np.argmin(extent))
+            planes.add((axis, (sl[axis].start + sl[axis].stop - 1) // 2))
+    n = counts[FOREGROUND] + counts[BACKGROUND]
+    return {"foreground": counts[FOREGROUND], "background": counts[BACKGROUND], "n_strokes": n,
+            "slices": len(planes), "voxels_foreground": int((a == FOREGROUND).sum()),
+            "voxels_background": int((a == BACKGROUND).sum()),
+            "seconds": float(n * SECONDS_PER_STROKE + len(planes) * SECONDS_PER_SLICE)}
+
+
+def describe_strokes(summary: dict) -> str:
+    """One line for the panel: strokes of each kind, slices and the drawing time they stand for."""
+    if not summary["n_strokes"]:
+        return ("No strokes yet: paint 'scribble: inside' on the structure and 'scribble: outside' "
+                "just outside it, where the segment is wrong.")
+    return (f"{summary['foreground']} inside and {summary['background']} outside stroke(s) on "
+            f"{summary['slices']} slice(s) (about {summary['seconds']:.0f} s of drawing at "
+            f"{SECONDS_PER_STROKE:.0f} s per stroke + {SECONDS_PER_SLICE:.0f} s per slice).")

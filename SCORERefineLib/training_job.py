@@ -47,3 +47,55 @@ def start_training(dataset, out, mode="score", steps=300, device="auto", log_pat
     command = train_command(dataset, out, mode, steps, device, extra)
     log = Path(log_path) if log_path else Path(out).with_suffix(".train.log")
     return TrainingJob(command, log, checkpoint=out, runner=runner, **kwargs).start()
+
+
+#: settings of the panel's Train section that apply to a mode (others are hidden)
+MODE_SETTINGS = {"hybrid": ("dense", "dense_count", "weak", "indicator")}
+
+
+def parse_case_ids(text: str) -> list[str]:
+    """Case IDs typed as ``case_000, case_003`` (commas and/or spaces), in order, no repeats."""
+    out: list[str] = []
+    for part in str(text or "").replace(",", " ").split():
+        if part not in out:
+            out.append(part)
+    return out
+
+
+def mode_arguments(mode: str, dense: str = "", dense_count: int = 0, weak: str = "score",
+                   indicator: str = "dynamic", dataset=None) -> list[str]:
+    """The extra ``scorerefine train`` flags of the mode's settings in the panel.
+
+    ``hybrid``: ``--dense CASE_IDS`` (``dense``: IDs typed with commas or spaces) or
+    ``--dense-count K`` (``dense_count`` > 0), exactly one of them, plus ``--weak`` and
+    ``--indicator`` (names from ``catalog.HYBRID_WEAK_KINDS`` / ``HYBRID_INDICATORS``). With
+    ``dataset``, the dense IDs must be cases of it with ``reference.nii.gz``. Other modes: none.
+    Raises InputError naming the problem and the fix.
+    """
+    from .catalog import HYBRID_INDICATORS, HYBRID_WEAK_KINDS
+
+    if mode != "hybrid":
+        return []
+    ids = parse_case_ids(dense)
+    count = int(dense_count or 0)
+    if ids and count > 0:
+        raise InputError(f"hybrid training: give either the dense case IDs ({', '.join(ids)}) or a "
+                         f"dense case count ({count}), not both; set the count to 0 to use the IDs.")
+    if not ids and count <= 0:
+        raise InputError("hybrid training needs its dense cases (with reference.nii.gz): type their "
+                         "case IDs (e.g. case_000, case_001) or set a dense case count above 0.")
+    if weak not in HYBRID_WEAK_KINDS:
+        raise InputError(f"hybrid training: the weak feedback must be one of "
+                         f"{list(HYBRID_WEAK_KINDS)}, got {weak!r}.")
+    if indicator not in HYBRID_INDICATORS:
+        raise InputError(f"hybrid training: the weighting must be one of {list(HYBRID_INDICATORS)}, "
+                         f"got {indicator!r}.")
+    if ids and dataset is not None:
+        root = Path(dataset) / "cases"
+        missing = [c for c in ids if not (root / c / "reference.nii.gz").exists()]
+        if missing:
+            raise InputError(f"dense case(s) {missing} have no reference.nii.gz in {dataset}; a "
+                             f"dense case needs a full reference: save one for it, or choose "
+                             f"other cases.")
+    dense_args = ["--dense", ",".join(ids)] if ids else ["--dense-count", str(count)]
+    return [*dense_args, "--weak", weak, "--indicator", indicator]

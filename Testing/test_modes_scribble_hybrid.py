@@ -220,3 +220,28 @@ def test_train_flags_go_into_the_mode_config():
         parse("--mode", "score", "--dense-count", "1")
     with pytest.raises(InputError, match="not both"):
         parse("--mode", "hybrid", "--dense", "a", "--dense-count", "1")
+
+
+def test_hybrid_batch_of_dense_patches_only_samples(dataset, tmp_path):
+    """Regression: a hybrid batch whose patches all come from dense cases (no region tables) used
+    to crash the sampler (max() of no tables); it now gets zero tables and trains."""
+    from SCORERefineLib import pipeline
+    from SCORERefineLib.regions import RegionParams
+
+    import shutil
+
+    params = RegionParams(n_regions=4)
+    shutil.copytree(dataset, tmp_path / "ds")
+    cases = list_cases(tmp_path / "ds")
+    pipeline.prepare_regions(cases, params)
+    pipeline.rate_cases(cases, params, extend=False)
+    mode = HybridMode(HybridConfig(dense_count=1, dense_share=0.99))
+    targets = [mode.prepare_case(c) for c in mode.select(cases)]
+    sampler = PatchSampler(targets, mode, PATCH, seed=0, augment=False)
+    batches = [sampler.sample(2) for _ in range(4)]
+    dense_only = [b for b in batches if all(mode.roles[c] == "dense" for c in b.case_ids)]
+    assert dense_only and dense_only[0].agreement.shape == (2, 1)
+    model = build_network(network_config("tiny"))
+    mode.attach(model)
+    loss, terms = mode.loss(model(dense_only[0].image), dense_only[0])
+    assert math.isfinite(float(loss.detach())) and "dense" in terms and "weak" not in terms

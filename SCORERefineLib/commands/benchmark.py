@@ -17,8 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "only; real: the real-CT cohort (split by structure) with a per-structure "
                         "table, real_smoke: its test-sized version; perf: speed and memory at "
                         "real sizes -> docs/performance.md")
-    p.add_argument("--out", type=Path, default=Path("docs/benchmark.md"),
-                   help="markdown report (a JSON twin is written beside it)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="markdown report (a JSON twin is written beside it); default "
+                        "docs/benchmark.md, with --efficiency docs/efficiency.md (+ .png)")
     p.add_argument("--workdir", type=Path, default=Path("benchmark_output"),
                    help="where cohorts, models and predictions go")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -29,6 +30,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="use a row's model from an earlier run in --workdir when it was trained "
                         "with the same settings (e.g. after a change to refinement or the guard); "
                         "the report says which rows were reused")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps of every row (default: the preset's); recorded in the report")
+    p.add_argument("--efficiency", type=float, nargs="*", default=None, metavar="SHARE",
+                   help="annotation efficiency: also train ratings, scribbles, hybrid and dense on "
+                        "these shares of the training cases (default 0.25 0.5 1) and report test "
+                        "Dice against expert minutes (table + PNG plot beside the report); without "
+                        "--rows the rows are score, score_noisy, scribble, scribble_noisy, hybrid, "
+                        "hybrid_fixed and full")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,16 +48,47 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import format_table
     from ..progress import CancelToken
 
+    from ..efficiency import DEFAULT_FRACTIONS, EFFICIENCY_ROWS
+    from ..errors import InputError
+
+    efficiency = getattr(args, "efficiency", None)
+    if efficiency is not None:
+        efficiency = tuple(efficiency) or DEFAULT_FRACTIONS
+        bad = [f for f in efficiency if not 0.0 < f <= 1.0]
+        if bad:
+            raise InputError(f"--efficiency takes shares of the training cases in (0, 1], got {bad}; "
+                             f"e.g. --efficiency 0.25 0.5 1.")
+    steps = getattr(args, "steps", None)
+    if steps is not None and steps < 1:
+        raise InputError(f"--steps must be at least 1, got {steps}.")
+    rows = args.rows or (EFFICIENCY_ROWS if efficiency else None)
+    if args.out is None:
+        args.out = Path("docs/efficiency.md" if efficiency else "docs/benchmark.md")
     cancel = CancelToken()
     cancel.install_signal_handlers()
     report = run_benchmark(args.preset, args.workdir, device=args.device, progress=args.progress,
-                           cancel=cancel, rows=args.rows,
+                           cancel=cancel, rows=rows, steps=steps, efficiency=efficiency,
                            reuse_models=getattr(args, "reuse_models", False))
     command = "scorerefine " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
-        if Path(sys.argv[0]).name.startswith("scorerefine") else f"scorerefine benchmark --preset {args.preset}"
+        if Path(sys.argv[0]).name.startswith("scorerefine") or (
+            Path(sys.argv[0]).name == "cli.py" and "benchmark" in sys.argv[1:2]) \
+        else _command_of(args, rows, steps, efficiency)
     md, js = write_report(report, args.out, command)
     print(format_table(report["rows"]))
     for t in report["targets"]:
         print(f"target: {t['target']}: {t['value']:.4f} -> {'met' if t['met'] else 'MISSED'}")
     print(f"wrote {md} and {js}")
     return 0
+
+
+def _command_of(args, rows, steps, efficiency) -> str:
+    """The command line the parsed settings stand for (when not run as ``scorerefine``)."""
+    parts = ["scorerefine", "benchmark", "--preset", args.preset]
+    if steps is not None:
+        parts += ["--steps", str(steps)]
+    if efficiency:
+        parts += ["--efficiency", *(f"{f:g}" for f in efficiency)]
+    if args.rows:
+        parts += ["--rows", *rows]
+    parts += ["--out", str(args.out)]
+    return " ".join(shlex.quote(p) for p in parts)

@@ -105,10 +105,12 @@ def restore_session(scene, volume_node=None, regions_node=None):
 
 
 def save_case_from_scene(dataset, case_id: str, volume_node, segmentation_node, segment_id: str,
-                         regions_node, session=None):
+                         regions_node, session=None, scribbles_node=None):
     """Step 4: write image, initial, regions (and the ratings) into ``dataset/cases/<case_id>``.
 
     The initial mask saved is the segment as rated: its backup when it was refined since.
+    ``scribbles_node``: the scribble segmentation (step 3b); when it holds strokes they are
+    written as ``scribbles.nii.gz`` (validated, atomic); without strokes the file is left as it is.
     """
     from ..case import write_case
 
@@ -122,7 +124,13 @@ def save_case_from_scene(dataset, case_id: str, volume_node, segmentation_node, 
         if sorted(int(v) for v in np.unique(regions.array) if v > 0) != session.labels:
             raise InputError("the regions in the scene are not the ones being rated; split again "
                              "or reload the case before saving.")
-    case = write_case(dataset, case_id, image.with_array(image.array), initial, regions)
+    scribbles = None
+    if scribbles_node is not None:
+        from .scribbles import scribbles_from_segmentation
+        labels, _conflicts = scribbles_from_segmentation(scribbles_node, image.geometry)
+        scribbles = labels if labels.array.any() else None
+    case = write_case(dataset, case_id, image.with_array(image.array), initial, regions,
+                      scribbles=scribbles)
     if session is not None:
         if session.case_id != case_id:
             raise InputError(f"the ratings belong to case '{session.case_id}', not '{case_id}'.")
@@ -138,6 +146,7 @@ class LoadedCase:
     segment_id: str
     regions_node: object
     session: object
+    scribbles_node: object = None
 
 
 def load_case_into_scene(scene, case, rater: str = "clinician") -> LoadedCase:
@@ -156,4 +165,8 @@ def load_case_into_scene(scene, case, rater: str = "clinician") -> LoadedCase:
                                                reference_volume_node=vnode)
         session = RatingSession.from_case(case, rater=rater)
         attach_session(session, regions_node)
-    return LoadedCase(case, vnode, seg, sid, regions_node, session)
+    scribbles_node = None
+    if case.has_scribbles:
+        from .scribbles import scribbles_to_segmentation
+        scribbles_node = scribbles_to_segmentation(scene, vnode, case.load_scribbles(like=image)).node
+    return LoadedCase(case, vnode, seg, sid, regions_node, session, scribbles_node)

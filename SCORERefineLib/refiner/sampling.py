@@ -163,15 +163,20 @@ class PatchSampler:
             (fields if k in Batch.MAP_FIELDS else extra)[k] = v
         if self.has_tables:
             tabs = [self.targets[it["_case"]].tables for it in items]
+            like = next(t.tables for t in self.targets if t.tables is not None)
             for k in RegionTables.LOSS_FIELDS:
-                fields[k] = _pad_tables([getattr(t, k) if t is not None else None for t in tabs])
+                fields[k] = _pad_tables([getattr(t, k) if t is not None else None for t in tabs],
+                                        like=getattr(like, k))
         return Batch(image=image, extra=extra, **fields,
                      case_ids=[self.targets[it["_case"]].case_id for it in items])
 
 
-def _pad_tables(tables: list) -> torch.Tensor:
-    """Stack per-item tables of different lengths into (B, max length), zero padded."""
+def _pad_tables(tables: list, like: np.ndarray | None = None) -> torch.Tensor:
+    """Stack per-item tables of different lengths into (B, max length), zero padded. A batch
+    whose items all lack tables (hybrid: only dense patches) gets (B, 1) zeros of ``like``'s dtype."""
     known = [a for a in tables if a is not None]
+    if not known:
+        return torch.as_tensor(np.zeros((len(tables), 1), dtype=like.dtype if like is not None else np.float32))
     n = max(len(a) for a in known)
     pad = np.zeros((len(tables), n), dtype=known[0].dtype)
     for i, a in enumerate(tables):
