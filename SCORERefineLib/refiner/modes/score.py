@@ -40,6 +40,10 @@ class ScoreConfig(ModeConfig):
     anchor_exclusion_max_score: float = ANCHOR_EXCLUSION_MAX_SCORE
     no_direction: bool = False   # no error type anywhere: direction terms off, pseudo-labels type-blind
     no_amount: bool = False      # no score size: only the error type (direction) and the 5s (pin)
+    #: issue 11: a model rater (e.g. "suggested") whose confident ratings fill in unrated regions,
+    #: each weighted q^2 (q >= fill_in_q_min, else left out); "" = people's ratings only
+    fill_in: str = ""
+    fill_in_q_min: float = 0.5
 
     def loss_weights(self) -> ScoreLossWeights:
         """The weights with the ablation switches applied (``weights`` itself is not changed)."""
@@ -108,8 +112,10 @@ class ScoreMode(TrainingMode):
 
         image, initial, x = self._load_base(case)
         regions = self._regions(case, image)
+        cfg_fill = self.config
         try:
-            tables = feedback_tables(load_feedback(case.feedback_path), regions)
+            tables = feedback_tables(load_feedback(case.feedback_path), regions,
+                                     fill_in=cfg_fill.fill_in, q_min=cfg_fill.fill_in_q_min)
         except ValueError as exc:
             raise TrainingError(f"case {case.case_id}: {exc}. The regions were re-made after "
                                 f"rating: re-rate the case (`scorerefine rate`) or restore the "
@@ -139,7 +145,8 @@ class ScoreMode(TrainingMode):
         present = int(np.count_nonzero(np.unique(regions)))
         return CaseTargets(case.case_id, x, initial.array.astype(np.uint8), image.geometry.spacing_zyx,
                            maps=maps, tables=tables,
-                           info={"n_rated_regions": tables.n_rated, "n_regions": present})
+                           info={"n_rated_regions": tables.n_rated, "n_regions": present,
+                                 "n_filled_in": int((tables.rated & (tables.trust < 1.0)).sum())})
 
     def sampling_weights(self, targets: CaseTargets) -> tuple[np.ndarray, np.ndarray]:
         """Each rated region gets its total table weight (6-s)^2 spread over its voxels, plus a
