@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--init", default=None, help="start from this quality checkpoint")
     t.add_argument("--corruptions", type=int, default=4,
                    help="corrupted copies of each reference (default 4; one sample per region each)")
+    t.add_argument("--corruption", choices=("regions", "realistic", "mixed"), default="regions",
+                   help="synthetic masks: per-region corruptions of the reference, whole-case "
+                        "errors of the real-CT error model with regions split from the corrupted "
+                        "mask, or half each (docs/quality-predictor.md)")
     t.add_argument("--n-regions", type=int, default=12,
                    help="regions split from each reference for the synthetic samples (default 12)")
     t.add_argument("--synthetic-weight", type=float, default=0.3,
@@ -57,6 +61,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--rater", default="suggested", help="model rater name (default 'suggested')")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.set_defaults(_quality=run_predict)
+
+    b = sub.add_parser("benchmark", help="simulated active learning: Dice gain after k ratings per "
+                                         "case for random order, uncertainty order and uncertainty "
+                                         "order with filled-in ratings; the predictor's accuracy")
+    b.add_argument("--preset", default="quick", choices=("smoke", "quick", "real", "real_smoke"),
+                   help="smoke/real_smoke (tests, seconds), quick (phantoms) or real (real-CT "
+                        "cohort); about 12 minutes each for quick and real on 2 CPU cores")
+    b.add_argument("--out", default=None,
+                   help="markdown report (default docs/active-learning-<cohort>.md); its .json "
+                        "twin and .png curve go beside it")
+    b.add_argument("--workdir", default=None, help="where cohorts and models go (default: a temporary folder)")
+    b.add_argument("--steps", type=int, default=None, help="SCORE steps per arm (default: the preset's)")
+    b.add_argument("--ks", default=None,
+                   help="ratings per case, comma separated, 'all' for every region (e.g. 0,3,6,all)")
+    b.set_defaults(_quality=run_benchmark)
 
 
 def add_goodness_arguments(p: argparse.ArgumentParser) -> None:
@@ -139,7 +158,8 @@ def run_train(args: argparse.Namespace) -> int:
             reference = case.load_reference(like=image)
             synthetic += synthetic_samples(image, reference.array, config, rng,
                                            n_corruptions=args.corruptions, case_id=case.case_id,
-                                           region_params=RegionParams(n_regions=args.n_regions))
+                                           region_params=RegionParams(n_regions=args.n_regions),
+                                           corruption=args.corruption)
         if case.has_feedback and case.has_regions:
             consensus = load_feedback(case.feedback_path).consensus()   # people only
             if consensus:
@@ -232,4 +252,41 @@ def run_predict(args: argparse.Namespace) -> int:
               f"mean expected score {mean:.2f}, most doubtful: "
               f"{', '.join(str(r) for r in doubtful) or '-'}", flush=True)
     print(f"{len(cases)} case(s), {total} regions, {total_good} confidently good", flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------- benchmark
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    import shlex
+    import tempfile
+    from dataclasses import replace
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..quality.active_learning import ALL, PRESETS, run_active_learning, savings_sentence, write_report
+
+    cfg = PRESETS[args.preset]
+    if args.steps is not None:
+        if args.steps < 1:
+            raise InputError(f"--steps must be at least 1, got {args.steps}.")
+        cfg = replace(cfg, steps=int(args.steps))
+    if args.ks:
+        try:
+            ks = tuple(ALL if k.strip() == "all" else int(k) for k in args.ks.split(",") if k.strip())
+        except ValueError:
+            raise InputError(f"--ks takes whole numbers and 'all', comma separated (e.g. 0,3,6,all); "
+                             f"got {args.ks!r}.") from None
+        if not ks or any(k < 0 and k != ALL for k in ks):
+            raise InputError(f"--ks needs numbers >= 0 or 'all', got {args.ks!r}.")
+        cfg = replace(cfg, ks=ks)
+    out = Path(args.out or f"docs/active-learning-{'real' if cfg.cohort == 'real' else 'phantoms'}.md")
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="scorerefine-al-"))
+    report = run_active_learning(cfg, work, log=lambda line: print(line, file=sys.stderr, flush=True))
+    command = "scorerefine quality benchmark " + " ".join(
+        shlex.quote(a) for a in sys.argv[sys.argv.index("benchmark") + 1:]) if "benchmark" in sys.argv \
+        else f"scorerefine quality benchmark --preset {args.preset}"
+    md, js, png = write_report(report, out, command)
+    print(savings_sentence(report))
+    print(f"report: {md} (+ {js.name}, {png.name})")
     return 0
