@@ -187,3 +187,22 @@ def test_files_without_model_raters_are_written_as_before(tmp_path):
     add_suggestions(fb, {1: _pred(1, [1, 0, 0, 0, 0])})
     assert fb.to_dict()["model_raters"] == ["suggested"]
     assert CaseFeedback.from_dict(fb.to_dict()).model_raters == {"suggested"}
+
+
+def test_realistic_corruptions_are_whole_case_errors_rated_as_the_rater_does(phantom):
+    from SCORERefineLib.quality.data import realistic_mask, realistic_samples
+    cfg = quality_config("tiny")
+    rng = np.random.default_rng(0)
+    mask = realistic_mask(phantom.image, phantom.reference.array, np.random.default_rng(1), strength=1.0)
+    assert mask.shape == phantom.reference.array.shape and (mask != phantom.reference.array).any()
+    samples = realistic_samples(phantom.image, phantom.reference.array, cfg, rng, n_copies=2,
+                                region_params=RegionParams(n_regions=6))
+    assert samples and all(s.score == dice_to_score(min(s.dice, 1.0)) for s in samples)
+    assert all((s.error == "none") == (s.score == 5) for s in samples)
+    assert min(s.score for s in samples) < 5
+    mixed = synthetic_samples(phantom.image, phantom.reference.array, cfg, np.random.default_rng(0),
+                              n_corruptions=2, region_params=RegionParams(n_regions=6),
+                              corruption="mixed")
+    assert len(mixed) >= 6
+    with pytest.raises(ValueError, match="corruption must be one of"):
+        synthetic_samples(phantom.image, phantom.reference.array, cfg, rng, corruption="blobs")

@@ -71,7 +71,8 @@ def _row(score, error, dice, p) -> dict:
 def evaluate_predictor(train_seeds: Sequence[int] = range(0, 6), test_seeds: Sequence[int] = range(100, 104),
                        preset: str = "default", network: str = "small", steps: int = 400,
                        n_corruptions: int = 6, n_regions: int = 12, out: str = "quality_eval.pt",
-                       num_threads: Optional[int] = 1, seed: int = 0) -> dict:
+                       num_threads: Optional[int] = 1, seed: int = 0,
+                       corruption: str = "regions") -> dict:
     """Train on ``train_seeds`` phantoms, evaluate on ``test_seeds`` (see the module docstring)."""
     t0 = time.monotonic()
     cfg = quality_config(network)
@@ -82,7 +83,7 @@ def evaluate_predictor(train_seeds: Sequence[int] = range(0, 6), test_seeds: Seq
     for s in train_seeds:
         p = make_phantom(s, conf)
         samples += synthetic_samples(p.image, p.reference.array, cfg, rng, n_corruptions,
-                                     params, case_id=f"train_{s}")
+                                     params, case_id=f"train_{s}", corruption=corruption)
     t_data = time.monotonic() - t0
     train_quality(samples, out, steps=steps, config=cfg, seed=seed, num_threads=num_threads)
     t_train = time.monotonic() - t0 - t_data
@@ -100,7 +101,8 @@ def evaluate_predictor(train_seeds: Sequence[int] = range(0, 6), test_seeds: Seq
             score = dice_to_score(min(a["dice"], 1.0))
             error = "none" if score == 5 else ("over" if a["over"] >= a["under"] else "under")
             initial.append(_row(score, error, a["dice"], preds[r]))
-    return {"preset": preset, "network": network, "steps": steps, "n_train_samples": len(samples),
+    return {"preset": preset, "network": network, "steps": steps, "corruption": corruption,
+            "n_train_samples": len(samples),
             "train_seeds": list(train_seeds), "test_seeds": list(test_seeds),
             "seconds": {"data": round(t_data, 1), "train": round(t_train, 1),
                         "total": round(time.monotonic() - t0, 1)},
@@ -116,9 +118,11 @@ def main(argv=None) -> int:
     ap.add_argument("--n-test", type=int, default=4)
     ap.add_argument("--corruptions", type=int, default=6)
     ap.add_argument("--out", default="quality_eval.pt")
+    ap.add_argument("--corruption", default="regions", choices=("regions", "realistic", "mixed"),
+                    help="training masks: region corruptions, the real-CT error model, or half each")
     a = ap.parse_args(argv)
     res = evaluate_predictor(range(a.n_train), range(100, 100 + a.n_test), a.preset, a.network,
-                             a.steps, a.corruptions, out=a.out)
+                             a.steps, a.corruptions, out=a.out, corruption=a.corruption)
     print(json.dumps(res, indent=1))
     return 0
 
