@@ -5,9 +5,15 @@ dataset (each region gets a known score and error type), then, when cases have p
 feedback.json, a short fine-tune on the rated regions of the initial masks (the synthetic samples
 stay in at a lower weight).
 
+``--corruption realistic|mixed`` adds whole-case errors of the real-CT error model, ``--with-initial``
+the cases' own initial masks (scored against the reference as the simulated rater does).
+
 ``quality predict DATASET --model quality.pt``: per-region suggestions written as the
 ``suggested`` model rater in each case's feedback.json (people's ratings are never touched), and
 a per-case summary with how many regions are confidently good.
+
+``quality benchmark --preset quick|real``: simulated active learning
+(:mod:`SCORERefineLib.quality.active_learning`), report + JSON + PNG in docs/.
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="synthetic masks: per-region corruptions of the reference, whole-case "
                         "errors of the real-CT error model with regions split from the corrupted "
                         "mask, or half each (docs/quality-predictor.md)")
+    t.add_argument("--with-initial", action="store_true",
+                   help="also learn from each case's own initial.nii.gz, its regions split from it "
+                        "and scored against reference.nii.gz as the simulated rater does (the "
+                        "segmenter's real errors; best measured transfer, docs/quality-predictor.md)")
     t.add_argument("--n-regions", type=int, default=12,
                    help="regions split from each reference for the synthetic samples (default 12)")
     t.add_argument("--synthetic-weight", type=float, default=0.3,
@@ -134,7 +144,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..feedback import load_feedback
     from ..progress import CancelToken
-    from ..quality.data import rated_samples, synthetic_samples
+    from ..quality.data import mask_samples, rated_samples, synthetic_samples
     from ..quality.network import QualityConfig, quality_config
     from ..quality.train import train_quality
     from ..regions import RegionParams
@@ -160,6 +170,10 @@ def run_train(args: argparse.Namespace) -> int:
                                            n_corruptions=args.corruptions, case_id=case.case_id,
                                            region_params=RegionParams(n_regions=args.n_regions),
                                            corruption=args.corruption)
+            if args.with_initial:
+                synthetic += mask_samples(image, case.load_initial(like=image).array,
+                                          reference.array, config,
+                                          RegionParams(n_regions=args.n_regions), case.case_id)
         if case.has_feedback and case.has_regions:
             consensus = load_feedback(case.feedback_path).consensus()   # people only
             if consensus:

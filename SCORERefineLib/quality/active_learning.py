@@ -16,8 +16,8 @@ cases are refined; the score is the mean Dice gain over the test cases' initial 
 
 ``k = 0`` without fill-in is the initial mask (gain 0, nothing to train on); ``k = all`` is the
 same training for every order (computed once). The predictor is trained on synthetic corruptions
-of the *training* cases' reference masks only (no ratings: the ratings are what is being
-counted), and its accuracy is measured on the *test* cases' initial masks (score MAE, Spearman
+of the *training* cases' reference masks only (no ratings, nor their initial masks' truth: the
+ratings are what is being counted), and its accuracy is measured on the *test* cases' initial masks (score MAE, Spearman
 with the true region Dice, over/under accuracy, ECE; :func:`.evaluate.accuracy`).
 
 The regions are not extended after rating here (every arm keeps the same split), so the ``all``
@@ -60,7 +60,10 @@ class ALConfig:
     quality_network: str = "small"
     quality_steps: int = 300
     quality_corruptions: int = 4
-    quality_corruption: str = "mixed"
+    quality_corruption: str = "realistic"
+    #: also the training cases' own initial masks with the rater's truth: that is the very
+    #: rating being counted, so it stays off here (it leaks every rating into the predictor)
+    quality_with_initial: bool = False
     seed: int = 0
     threads: Optional[int] = 1
     notes: tuple = field(default_factory=tuple)
@@ -126,9 +129,11 @@ def truth_ratings(case, params):
 # ---------------------------------------------------------------------------- predictor
 
 def train_predictor(train: Path, out: Path, cfg: ALConfig, params) -> Path:
-    """The quality predictor from synthetic corruptions of the training references only."""
+    """The quality predictor from synthetic corruptions of the training references and (with
+    ``quality_with_initial``) the training cases' own initial masks, with the simulated rater's
+    truth; never from the ratings being counted."""
     from ..case import list_cases
-    from .data import synthetic_samples
+    from .data import mask_samples, synthetic_samples
     from .network import quality_config
     from .train import train_quality
 
@@ -140,6 +145,10 @@ def train_predictor(train: Path, out: Path, cfg: ALConfig, params) -> Path:
         samples += synthetic_samples(image, case.load_reference(like=image).array, qcfg, rng,
                                      cfg.quality_corruptions, params, case_id=case.case_id,
                                      corruption=cfg.quality_corruption)
+        if cfg.quality_with_initial:
+            samples += mask_samples(image, case.load_initial(like=image).array,
+                                    case.load_reference(like=image).array, qcfg, params,
+                                    case_id=case.case_id)
     return train_quality(samples, out, steps=cfg.quality_steps, config=qcfg, seed=cfg.seed,
                          num_threads=cfg.threads)
 
@@ -364,7 +373,8 @@ def render_markdown(report: dict, command: str, png_name: str) -> str:
              f"patch {tuple(cfg['patch'])}, batch {cfg['batch']}, one seed; predictor: "
              f"{cfg['quality_steps']} steps, network {cfg['quality_network']}, "
              f"{cfg['quality_corruptions']} {cfg['quality_corruption']} corruptions per training "
-             f"reference ({report['quality_train_seconds']:.0f} s). Regions are not extended "
+             f"reference{' plus its initial mask' if cfg.get('quality_with_initial') else ''} "
+             f"({report['quality_train_seconds']:.0f} s). Regions are not extended "
              f"after rating.", "",
              f"**{savings_sentence(report)}**", "",
              f"![Dice gain against ratings]({png_name})", "",

@@ -133,31 +133,41 @@ def realistic_mask(image: Volume, reference: np.ndarray, rng: np.random.Generato
     return mask
 
 
-def realistic_samples(image: Volume, reference: np.ndarray, config: QualityConfig,
-                      rng: np.random.Generator, n_copies: int = 4, region_params=None,
-                      case_id: str = "") -> list[QualitySample]:
-    """Samples from ``n_copies`` whole-case corruptions (:func:`realistic_mask`) whose regions are
-    split from the *corrupted* mask, as the SCORE loop splits an initial mask; the truth is what
-    the simulated rater says (:func:`SCORERefineLib.rater.region_agreement` against the
-    reference, :func:`~SCORERefineLib.calibration.dice_to_score`, the dominant side)."""
+def mask_samples(image: Volume, mask: np.ndarray, reference: np.ndarray, config: QualityConfig,
+                 region_params=None, case_id: str = "") -> list[QualitySample]:
+    """Samples from one whole mask (e.g. a case's own initial mask) whose regions are split from
+    that mask, as the SCORE loop splits an initial mask; the truth is what the simulated rater
+    says (:func:`SCORERefineLib.rater.region_agreement` against the reference,
+    :func:`~SCORERefineLib.calibration.dice_to_score`, the dominant side)."""
     from ..calibration import dice_to_score
     from ..rater import region_agreement
     from ..regions import RegionParams, split_regions
 
+    mask = np.asarray(mask) != 0
+    if not mask.any():
+        return []
     ref = np.asarray(reference) != 0
+    regions = split_regions(mask.astype(np.uint8), image.geometry.spacing_zyx,
+                            region_params or RegionParams())
+    agree = region_agreement(mask, ref, regions)
+    out = []
+    for label, crop in region_crops(image, mask, regions, config, labels=sorted(agree)).items():
+        a = agree[label]
+        score = dice_to_score(min(a["dice"], 1.0))
+        error = "none" if score == 5 else ("over" if a["over"] >= a["under"] else "under")
+        out.append(QualitySample(crop, score, error, float(a["dice"]), case_id, label))
+    return out
+
+
+def realistic_samples(image: Volume, reference: np.ndarray, config: QualityConfig,
+                      rng: np.random.Generator, n_copies: int = 4, region_params=None,
+                      case_id: str = "") -> list[QualitySample]:
+    """Samples from ``n_copies`` whole-case corruptions (:func:`realistic_mask`), each through
+    :func:`mask_samples` (regions split from the corrupted mask, the simulated rater's truth)."""
     out = []
     for _ in range(int(n_copies)):
-        mask = realistic_mask(image, ref, rng)
-        if not mask.any():
-            continue
-        regions = split_regions(mask.astype(np.uint8), image.geometry.spacing_zyx,
-                                region_params or RegionParams())
-        agree = region_agreement(mask, ref, regions)
-        for label, crop in region_crops(image, mask, regions, config, labels=sorted(agree)).items():
-            a = agree[label]
-            score = dice_to_score(min(a["dice"], 1.0))
-            error = "none" if score == 5 else ("over" if a["over"] >= a["under"] else "under")
-            out.append(QualitySample(crop, score, error, float(a["dice"]), case_id, label))
+        out += mask_samples(image, realistic_mask(image, reference, rng), reference, config,
+                            region_params, case_id)
     return out
 
 

@@ -29,7 +29,7 @@ from ..phantoms import get_preset, make_phantom
 from ..rater import region_agreement
 from ..calibration import dice_to_score
 from ..regions import RegionParams, split_regions
-from .data import synthetic_samples
+from .data import mask_samples, synthetic_samples
 from .network import quality_config
 from .predict import predict_case, predict_crops
 from .train import load_quality_model, train_quality
@@ -72,7 +72,7 @@ def evaluate_predictor(train_seeds: Sequence[int] = range(0, 6), test_seeds: Seq
                        preset: str = "default", network: str = "small", steps: int = 400,
                        n_corruptions: int = 6, n_regions: int = 12, out: str = "quality_eval.pt",
                        num_threads: Optional[int] = 1, seed: int = 0,
-                       corruption: str = "regions") -> dict:
+                       corruption: str = "regions", with_initial: bool = False) -> dict:
     """Train on ``train_seeds`` phantoms, evaluate on ``test_seeds`` (see the module docstring)."""
     t0 = time.monotonic()
     cfg = quality_config(network)
@@ -84,6 +84,9 @@ def evaluate_predictor(train_seeds: Sequence[int] = range(0, 6), test_seeds: Seq
         p = make_phantom(s, conf)
         samples += synthetic_samples(p.image, p.reference.array, cfg, rng, n_corruptions,
                                      params, case_id=f"train_{s}", corruption=corruption)
+        if with_initial:   # the training phantom's own initial mask (its errors, the rater's truth)
+            samples += mask_samples(p.image, p.initial.array, p.reference.array, cfg, params,
+                                    case_id=f"train_{s}")
     t_data = time.monotonic() - t0
     train_quality(samples, out, steps=steps, config=cfg, seed=seed, num_threads=num_threads)
     t_train = time.monotonic() - t0 - t_data
@@ -101,7 +104,8 @@ def evaluate_predictor(train_seeds: Sequence[int] = range(0, 6), test_seeds: Seq
             score = dice_to_score(min(a["dice"], 1.0))
             error = "none" if score == 5 else ("over" if a["over"] >= a["under"] else "under")
             initial.append(_row(score, error, a["dice"], preds[r]))
-    return {"preset": preset, "network": network, "steps": steps, "corruption": corruption,
+    return {"preset": preset, "network": network, "steps": steps, "corruption": corruption, "seed": seed,
+            "with_initial": with_initial,
             "n_train_samples": len(samples),
             "train_seeds": list(train_seeds), "test_seeds": list(test_seeds),
             "seconds": {"data": round(t_data, 1), "train": round(t_train, 1),
@@ -120,9 +124,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="quality_eval.pt")
     ap.add_argument("--corruption", default="regions", choices=("regions", "realistic", "mixed"),
                     help="training masks: region corruptions, the real-CT error model, or half each")
+    ap.add_argument("--seed", type=int, default=0, help="sampling and training seed")
+    ap.add_argument("--with-initial", action="store_true",
+                    help="also train on the training phantoms' own initial masks (rater's truth)")
     a = ap.parse_args(argv)
     res = evaluate_predictor(range(a.n_train), range(100, 100 + a.n_test), a.preset, a.network,
-                             a.steps, a.corruptions, out=a.out, corruption=a.corruption)
+                             a.steps, a.corruptions, out=a.out, corruption=a.corruption,
+                             with_initial=a.with_initial, seed=a.seed)
     print(json.dumps(res, indent=1))
     return 0
 
