@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--init", default=None, help="start from this quality checkpoint")
     t.add_argument("--corruptions", type=int, default=4,
                    help="corrupted copies of each reference (default 4; one sample per region each)")
-    t.add_argument("--corruption", choices=("regions", "realistic", "mixed"), default="regions",
+    t.add_argument("--corruption", choices=("regions", "realistic", "mixed"), default="realistic",
                    help="synthetic masks: per-region corruptions of the reference, whole-case "
                         "errors of the real-CT error model with regions split from the corrupted "
                         "mask, or half each (docs/quality-predictor.md)")
