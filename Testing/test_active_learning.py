@@ -51,3 +51,6 @@ def test_smoke_run_writes_every_arm_the_accuracy_and_the_curve(tmp_path, one_tor
     assert json.loads(js.read_text())["cohort"] == "phantoms"
     text = md.read_text()
     assert "| uncertainty+fill | all |" in text and savings_sentence(report) in text
+    fills = [p for p in report["points"] if p["order"] == "uncertainty+fill"]
+    assert all("filled_in" in p and p["filled_in"] >= 0 for p in fills)
+    assert all(0.25 <= p["filled_in_mean_trust"] <= 1.0 for p in fills if p["filled_in"])

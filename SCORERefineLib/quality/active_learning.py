@@ -228,6 +228,31 @@ def write_arm(train: Path, dest: Path, truth: dict, orders: dict, k: int, sugges
     return n
 
 
+def filled_in_quality(truth: dict, orders: dict, k: int, preds: dict) -> dict:
+    """How many regions the predictor fills in (q >= 0.5) beside the first ``k`` of each case's
+    order, their mean trust q^2, and how often the filled-in score / over-under is the truth's."""
+    from .ranking import fill_in_ratings
+
+    n = exact = within1 = err_right = err_n = 0
+    trust = []
+    for cid, fb in truth.items():
+        chosen = orders[cid] if k == ALL else orders[cid][:k]
+        for r, (score, error, w) in fill_in_ratings(preds[cid], exclude=chosen).items():
+            t = fb.raters["simulated"][r]
+            n += 1
+            trust.append(w)
+            exact += int(score == t.score)
+            within1 += int(abs(score - t.score) <= 1)
+            if t.score < 5 and score < 5:
+                err_n += 1
+                err_right += int(error == t.error)
+    return {"filled_in": n, "filled_in_mean_trust": float(np.mean(trust)) if trust else 0.0,
+            "filled_in_exact": exact / n if n else float("nan"),
+            "filled_in_within_one": within1 / n if n else float("nan"),
+            "filled_in_error_right": err_right / err_n if err_n else float("nan"),
+            "filled_in_error_n": err_n}
+
+
 def _gain(test: Path, name: str, model_path, initial_rows: list) -> tuple[float, list]:
     from ..pipeline import evaluate_masks
     from ..refiners import make_refiner
@@ -302,7 +327,8 @@ def run_active_learning(preset: str | ALConfig, workdir: Path, log: Callable[[st
         fill = order == "uncertainty+fill"
         key = ("all",) if k == ALL else (order, k)   # every order rates everything at k = all
         if key in done:
-            return {**done[key], "order": order}
+            extra = filled_in_quality(truth, orders[order], k, preds) if fill else {}
+            return {**done[key], **extra, "order": order}
         name = f"al_{order.replace('+', '_')}_{'all' if k == ALL else k}"
         dest = workdir / "arms" / name
         n = write_arm(train_dir, dest, truth, orders[order], k, preds)
@@ -319,6 +345,8 @@ def run_active_learning(preset: str | ALConfig, workdir: Path, log: Callable[[st
             gain, rows = _gain(test_dir, name, model_path, initial.rows)
             row = {"k": k, "ratings": n, "gain": gain, "dice": init_dice + gain, "trained": True,
                    "seconds": round(time.monotonic() - t, 1)}
+        if fill:
+            row.update(filled_in_quality(truth, orders[order], k, preds))
         row["ratings_per_case"] = n / max(len(train_cases), 1)
         row["fraction"] = n / max(sum(n_regions.values()), 1)
         done[key] = row
@@ -354,7 +382,7 @@ def savings_sentence(report: dict) -> str:
     full = report.get("full_gain")
     if full is None or full <= 0:
         return (f"Rating every region gives no Dice gain here ({0.0 if full is None else full:+.4f}), "
-                f"so no saving can be measured: the SCORE training is too short for this cohort.")
+                f"so no saving can be measured at this training budget.")
     s = report["fraction_to_full_gain"]
     verdict = ("meets" if s["uncertainty"] is not None and s["uncertainty"] <= 0.5 else "misses")
     return (f"The uncertainty order reaches the gain of rating every region ({full:+.4f} Dice) with "
@@ -370,22 +398,27 @@ def render_markdown(report: dict, command: str, png_name: str) -> str:
              f"Command: `{command}`  ",
              f"Date: {report['date']}; {report['seconds']:.0f} s in all on this machine.", "",
              f"{report['n_train']} training cases ({report['mean_regions_per_case']:.1f} regions "
-             f"each), {report['n_test']} held-out test cases (initial Dice "
+             f"each), {report['n_test']} held-out test case(s) (initial Dice "
              f"{report['initial_dice']:.4f}). SCORE: {cfg['steps']} steps, network {cfg['network']}, "
              f"patch {tuple(cfg['patch'])}, batch {cfg['batch']}, one seed; predictor: "
              f"{cfg['quality_steps']} steps, network {cfg['quality_network']}, "
-             f"{cfg['quality_corruptions']} {cfg['quality_corruption']} corruptions per training "
+             f"{cfg['quality_corruptions']} {cfg['quality_corruption']} corruption(s) per training "
              f"reference{' plus its initial mask' if cfg.get('quality_with_initial') else ''} "
              f"({report['quality_train_seconds']:.0f} s). Regions are not extended "
              f"after rating.", "",
              f"**{savings_sentence(report)}**", "",
              f"![Dice gain against ratings]({png_name})", "",
-             "| order | k per case | ratings | ratings / case | share of all | mean Dice gain | trained |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| order | k per case | ratings | ratings / case | share of all | mean Dice gain | trained "
+             "| filled in (mean q², exact score, within 1, over/under right of n) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in report["points"]:
+        filled = "" if "filled_in" not in p else (
+            f"{p['filled_in']} ({p['filled_in_mean_trust']:.2f}, {p['filled_in_exact']:.2f}, "
+            f"{p['filled_in_within_one']:.2f}, {p['filled_in_error_right']:.2f} of "
+            f"{p['filled_in_error_n']})")
         lines.append(f"| {p['order']} | {'all' if p['k'] == ALL else p['k']} | {p['ratings']} | "
                      f"{p['ratings_per_case']:.1f} | {100 * p['fraction']:.0f}% | {p['gain']:+.4f} | "
-                     f"{'yes' if p['trained'] else 'no (initial mask)'} |")
+                     f"{'yes' if p['trained'] else 'no (initial mask)'} | {filled} |")
     lines += ["", "Predictor accuracy on the held-out cases' initial masks (truth: the simulated "
               "rater):", "",
               "| regions | score MAE | expected-score MAE | exact score | Spearman (E[score], Dice) | "
