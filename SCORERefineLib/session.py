@@ -335,15 +335,20 @@ class RatingSession:
             todo = self.remaining_order()
             if todo:
                 i = todo.index(self._current) if self._current in todo else -1
-                return self.go_to((todo[i + 1:] + todo[:i + 1])[0])
+                return self._next_message(self.go_to((todo[i + 1:] + todo[:i + 1])[0]))
         n = len(self.labels)
         for step in range(1, n + 1):
             k = self.labels[(self.current_index + step) % n]
             if not self.is_rated(k):
-                return self.go_to(k)
+                return self._next_message(self.go_to(k))
         self.last_message = f"All {len(self.labels)} regions are rated. Save the case."
         self._notify(EVENT_ALL_RATED)
         return None
+
+    def _next_message(self, region: int) -> int:
+        note = self.confidence_note()
+        self.last_message = f"Region {region}: not rated yet." + (f" {note}." if note else "")
+        return region
 
     # ------------------------------------------------------------------ rating
     def _snapshot(self, region: int) -> tuple:

@@ -314,6 +314,12 @@ def test_quality_predictor_suggest_accept_with_a_and_doubtful_first(panel, quali
     assert session.feedback.raters["dr_a"][first].score == 5
     assert "is kept" in u.rateStatusLabel.text
     assert not session.feedback.is_model("dr_a") and session.feedback.is_model("suggested")
+    # when every unrated region is confidently good to the predictor, the panel says so
+    from SCORERefineLib.quality.ranking import _prediction
+    session.add_suggestions({k: _prediction(k, np.array([0, 0, 0, 0.02, 0.98]), np.array([0.1, 0.1, 0.8]))
+                             for k in session.labels})
+    _key(parent, "N")
+    assert "confidently good" in u.rateStatusLabel.text, u.rateStatusLabel.text
 
 
 def test_quality_predictor_trains_in_the_background_from_the_panel(panel, tmp_path):
