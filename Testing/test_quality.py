@@ -206,3 +206,15 @@ def test_realistic_corruptions_are_whole_case_errors_rated_as_the_rater_does(pha
     assert len(mixed) >= 6
     with pytest.raises(ValueError, match="corruption must be one of"):
         synthetic_samples(phantom.image, phantom.reference.array, cfg, rng, corruption="blobs")
+
+
+def test_accuracy_separates_the_suggested_error_from_the_direction():
+    from SCORERefineLib.quality.evaluate import _row, accuracy
+    says_five_leans_over = _pred(1, [0, 0, 0.1, 0.3, 0.6], err=(0.5, 0.2, 0.3))
+    says_two_under = _pred(2, [0.1, 0.6, 0.3, 0, 0], err=(0.2, 0.7, 0.1))
+    rows = [_row(3, "over", 0.8, says_five_leans_over), _row(2, "over", 0.6, says_two_under),
+            _row(5, "none", 0.99, says_five_leans_over)]
+    a = accuracy(rows)
+    assert a["n_errors"] == 2
+    assert a["over_under_accuracy"] == 0.0          # 'none' (a 5) and 'under' are both wrong
+    assert a["direction_accuracy"] == 0.5           # the first one leans the right way

@@ -422,12 +422,13 @@ def render_markdown(report: dict, command: str, png_name: str) -> str:
     lines += ["", "Predictor accuracy on the held-out cases' initial masks (truth: the simulated "
               "rater):", "",
               "| regions | score MAE | expected-score MAE | exact score | Spearman (E[score], Dice) | "
-              "over/under acc. (n) | ECE | true scores 1-5 |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "over/under acc. (n) | direction acc. | ECE | true scores 1-5 |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     if a.get("n"):
         lines.append(f"| {a['n']} | {a['score_mae']:.2f} | {a['expected_score_mae']:.2f} | "
                      f"{a['score_accuracy']:.2f} | {a['spearman_dice']:.2f} | "
-                     f"{a['over_under_accuracy']:.2f} ({a['n_errors']}) | {a['ece']:.2f} | "
+                     f"{a['over_under_accuracy']:.2f} ({a['n_errors']}) | "
+                     f"{a['direction_accuracy']:.2f} | {a['ece']:.2f} | "
                      f"{a['true_score_counts']} |")
     return "\n".join(lines) + "\n"
 
