@@ -117,7 +117,7 @@ class RegionRow:
     rated: bool
     current: bool
     voxels: int
-    suggestion: str = ""     # the predictor's suggestion, e.g. "3 under (0.62)"; "" when none
+    suggestion: str = ""     # the predictor's suggestion, e.g. "3 under (confidence 0.62)"
 
     @property
     def cells(self) -> tuple[str, str, str, str]:
@@ -439,7 +439,7 @@ class RatingSession:
         nxt = self.next_unrated()
         if nxt is not None:
             note = self.confidence_note()
-            self.last_message = f"{said} Next: region {nxt}." + (f" {note}" if note else "")
+            self.last_message = f"{said} Next: region {nxt}." + (f" {note}." if note else "")
 
     def mark_over(self) -> None:
         """The current region is over-segmented (mask too big); pressing again clears it."""
