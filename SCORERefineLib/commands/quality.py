@@ -32,14 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                      "fine-tune on rated regions when feedback exists")
     t.add_argument("dataset", help="dataset folder (cases/<id>/image, initial, reference, feedback.json)")
     t.add_argument("--out", required=True, help="quality checkpoint to write (e.g. quality.pt)")
-    t.add_argument("--steps", type=int, default=300, help="steps on synthetic samples (default 300)")
+    t.add_argument("--steps", type=int, default=1200, help="steps on synthetic samples (default 1200)")
     t.add_argument("--finetune-steps", type=int, default=None,
                    help="steps on rated regions (default steps/3; 0: no fine-tuning)")
     t.add_argument("--network", choices=("tiny", "small"), default="small",
                    help="tiny (tests) or small (default)")
     t.add_argument("--init", default=None, help="start from this quality checkpoint")
-    t.add_argument("--corruptions", type=int, default=4,
-                   help="corrupted copies of each reference (default 4; one sample per region each)")
+    t.add_argument("--corruptions", type=int, default=8,
+                   help="corrupted copies of each reference (default 8; one sample per region each)")
     t.add_argument("--corruption", choices=("regions", "realistic", "mixed"), default="realistic",
                    help="synthetic masks: per-region corruptions of the reference, whole-case "
                         "errors of the real-CT error model with regions split from the corrupted "

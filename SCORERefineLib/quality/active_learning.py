@@ -58,8 +58,8 @@ class ALConfig:
     patch: tuple = (32, 32, 32)
     batch: int = 2
     quality_network: str = "small"
-    quality_steps: int = 300
-    quality_corruptions: int = 4
+    quality_steps: int = 1200
+    quality_corruptions: int = 8
     quality_corruption: str = "realistic"
     #: also the training cases' own initial masks with the rater's truth: that is the very
     #: rating being counted, so it stays off here (it leaks every rating into the predictor)
