@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--network", choices=("tiny", "small"), default="small",
                    help="tiny (tests) or small (default)")
     t.add_argument("--init", default=None, help="start from this quality checkpoint")
-    t.add_argument("--corruptions", type=int, default=8,
-                   help="corrupted copies of each reference (default 8; one sample per region each)")
+    t.add_argument("--corruptions", type=int, default=12,
+                   help="corrupted copies of each reference (default 12; one sample per region each)")
     t.add_argument("--corruption", choices=("regions", "realistic", "mixed"), default="realistic",
                    help="synthetic masks: per-region corruptions of the reference, whole-case "
                         "errors of the real-CT error model with regions split from the corrupted "
