@@ -374,6 +374,10 @@ def run_active_learning(preset: str | ALConfig, workdir: Path, log: Callable[[st
 
 # ---------------------------------------------------------------------------- report
 
+def _num(x: float) -> str:
+    return "-" if x != x else f"{x:.2f}"
+
+
 def _pct(x: Optional[float]) -> str:
     return "not reached" if x is None else f"{100 * x:.0f}%"
 
@@ -413,8 +417,8 @@ def render_markdown(report: dict, command: str, png_name: str) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in report["points"]:
         filled = "" if "filled_in" not in p else (
-            f"{p['filled_in']} ({p['filled_in_mean_trust']:.2f}, {p['filled_in_exact']:.2f}, "
-            f"{p['filled_in_within_one']:.2f}, {p['filled_in_error_right']:.2f} of "
+            f"{p['filled_in']} ({_num(p['filled_in_mean_trust'])}, {_num(p['filled_in_exact'])}, "
+            f"{_num(p['filled_in_within_one'])}, {_num(p['filled_in_error_right'])} of "
             f"{p['filled_in_error_n']})")
         lines.append(f"| {p['order']} | {'all' if p['k'] == ALL else p['k']} | {p['ratings']} | "
                      f"{p['ratings_per_case']:.1f} | {100 * p['fraction']:.0f}% | {p['gain']:+.4f} | "
