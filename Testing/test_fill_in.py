@@ -143,3 +143,14 @@ def test_train_flags_set_the_score_mode_fill_in():
     with pytest.raises(InputError, match="--fill-in do\\(es\\) not apply to --mode full"):
         cmd.config_from_args(parser.parse_args(["ds", "--out", "m.pt", "--mode", "full",
                                                 "--fill-in", "suggested"]))
+
+
+def test_fill_in_without_any_suggestions_is_one_clear_error(tmp_path):
+    from SCORERefineLib.case import list_cases
+    from SCORERefineLib.errors import TrainingError
+
+    _sphere_case(tmp_path / "ds", TRUE_RADIUS, 5, "none", n_regions=4)
+    cases = list_cases(tmp_path / "ds")
+    assert ScoreMode(ScoreConfig()).select(cases) == cases
+    with pytest.raises(TrainingError, match="no case has suggestions from the model rater 'sugested'"):
+        ScoreMode(ScoreConfig(fill_in="sugested")).select(cases)

@@ -92,6 +92,22 @@ class ScoreMode(TrainingMode):
     def keep(self, targets: CaseTargets) -> bool:
         return targets.info.get("n_rated_regions", 0) > 0
 
+    def select(self, cases: list) -> list:
+        """The usable cases; with ``fill_in``, at least one must hold that model rater's
+        suggestions with their probabilities (else the option would silently do nothing)."""
+        chosen = super().select(cases)
+        name = self.config.fill_in
+        if name and chosen:
+            from ...feedback import load_feedback
+            from ...quality.suggestions import suggestions_from_feedback
+            if not any(suggestions_from_feedback(load_feedback(c.feedback_path), name)
+                       for c in chosen):
+                raise TrainingError(
+                    f"--fill-in {name}: no case has suggestions from the model rater '{name}' "
+                    f"with their probabilities; run `scorerefine quality predict DATASET --model "
+                    f"quality.pt --rater {name}` first (or check the name).")
+        return chosen
+
     def missing_message(self, dataset) -> str:
         return (f"no rated region in {dataset}: no case has a feedback.json with ratings. Rate the "
                 f"regions first: `scorerefine rate {dataset}` (or the Slicer module), then train.")
