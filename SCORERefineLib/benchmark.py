@@ -220,9 +220,34 @@ def _with_case_id(rows):
     return [{**r, "case_id": r["case"]} for r in rows]
 
 
+#: training settings that do not change what is learned (ignored when reusing a model)
+_RUN_ONLY_SETTINGS = ("device", "num_threads", "resume", "prefetch", "checkpoint_every",
+                      "seconds", "steps_per_second", "steps_run")
+
+
+def reusable_model(path: Path, config) -> TrainResult | None:
+    """An earlier run's checkpoint at ``path`` when it is complete and was trained with the same
+    settings as ``config`` (everything but :data:`_RUN_ONLY_SETTINGS`), else None. Its recorded
+    training seconds are reported. The cohort is regenerated from the same seed, so the data are
+    the same too."""
+    from .refiner.checkpoint import load_checkpoint
+
+    if not Path(path).exists():
+        return None
+    try:
+        meta = load_checkpoint(path, map_location="cpu")["metadata"]
+    except Exception:
+        return None
+    had = {k: v for k, v in (meta.get("training") or {}).items() if k not in _RUN_ONLY_SETTINGS}
+    want = {k: v for k, v in config.to_dict().items() if k not in _RUN_ONLY_SETTINGS}
+    if not meta.get("complete") or json.loads(json.dumps(had)) != json.loads(json.dumps(want)):
+        return None
+    return TrainResult(Path(path), float((meta.get("training") or {}).get("seconds", 0.0)), config)
+
+
 def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: str = "bar",
                   cancel: CancelToken | None = None, rows: Sequence[str] | None = None,
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = print, reuse_models: bool = False) -> dict:
     """Run every row of ``preset``.
 
     Args:
@@ -233,6 +258,9 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         cancel: stops the run.
         rows: trained rows to run (default: the preset's); rows 1-2 always run.
         log: receives one line per stage.
+        reuse_models: use a row's model from an earlier run in ``workdir/models`` when it was
+            trained with the same settings (:func:`reusable_model`) instead of training again;
+            the report lists the reused rows.
 
     Returns:
         The report as a JSON-serialisable dict.
@@ -265,13 +293,28 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         evaluate_masks(split.test, "classical", make_refiner("classical"), cancel=cancel),
     ]
     trainings: dict[str, TrainResult] = {}
+    reused: list[str] = []
     for row in rows:
         spec = ROW_TRAINING[row]
-        log(f"[benchmark] training '{row}' ({spec.mode} mode, {cfg.steps} steps)")
-        trainings[row] = train_model(datasets[spec.dataset], workdir / "models" / f"{row}.pt",
-                                     row_config(row, cfg, device), progress=progress, cancel=cancel)
+        path, config = workdir / "models" / f"{row}.pt", row_config(row, cfg, device)
+        earlier = reusable_model(path, config) if reuse_models else None
+        if earlier is not None:
+            log(f"[benchmark] reusing '{row}' from {path} (trained with the same settings)")
+            trainings[row] = earlier
+            reused.append(row)
+        else:
+            log(f"[benchmark] training '{row}' ({spec.mode} mode, {cfg.steps} steps)")
+            trainings[row] = train_model(datasets[spec.dataset], path, config, progress=progress,
+                                         cancel=cancel)
         results.append(evaluate_masks(split.test, row, make_refiner(trainings[row].model, device),
                                       cancel=cancel))
+    from .regions import dataset_coverage
+    cov = dataset_coverage(split.train, extend=False)   # the rated regions as training saw them
+    coverage = {"pooled": cov["pooled"], "min": cov["min"], "n_cases": len(cov["cases"])}
+    pseudo = {}
+    if "score" in trainings:
+        log("[benchmark] checking the SCORE pseudo-labels against the training cases' references")
+        pseudo = pseudo_label_report(split.train, trainings["score"].model, device)
     table = summary_table(results)
     n_ratings = _count_ratings(split.train)
     base = _with_case_id(results[0].rows)
@@ -284,6 +327,8 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         comps = [r["components"] for res in results if res.name == row for r in res.rows
                  if r.get("components") is not None]
         entry["components_mean"] = float(np.mean(comps)) if comps else float("nan")
+        entry["detached_components"] = int(sum(r.get("detached", 0) for res in results
+                                               if res.name == row for r in res.rows))
         entry["label"] = ROW_LABELS[row]
         entry["train_seconds"] = trainings[row].seconds if row in trainings else 0.0
         if row in ("initial", "classical"):
@@ -296,12 +341,25 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
             entry["feedback"] = f"{n_ratings} ratings"
             entry["feedback_seconds"] = n_ratings * SECONDS_PER_RATING
     by = {e["method"]: e for e in table}
-    targets = evaluate_targets(by)
+    targets = evaluate_targets(by) + do_no_harm_targets(by)
     return {"preset": preset, "config": asdict(cfg), "machine": machine_description(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "rows": table, "targets": targets, "n_ratings": n_ratings,
             "per_case": {res.name: res.rows for res in results},
-            "structures": structures}
+            "structures": structures, "pseudo_labels": pseudo, "coverage": coverage,
+            "reused_models": reused}
+
+
+def pseudo_label_report(train: Path, model: Path, device: str = "auto") -> dict:
+    """The SCORE pseudo-labels' agreement with the references of the training cases (which
+    training never reads), before training (ranking by depth + appearance) and with the trained
+    model's ranking: :mod:`~.refiner.pseudo_check`. ``{"cases": [...], "summary": {...}}``."""
+    from .refiner.device import resolve_device
+    from .refiner.pseudo_check import dataset_pseudo_label_check, summarise_check
+
+    dev = str(resolve_device(device))
+    rows = dataset_pseudo_label_check(list_cases(train), model, device=dev)
+    return {"cases": rows, "summary": summarise_check(rows)}
 
 
 def per_structure_rows(report: dict) -> list[dict]:
@@ -340,6 +398,30 @@ def evaluate_targets(by: dict) -> list[dict]:
             out.append({"target": f"SCORE recovers >= {TARGET_RECOVERY:.0%} of the fully supervised "
                                   f"Dice gain", "value": recovery,
                         "met": bool(np.isfinite(recovery) and recovery >= TARGET_RECOVERY)})
+    return out
+
+
+def do_no_harm_targets(by: dict) -> list[dict]:
+    """Issue 8's do-no-harm targets for each trained refinement row present (SCORE and full
+    supervision): no test case loses more than 0.005 Dice, mean HD95 not above the initial
+    masks', no component detached from the initial structure's neighbourhood."""
+    out = []
+    if "initial" not in by:
+        return out
+    hd0 = by["initial"]["hd95_mean"]
+    for row in ("score", "full"):
+        if row not in by:
+            continue
+        e = by[row]
+        out.append({"target": f"{row}: no test case loses more than 0.005 Dice (cases)",
+                    "value": int(e.get("worse_than_initial", 0)), "kind": "count",
+                    "met": int(e.get("worse_than_initial", 0)) == 0})
+        out.append({"target": f"{row}: mean HD95 not worse than the initial masks' "
+                              f"({hd0:.2f} mm)", "value": float(e["hd95_mean"]), "kind": "mm",
+                    "met": bool(e["hd95_mean"] <= hd0 + 1e-9)})
+        out.append({"target": f"{row}: no component detached from the initial structure "
+                              f"(components)", "value": int(e.get("detached_components", 0)),
+                    "kind": "count", "met": int(e.get("detached_components", 0)) == 0})
     return out
 
 
@@ -383,13 +465,15 @@ def render_markdown(report: dict, command: str) -> str:
         lines.append(
             f"| {e['label']} | {e['dice_mean']:.4f} ± {e['dice_std']:.4f} "
             f"| {e['hd95_mean']:.2f} ± {e['hd95_std']:.2f} | {e['assd_mean']:.3f} ± {e['assd_std']:.3f} "
-            f"| {e.get('components_mean', float('nan')):.1f} "
+            f"| {e.get('components_mean', float('nan')):.1f} ({e.get('detached_components', 0)}) "
             f"| {e['dice_gain']:+.4f} | {e['improved']:.0%} | {e.get('worse_than_initial', 0)} "
             f"| {e['feedback']} ({e['feedback_seconds'] / 60:.1f} min) "
             f"| {e['train_seconds']:.0f} | {e['seconds_per_case']:.2f} |")
     lines += ["", "ΔDice, 'cases improved' and 'worse than initial' (test cases whose Dice "
               "dropped by more than 0.005) are against row 1 (the initial masks); components is "
-              "the mean number of 26-connected components of the result."]
+              "the mean number of 26-connected components of the result, in brackets the number of "
+              "components (over all test cases) that do not touch the initial mask's "
+              "neighbourhood (one voxel)."]
     if report.get("structures"):
         lines += ["", "## Per structure (held-out test structures)", "",
                   "| structure | group | row | Dice | HD95 mm | components | worse than initial |",
@@ -398,13 +482,44 @@ def render_markdown(report: dict, command: str) -> str:
             lines.append(f"| {r['structure']} | {r['group']} | {ROW_LABELS.get(r['method'], r['method'])} "
                          f"| {r['dice']:.4f} | {r['hd95']:.2f} | {r['components']} "
                          f"| {'**yes**' if r['worse_than_initial'] else 'no'} |")
+    cov = report.get("coverage") or {}
+    if cov:
+        lines += ["", f"Regions reach the errors: the rated (and, after rating, extended) regions "
+                      f"of the {cov['n_cases']} training cases hold {cov['pooled']:.1%} of the "
+                      f"voxels where the initial mask is wrong (pooled; lowest case "
+                      f"{cov['min']:.1%}; target 95%)."]
+    summ = (report.get("pseudo_labels") or {}).get("summary") or {}
+    if summ:
+        lines += ["", "## SCORE pseudo-labels on the training cases", "",
+                  "Inside the rated regions of the training cases, against their references (which "
+                  "training never reads): Dice of the initial mask and of the pseudo-label targets "
+                  "the SCORE loss derives from the ratings, ranked before training (depth + "
+                  "appearance evidence) and by the trained network; and the share of the voxels "
+                  "the targets flip from the initial mask that the reference confirms "
+                  "(`refiner/pseudo_check.py`). Voxel-weighted over "
+                  f"{summ.get('n_cases', 0)} cases.", "",
+                  "| initial Dice | pseudo-label Dice before | after | flips right before | after "
+                  "| flips before | after |", "| --- | --- | --- | --- | --- | --- | --- |",
+                  f"| {summ.get('initial_dice', float('nan')):.4f} "
+                  f"| {summ.get('pseudo_dice_before', float('nan')):.4f} "
+                  f"| {summ.get('pseudo_dice_after', float('nan')):.4f} "
+                  f"| {summ.get('precision_before', float('nan')):.1%} "
+                  f"| {summ.get('precision_after', float('nan')):.1%} "
+                  f"| {summ.get('changed_before', 0)} | {summ.get('changed_after', 0)} |"]
     lines += ["",
               "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
     for t in report["targets"]:
-        val = f"{t['value']:.1%}" if "%" in t["target"] else f"{t['value']:+.4f}"
+        kind = t.get("kind")
+        val = (str(t["value"]) if kind == "count" else f"{t['value']:.2f} mm" if kind == "mm"
+               else f"{t['value']:.1%}" if "%" in t["target"] else f"{t['value']:+.4f}")
         lines.append(f"| {t['target']} | {val} | {'yes' if t['met'] else '**no (missed)**'} |")
     if not report["targets"]:
         lines.append("| (no SCORE row was run) | | |")
+    if report.get("reused_models"):
+        lines += ["", f"Models of rows {', '.join(report['reused_models'])} were reused from an "
+                      f"earlier run of the same preset in the same work folder (`--reuse-models`: "
+                      f"same training settings, same seeded cohort); their training seconds are "
+                      f"that run's. Refinement and evaluation ran anew."]
     lines += ["", "## Notes", "",
               "- Ablations (settings of the score mode's config; flags of `scorerefine train`): `--no-direction` drops every use of the "
               "over/under label; `--no-amount` drops every use of the score's size (the pseudo-label, "

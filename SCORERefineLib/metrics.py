@@ -58,6 +58,21 @@ def n_components(mask: np.ndarray) -> int:
     return int(ndi.label(mask, structure=_FULL)[1])
 
 
+def detached_components(mask: np.ndarray, initial: np.ndarray) -> int:
+    """Number of 26-connected components of ``mask`` that do not touch the initial structure's
+    neighbourhood (``initial`` dilated by one voxel, 26-neighbourhood): islands a refinement
+    created away from the structure it was asked to correct. Both ``(z, y, x)``, one grid."""
+    from scipy import ndimage as ndi
+
+    mask, initial = np.asarray(mask) != 0, np.asarray(initial) != 0
+    if not mask.any():
+        return 0
+    lab, n = ndi.label(mask, structure=_FULL)
+    near = ndi.binary_dilation(initial, _FULL) if initial.any() else initial
+    touching = np.unique(lab[near & (lab > 0)])
+    return int(n - len(touching))
+
+
 def _crop(pred: np.ndarray, ref: np.ndarray, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Both masks cropped to their union's bounding box plus ``margin`` voxels (same result,
     less work for the distance transforms)."""

@@ -18,7 +18,7 @@ import numpy as np
 from .case import Case, list_cases
 from .feedback import save_feedback
 from .imageio import write_volume
-from .metrics import case_metrics, summarise
+from .metrics import case_metrics, detached_components, summarise
 from .phantoms import make_cohort
 from .predictions import iter_predict_dataset
 from .progress import CancelToken
@@ -163,6 +163,7 @@ def evaluate_masks(test: Path, name: str, refiner: Refiner, progress: str = "non
         row = {"case": case.case_id}
         row.update(case_metrics(mask.array, case.load_reference(like=mask).array,
                                 mask.geometry.spacing_zyx))
+        row["detached"] = detached_components(mask.array, case.load_initial(like=mask).array)
         rows.append(row)
         times.append(info["seconds"])
     return EvalResult(name, rows, times)

@@ -103,7 +103,7 @@ class ModelRefiner:
     accepts_context = True
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", margin_mm: float = 10.0,
-                 threshold: float = 0.5, overlap: float = 0.25, sw_batch_size: int = 1,
+                 threshold: float = 0.5, overlap: float = 0.25, sw_batch_size: int = 4,
                  cancel: CancelToken | None = None,
                  progress: Callable[[int, int], None] | None = None, guard: bool = True):
         from .refiner.inference import load_model, resolve_device

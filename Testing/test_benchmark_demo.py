@@ -76,3 +76,28 @@ def test_demo_command_tiny(tmp_path, capsys):
     assert "before/after" in out and "refined" in out and "score" in out
     png = tmp_path / "demo" / "overlay.png"
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reuse_models_skips_training_only_for_the_same_settings(tmp_path):
+    from dataclasses import replace
+
+    from SCORERefineLib.benchmark import PRESETS, reusable_model, row_config
+
+    work = tmp_path / "work"
+    first = run_benchmark("smoke", work, device="cpu", progress="none", rows=["score"],
+                          log=lambda *_: None)
+    model = work / "models" / "score.pt"
+    stamp = model.stat().st_mtime_ns
+    lines = []
+    again = run_benchmark("smoke", work, device="cpu", progress="none", rows=["score"],
+                          log=lines.append, reuse_models=True)
+    assert again["reused_models"] == ["score"] and model.stat().st_mtime_ns == stamp
+    assert any("reusing 'score'" in line for line in lines)
+    by = {r["method"]: r for r in again["rows"]}
+    assert by["score"]["dice_mean"] == next(r for r in first["rows"] if r["method"] == "score")["dice_mean"]
+    assert "were reused" in render_markdown(again, "cmd")
+    cfg = PRESETS["smoke"]
+    assert reusable_model(model, row_config("score", cfg, "cpu")) is not None
+    assert reusable_model(model, row_config("score", replace(cfg, steps=3), "cpu")) is None
+    assert reusable_model(model, row_config("score_no_edge", cfg, "cpu")) is None
+    assert reusable_model(work / "models" / "missing.pt", row_config("score", cfg, "cpu")) is None

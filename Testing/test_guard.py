@@ -75,6 +75,21 @@ def test_islands_that_do_not_touch_the_initial_structure_are_removed():
     assert rep["clipped"]["outside_zone"] == 1
 
 
+def test_added_fragments_cut_off_from_the_structure_are_removed():
+    ini = ball((30, 30, 30), (15, 15, 15), 6)
+    prop = ini.copy()
+    prop[15, 15, 21] = 0                          # a surface voxel removed ...
+    prop[15, 15, 22] = 1                          # ... and one added just beyond it: touches the
+    prop[15, 15, 23] = 1                          # initial's one-voxel neighbourhood, not the result
+    prop[14:17, 14:17, 21] = 0                    # no other voxel at x = 21 touches the piece
+    out, rep = apply_guard(ini, prop, (1, 1, 1), GuardLimits(margin_mm=5.0))
+    assert out[15, 15, 22] == 0 and out[15, 15, 23] == 0
+    assert rep["components_removed"] == 1 and rep["clipped"]["unconnected"] == 2
+    assert out[15, 15, 21] == 0                   # the removal itself is kept
+    near = ndi.binary_dilation(ini.astype(bool), FULL)
+    assert near[15, 15, 22]                       # the old rule (dilated neighbourhood) kept it
+
+
 def test_a_whole_initial_component_is_never_removed():
     ini = ball((30, 30, 40), (15, 15, 10), 6) | ball((30, 30, 40), (15, 15, 31), 2)
     prop = ini.copy()
@@ -181,9 +196,8 @@ def test_guarantees_hold_for_any_proposal(data):
                     ndi.distance_transform_edt(~i, sampling=spacing))
     assert (dist[o != i] <= margin + 1e-9).all()             # (i) only near the surface
     lab, n = ndi.label(o, structure=FULL)
-    near = ndi.binary_dilation(i, FULL)
-    for k in range(1, n + 1):                                 # (ii) every piece touches initial
-        assert (near & (lab == k)).any()
+    for k in range(1, n + 1):                                 # (ii) every piece holds initial voxels
+        assert (i & (lab == k)).any()
     ilab, m = ndi.label(i, structure=FULL)
     for k in range(1, m + 1):                                 # no initial component lost
         assert (o & (ilab == k)).any()

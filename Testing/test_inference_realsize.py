@@ -165,6 +165,11 @@ def test_perf_report_on_tiny_volumes(tmp_path):
         for k in ("seconds", "floor_s", "peak_rss_mb"):
             assert r[k] > 0
     assert report["refine"][0]["split_s"] > 0
+    ts = report["refine_trained_spacing"]
+    assert [r["n_humeri"] for r in ts] == [1, 2]
+    assert all(r["timings"]["resampled_to"] == [3.0, 2.0, 2.0] for r in ts)
+    assert all(r["timings"]["windows_total"] < n["timings"]["windows_total"]
+               for r, n in zip(ts, report["refine"][:2]))
     for r in report["train"]:
         assert r["steps_per_s"] > 0 and r["extrapolated_1800_s"] > 0
     targets = {t["target"]: t for t in report["targets"]}
@@ -173,6 +178,7 @@ def test_perf_report_on_tiny_volumes(tmp_path):
     md, js = write_perf_report(report, tmp_path / "performance.md", "scorerefine benchmark --preset perf")
     text = md.read_text()
     assert "## Targets" in text and "--device cuda" in text and "load average" in text
+    assert "## Refine at the training spacing" in text
     assert json.loads(js.read_text())["preset"] == "tiny"
 
 

@@ -164,3 +164,18 @@ def test_worse_than_initial_uses_a_dice_tolerance():
     assert c["worse_than_initial"]["n"] == 1 and c["worse_than_initial"]["cases"] == ["b"]
     assert c["worse_than_initial"]["share"] == pytest.approx(1 / 3)
     assert c["cases"][1]["components_after"] == 7 and c["cases"][1]["components_before"] == 1
+
+
+def test_detached_components_counts_islands_away_from_the_initial_mask():
+    from SCORERefineLib.metrics import detached_components
+
+    initial = np.zeros((12, 12, 12), np.uint8)
+    initial[3:7, 3:7, 3:7] = 1
+    refined = initial.copy()
+    refined[7, 3:7, 3:7] = 1                 # grows the structure: touches it
+    assert detached_components(refined, initial) == 0
+    refined[8, 7:9, 7:9] = 1                 # joined to the grown part by a diagonal contact
+    assert detached_components(refined, initial) == 0
+    refined[10:12, 10:12, 0:2] = 1           # an island far away
+    assert detached_components(refined, initial) == 1
+    assert detached_components(np.zeros_like(initial), initial) == 0

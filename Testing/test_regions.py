@@ -319,8 +319,9 @@ def test_extend_regions_grows_poorly_rated_regions_on_their_side():
     assert (mask[grown & (ext == 1)] == 1).all() and (mask[grown & (ext == 3)] == 0).all()
     assert not ((ext == 2) & (regions == 0)).any()
     np.testing.assert_array_equal(extend_regions(regions, mask, (1, 1, 1), {}, params), regions)
-    # graded: a 1 reaches max_band_mm, a 2 three quarters of the way
-    assert extension_depth(1.0, params) == 6.0 and extension_depth(2.0, params) == 5.0
+    # graded along sqrt((5 - s) / 4): a 1 reaches max_band_mm, a 4 half-way, a 2 sqrt(3/4) of it
+    assert extension_depth(1.0, params) == 6.0 and extension_depth(4.0, params) == 4.0
+    assert extension_depth(2.0, params) == pytest.approx(2.0 + 4.0 * np.sqrt(0.75))
     assert extension_depth(5.0, params) == 2.0
     d_in = ndi.distance_transform_edt(mask)
     assert d_in[grown & (ext == 1)].max() == pytest.approx(6.0, abs=1.0)

@@ -265,3 +265,24 @@ def test_cli_flags_build_the_config():
     bad = p.parse_args(["ds", "--out", "m.pt", "--loss-weights", "nonsense=1"])
     with pytest.raises(InputError, match="loss-weights"):
         cmd.config_from_args(bad)
+
+
+def test_cli_validation_appearance_and_prefetch_flags():
+    import argparse
+    from SCORERefineLib.commands import train as cmd
+
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    c = cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt", "--val-fraction", "0.3",
+                                           "--val-every", "25", "--val-patience", "2",
+                                           "--appearance-mm", "0", "--prefetch", "0"]))
+    assert (c.val_fraction, c.val_every, c.val_patience, c.prefetch) == (0.3, 25, 2, 0)
+    assert c.make_mode().config.appearance_mm == 0.0
+    default = cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt"]))
+    assert default.val_fraction == 0.2 and default.make_mode().config.appearance_mm == 1.0
+    for bad in (["--val-fraction", "1.0"], ["--val-every", "0"], ["--appearance-mm", "-1"]):
+        with pytest.raises(InputError):
+            cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt", *bad]))
+    with pytest.raises(InputError, match="--appearance-mm"):
+        cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt", "--mode", "full",
+                                           "--appearance-mm", "2"]))

@@ -25,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", nargs="+", choices=sorted(ROW_TRAINING),
                    help="trained rows to run (default: all); rows 1-2 always run")
     p.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
+    p.add_argument("--reuse-models", action="store_true",
+                   help="use a row's model from an earlier run in --workdir when it was trained "
+                        "with the same settings (e.g. after a change to refinement or the guard); "
+                        "the report says which rows were reused")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     cancel = CancelToken()
     cancel.install_signal_handlers()
     report = run_benchmark(args.preset, args.workdir, device=args.device, progress=args.progress,
-                           cancel=cancel, rows=args.rows)
+                           cancel=cancel, rows=args.rows,
+                           reuse_models=getattr(args, "reuse_models", False))
     command = "scorerefine " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
         if Path(sys.argv[0]).name.startswith("scorerefine") else f"scorerefine benchmark --preset {args.preset}"
     md, js = write_report(report, args.out, command)

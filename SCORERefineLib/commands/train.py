@@ -71,6 +71,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--native-spacing", action="store_true",
                    help="train every case on its own grid and record no spacing_mm (default: "
                         "cases are resampled to their median spacing, which inference then uses)")
+    v = p.add_argument_group("validation and early stopping")
+    v.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of the cases held out for validation (default 0.2; 0: none; no "
+                        "validation below 5 cases or in hybrid mode). The checkpoint keeps the best "
+                        "weights by the mode's loss on the held-out cases")
+    v.add_argument("--val-every", type=int, default=100, help="steps between validations (100)")
+    v.add_argument("--val-patience", type=int, default=5,
+                   help="validations without improvement before stopping early (5; never before "
+                        "30%% of --steps)")
+    p.add_argument("--appearance-mm", type=float, default=None,
+                   help="score mode: mm of depth one unit of the image's appearance evidence is "
+                        "worth when ranking the pseudo-labels (default 1; 0: depth only)")
+    p.add_argument("--prefetch", type=int, default=2,
+                   help="batches drawn ahead in a background thread (default 2; 0: none)")
 
 
 def config_from_args(args):
@@ -93,6 +107,10 @@ def config_from_args(args):
     from ..refiner.trainer import TrainConfig
 
     given = {"no_edge": args.no_edge, "no_direction": args.no_direction, "no_amount": args.no_amount}
+    if getattr(args, "appearance_mm", None) is not None:
+        if args.appearance_mm < 0:
+            raise InputError(f"--appearance-mm must be >= 0, got {args.appearance_mm}.")
+        given["appearance_mm"] = float(args.appearance_mm)
     if args.loss_weights:
         try:
             given["weights"] = (_scribble_weights(args.loss_weights) if args.mode == "scribble"
@@ -128,7 +146,27 @@ def config_from_args(args):
         patch_size=tuple(args.patch), batch_size=args.batch, lr=args.lr, network=args.network,
         device=args.device, seed=args.seed, checkpoint_every=args.checkpoint_every,
         resume=args.resume, amp=not args.no_amp, augment=not args.no_augment,
-        num_threads=args.threads, resample=not getattr(args, "native_spacing", False))
+        num_threads=args.threads, resample=not getattr(args, "native_spacing", False),
+        val_fraction=_fraction(getattr(args, "val_fraction", 0.2)),
+        val_every=_positive("--val-every", getattr(args, "val_every", 100)),
+        val_patience=_positive("--val-patience", getattr(args, "val_patience", 5)),
+        prefetch=max(int(getattr(args, "prefetch", 2)), 0))
+
+
+def _fraction(value: float) -> float:
+    from ..errors import InputError
+
+    if not 0.0 <= float(value) < 1.0:
+        raise InputError(f"--val-fraction must be in [0, 1), got {value}.")
+    return float(value)
+
+
+def _positive(flag: str, value: int) -> int:
+    from ..errors import InputError
+
+    if int(value) < 1:
+        raise InputError(f"{flag} must be at least 1, got {value}.")
+    return int(value)
 
 
 def _scribble_weights(text: str):

@@ -20,7 +20,8 @@ of the *training* cases' reference masks only (no ratings, nor their initial mas
 ratings are what is being counted), and its accuracy is measured on the *test* cases' initial masks (score MAE, Spearman
 with the true region Dice, over/under accuracy, ECE; :func:`.evaluate.accuracy`).
 
-The regions are not extended after rating here (every arm keeps the same split), so the ``all``
+The regions are not extended after rating here (every arm keeps the same split) and no training
+case is held out for validation, so the ``all``
 row is not the benchmark's SCORE row. ``scorerefine quality benchmark --preset quick|real`` writes
 the markdown report, its JSON twin and the PNG curve.
 """
@@ -341,6 +342,8 @@ def run_active_learning(preset: str | ALConfig, workdir: Path, log: Callable[[st
                              steps=cfg.steps, network=cfg.network, patch_size=tuple(cfg.patch),
                              batch_size=cfg.batch, seed=cfg.seed, device="cpu", checkpoint_every=0,
                              num_threads=cfg.threads)
+            if hasattr(tc, "val_fraction"):   # every training case trains (no held-out validation)
+                tc.val_fraction = 0.0
             model_path = train(dest, workdir / "models" / f"{name}.pt", tc, progress="none")
             gain, rows = _gain(test_dir, name, model_path, initial.rows)
             row = {"k": k, "ratings": n, "gain": gain, "dice": init_dice + gain, "trained": True,

@@ -33,7 +33,7 @@ from ..case import Case
 from ..errors import CheckpointError, InputError, SCORERefineError
 from ..imageio import Geometry, Volume, check_same_grid, read_image, read_mask, write_volume
 from ..progress import CancelToken, Progress
-from .device import resolve_device
+from .device import memory_format, resolve_device, to_memory_format
 from .inputs import make_input
 
 __all__ = ["resolve_device", "load_model", "roi_slices", "context_slices", "crop_geometry", "count_windows",
@@ -282,13 +282,13 @@ def forward_floor(model: torch.nn.Module, input_shapes: Sequence[Sequence[int]],
     dev = resolve_device(device)
     config = getattr(model, "config", None)
     div = config.divisor() if config is not None and hasattr(config, "divisor") else 8
-    model.to(dev).eval()
+    model.to(dev, memory_format=memory_format(dev)).eval()
     total = 0.0
     with torch.inference_mode():
         for shape in input_shapes:
             c, *spatial = [int(v) for v in shape]
             padded = [int(math.ceil(v / div) * div) for v in spatial]
-            x = torch.zeros((1, c, *padded), device=dev)
+            x = to_memory_format(torch.zeros((1, c, *padded), device=dev), dev)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -302,7 +302,7 @@ def forward_floor(model: torch.nn.Module, input_shapes: Sequence[Sequence[int]],
 
 def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial: Volume,
                   device: str | torch.device = "cpu", margin_mm: float = 10.0,
-                  threshold: float = 0.5, overlap: float = 0.25, sw_batch_size: int = 1,
+                  threshold: float = 0.5, overlap: float = 0.25, sw_batch_size: int = 4,
                   progress: Optional[ProgressCallback] = None,
                   cancel: Optional[CancelToken] = None, return_probability: bool = False, *,
                   per_component: bool = True, band_only: bool = True,
@@ -370,7 +370,7 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
     want = default_num_threads() if num_threads is None else int(num_threads)
     if want > 0 and want != threads_before:
         torch.set_num_threads(want)
-    model.to(dev).eval()
+    model.to(dev, memory_format=memory_format(dev)).eval()
     refined = mask0.copy()
     full = mask0.astype(np.float32) if return_probability else None
     # window counts for progress over all ROIs
@@ -469,7 +469,7 @@ def _refine_roi(model, metadata, channels, patch, image, mask0, roi, ctx, dev, m
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         stats["windows_run"] += int(batch.shape[0])
-        return _to_probability(model(batch))
+        return _to_probability(model(to_memory_format(batch, dev)))
 
     def predictor(batch: torch.Tensor, coords=None) -> torch.Tensor:
         if cancel is not None:

@@ -8,7 +8,11 @@ own random stream (``seed + rank``), so ranks see different patches.
 
 Augmentation (MONAI dictionary transforms): random flips on each axis and in-plane (y, x) 90 degree
 rotations, applied jointly to every image channel and target map (exact permutations: labels stay
-labels); Gaussian noise and intensity scaling on the CT channel only.
+labels); on the CT channel only, what real scanners vary (issue 8, "the augmentations real data
+needs"): intensity scale and shift (another calibration or window), Gaussian noise (dose),
+Gaussian blur (reconstruction kernel) and a simulated lower resolution (down- then up-sampling:
+thicker slices, another pixel size). Spacing itself is handled by training at the cohort's
+median spacing (trainer) and inferring at it (inference).
 """
 
 from __future__ import annotations
@@ -22,9 +26,23 @@ from .modes import CaseTargets, TrainingMode
 from .targets import Batch, RegionTables
 
 
-def build_augmentation(spatial_keys: Sequence[str], ct_key: str | None, seed: int):
-    from monai.transforms import (Compose, RandFlipd, RandGaussianNoised, RandRotate90d,
-                                  RandScaleIntensityd)
+def build_augmentation(spatial_keys: Sequence[str], ct_key: str | None, seed: int,
+                       appearance: bool = True):
+    """The MONAI augmentation pipeline (see the module docstring).
+
+    Args:
+        spatial_keys: keys moved jointly by flips and rotations (channels and maps).
+        ct_key: the CT channel's key (intensity transforms), or None.
+        seed: random state.
+        appearance: add the scanner-variation transforms (shift, blur, lower resolution) to the
+            CT channel; False keeps the earlier noise + scale only.
+
+    Returns:
+        A seeded ``monai.transforms.Compose``.
+    """
+    from monai.transforms import (Compose, RandFlipd, RandGaussianNoised, RandGaussianSmoothd,
+                                  RandRotate90d, RandScaleIntensityd, RandShiftIntensityd,
+                                  RandSimulateLowResolutiond)
 
     keys = list(spatial_keys)
     tr = [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in range(3)]
@@ -32,6 +50,12 @@ def build_augmentation(spatial_keys: Sequence[str], ct_key: str | None, seed: in
     if ct_key is not None:
         tr.append(RandGaussianNoised([ct_key], prob=0.3, mean=0.0, std=0.02))
         tr.append(RandScaleIntensityd([ct_key], factors=0.1, prob=0.3))
+        if appearance:
+            # the CT channel is HU windowed to [0, 1] over 2000 HU: 0.05 is 100 HU
+            tr.append(RandShiftIntensityd([ct_key], offsets=0.05, prob=0.3))
+            tr.append(RandGaussianSmoothd([ct_key], sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0),
+                                          sigma_z=(0.25, 1.0), prob=0.2))
+            tr.append(RandSimulateLowResolutiond([ct_key], prob=0.15, zoom_range=(0.5, 1.0)))
     comp = Compose(tr)
     comp.set_random_state(seed=int(seed) % (2 ** 32))
     return comp
@@ -154,3 +178,68 @@ def _pad_tables(tables: list) -> torch.Tensor:
         if a is not None:
             pad[i, :len(a)] = a
     return torch.as_tensor(pad)
+
+
+class Prefetcher:
+    """Draws the next ``depth`` batches of a :class:`PatchSampler` in a background thread while
+    the network trains on the current one (the issue's "data loader with workers where it pays").
+
+    One producer thread calls ``sampler.sample(batch_size)`` in order, so the sequence of batches
+    is exactly the in-process one (same seed, same patches): prefetching changes the time, never
+    the result. Cropping and MONAI's transforms spend most of their time in numpy, which releases
+    the GIL, so they overlap with the network's step; a thread rather than worker processes keeps
+    the cached case arrays shared and the order deterministic. ``depth=0`` draws in the caller's
+    thread. Use as a context manager (the thread is stopped on exit, also after an error).
+    """
+
+    def __init__(self, sampler: "PatchSampler", batch_size: int, depth: int = 2):
+        import queue
+        import threading
+
+        self.sampler, self.batch_size, self.depth = sampler, int(batch_size), int(depth)
+        self._queue: "queue.Queue" = queue.Queue(maxsize=max(self.depth, 1))
+        self._stop = threading.Event()
+        self._thread = None
+        if self.depth > 0:
+            self._thread = threading.Thread(target=self._produce, name="scorerefine-prefetch",
+                                            daemon=True)
+            self._thread.start()
+
+    def _produce(self) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                item = (self.sampler.sample(self.batch_size), None)
+            except BaseException as exc:   # handed to the consumer, raised there
+                item = (None, exc)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[1] is not None:
+                return
+
+    def next(self) -> Batch:
+        """The next batch (raises what the sampler raised)."""
+        if self._thread is None:
+            return self.sampler.sample(self.batch_size)
+        batch, exc = self._queue.get()
+        if exc is not None:
+            raise exc
+        return batch
+
+    def close(self) -> None:
+        """Stop the producer thread (idempotent)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -230,7 +230,7 @@ class Batch:
     score: "torch.Tensor | None" = None            # (B, K+1) float
     trust: "torch.Tensor | None" = None            # (B, K+1) float, loss weight of each rating
     edge: "torch.Tensor | None" = None             # edge prior (edge loss)
-    depth: "torch.Tensor | None" = None            # signed depth to the M0 surface, mm (pseudo-labels)
+    depth: "torch.Tensor | None" = None            # pseudo-label ranking key: signed depth to M0 (mm) + appearance
     anchor_weight: "torch.Tensor | None" = None    # per-voxel anchor weight
     reference: "torch.Tensor | None" = None        # dense reference (full supervision)
     extra: dict[str, Any] = field(default_factory=dict)

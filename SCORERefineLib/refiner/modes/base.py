@@ -81,6 +81,8 @@ class TrainingMode:
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()   # case files beyond image/initial (as in the catalog)
     label_maps: ClassVar[tuple[str, ...]] = ()  # keys of CaseTargets.maps that are integer labels
+    #: the trainer may hold out cases for validation and early stopping (refiner/validation.py)
+    supports_validation: ClassVar[bool] = True
     Config: ClassVar[type[ModeConfig]] = ModeConfig
 
     def __init__(self, config: ModeConfig | None = None):
@@ -166,6 +168,53 @@ def signed_depth(mask: np.ndarray, spacing_zyx) -> np.ndarray:
     inside = ndimage.distance_transform_edt(m, sampling=spacing_zyx)
     outside = ndimage.distance_transform_edt(~m, sampling=spacing_zyx)
     return (inside - outside).astype(np.float32)
+
+
+def appearance_evidence(image: np.ndarray, mask: np.ndarray, spacing_zyx, ring_mm: float = 6.0,
+                        bins: int = 64, clip: float = 3.0, sigma_mm: float = 0.75) -> np.ndarray:
+    """Per-voxel log-likelihood ratio that a voxel's intensity belongs inside the structure.
+
+    The intensity distributions are learned from the case itself: voxels of ``mask`` within
+    ``ring_mm`` of its surface (inside) against voxels outside it within ``ring_mm`` (outside),
+    on the CT smoothed by a Gaussian of ``sigma_mm``; histograms of ``bins`` bins between the
+    0.5 and 99.5 percentiles, smoothed and floored so that empty bins stay finite. The initial
+    mask is mostly right (that is why it is refined, not redrawn), so its near-surface statistics
+    are a fair model of "structure" and "surroundings" in this very image, whatever its texture.
+
+    Args:
+        image: CT (z, y, x), any intensity unit.
+        mask: the initial mask (z, y, x), non-zero inside.
+        spacing_zyx: voxel spacing in mm.
+
+    Returns:
+        float32 (z, y, x): ``log p_in(I) - log p_out(I)``, clipped to ``[-clip, clip]`` (positive:
+        looks like the structure). Zeros when either side is empty or the image is constant.
+    """
+    m = np.asarray(mask) != 0
+    out = np.zeros(m.shape, np.float32)
+    if not m.any() or m.all():
+        return out
+    sp = [float(s) for s in spacing_zyx]
+    img = ndimage.gaussian_filter(np.asarray(image, np.float32),
+                                  sigma=[sigma_mm / s for s in sp]) if sigma_mm > 0 else \
+        np.asarray(image, np.float32)
+    d_in = ndimage.distance_transform_edt(m, sampling=sp)
+    d_out = ndimage.distance_transform_edt(~m, sampling=sp)
+    inner, outer = m & (d_in <= ring_mm), ~m & (d_out <= ring_mm)
+    if not inner.any() or not outer.any():
+        return out
+    lo, hi = np.percentile(img[inner | outer], [0.5, 99.5])
+    if not hi > lo:
+        return out
+    edges = np.linspace(lo, hi, int(bins) + 1)
+    counts = []
+    for sel in (inner, outer):
+        h = np.histogram(np.clip(img[sel], lo, hi), edges)[0].astype(np.float64)
+        h = ndimage.gaussian_filter1d(h, 1.5) + 1e-3 * h.sum() / bins + 1.0
+        counts.append(np.log(h / h.sum()))
+    ratio = counts[0] - counts[1]
+    idx = np.clip(np.digitize(img, edges) - 1, 0, int(bins) - 1)
+    return np.clip(ratio[idx], -clip, clip).astype(np.float32)
 
 
 def band_indices(regions: np.ndarray) -> np.ndarray:

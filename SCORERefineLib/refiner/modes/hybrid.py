@@ -66,6 +66,8 @@ class HybridMode(TrainingMode):
 
     name = "hybrid"
     requires = ("reference",)
+    #: no held-out validation: the dense/weak roles and the instance indicator need every case
+    supports_validation = False
     label_maps = tuple(sorted(set(FullMode.label_maps) | set(ScoreMode.label_maps)
                               | set(ScribbleMode.label_maps)))
     Config = HybridConfig

@@ -18,7 +18,8 @@ from scipy import ndimage
 from ...errors import GridMismatchError, TrainingError
 from ..losses import ScoreLossWeights, score_loss
 from ..targets import Batch, feedback_tables
-from .base import CaseTargets, ModeConfig, TrainingMode, band_indices, signed_depth, surface
+from .base import (CaseTargets, ModeConfig, TrainingMode, appearance_evidence, band_indices,
+                   signed_depth, surface)
 
 #: share of a case's patch centres drawn anywhere on the boundary band (not by score)
 BOUNDARY_FRACTION = 0.25
@@ -28,6 +29,11 @@ ANCHOR_EXCLUSION_MM = 10.0
 ANCHOR_EXCLUSION_MAX_SCORE = 2.0
 #: a band that covers less than this share of the initial mask's surface no longer "fits" it
 MIN_BAND_COVERAGE = 0.5
+#: mm of depth one unit of appearance evidence (log-likelihood ratio) is worth in the
+#: pseudo-labels' ranking; measured on the training cases' references (``pseudo_check``): the
+#: share of pseudo-label flips that are right went from 0.45 to 0.78 on the real-CT cohort and
+#: from 0.64 to 0.75 on six default phantoms with 1.0 (2.0 and 4.0 no better)
+APPEARANCE_MM = 1.0
 
 
 @dataclass
@@ -38,6 +44,7 @@ class ScoreConfig(ModeConfig):
     boundary_fraction: float = BOUNDARY_FRACTION
     anchor_exclusion_mm: float = ANCHOR_EXCLUSION_MM
     anchor_exclusion_max_score: float = ANCHOR_EXCLUSION_MAX_SCORE
+    appearance_mm: float = APPEARANCE_MM   # image evidence in the pseudo-label ranking (0: depth only)
     no_direction: bool = False   # no error type anywhere: direction terms off, pseudo-labels type-blind
     no_amount: bool = False      # no score size: only the error type (direction) and the 5s (pin)
     #: issue 11: a model rater (e.g. "suggested") whose confident ratings fill in unrated regions,
@@ -157,7 +164,14 @@ class ScoreMode(TrainingMode):
         if self.weights.edge:
             maps["edge"] = self._edge_map(image, x).astype(np.float32)
         if self.weights.pseudo:
-            maps["depth"] = signed_depth(initial.array, image.geometry.spacing_zyx)
+            # the pseudo-labels' ranking key (losses.pseudo_labels): depth to the M0 surface in mm,
+            # plus appearance evidence so that "under" grows into structure-like intensities and
+            # "over" gives up surroundings-like ones first (see APPEARANCE_MM)
+            sp = image.geometry.spacing_zyx
+            maps["depth"] = signed_depth(initial.array, sp)
+            if cfg.appearance_mm > 0:
+                maps["depth"] += np.float32(cfg.appearance_mm) * appearance_evidence(
+                    image.array, initial.array, sp)
         present = int(np.count_nonzero(np.unique(regions)))
         return CaseTargets(case.case_id, x, initial.array.astype(np.uint8), image.geometry.spacing_zyx,
                            maps=maps, tables=tables,

@@ -1,0 +1,78 @@
+"""Appearance evidence in the SCORE pseudo-labels' ranking, and the pseudo-label check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from SCORERefineLib.case import list_cases
+from SCORERefineLib.refiner.losses import pseudo_labels
+from SCORERefineLib.refiner.modes.base import appearance_evidence, signed_depth
+from SCORERefineLib.refiner.pseudo_check import dataset_pseudo_label_check, summarise_check
+from SCORERefineLib.refiner.targets import OVER, UNDER
+
+from test_trainer import make_tiny_dataset
+
+
+def _shifted_cube(shift: int = 3):
+    """A bright cube (the truth) and a mask shifted along x: it misses a bright strip on one
+    side and covers a dark strip on the other."""
+    rng = np.random.default_rng(0)
+    img = rng.normal(0.0, 30.0, (24, 24, 40)).astype(np.float32)
+    truth = np.zeros(img.shape, bool)
+    truth[6:18, 6:18, 10:30] = True
+    img[truth] += 900.0
+    mask = np.roll(truth, shift, axis=2)
+    return img, truth, mask
+
+
+def test_evidence_is_positive_where_the_image_looks_like_the_structure():
+    img, truth, mask = _shifted_cube()
+    ev = appearance_evidence(img, mask, (1.0, 1.0, 1.0))
+    missed = truth & ~mask          # bright, outside the mask
+    leaked = mask & ~truth          # dark, inside the mask
+    assert ev[missed].mean() > 1.0
+    assert ev[leaked].mean() < -1.0
+    assert np.all(np.abs(ev) <= 3.0)
+    assert not appearance_evidence(img, np.zeros_like(mask), (1, 1, 1)).any()
+
+
+def _pseudo(key, mask, error):
+    regions = np.zeros(mask.shape, np.int64)
+    near = np.abs(signed_depth(mask, (1, 1, 1))) <= 4.0
+    regions[near] = 1
+    t = torch.from_numpy
+    target, weight = pseudo_labels(
+        t(2.0 * (2.0 * mask.astype(np.float32) - 1.0))[None, None],
+        t(mask.astype(np.float32))[None, None], t(regions)[None, None],
+        torch.tensor([[1.0, 0.95]]), torch.tensor([[False, True]]), torch.tensor([[0, error]]),
+        t(key.astype(np.float32))[None, None], fraction=0.6)
+    return target[0, 0].numpy() > 0.5
+
+
+@pytest.mark.parametrize("error", [UNDER, OVER])
+def test_appearance_puts_pseudo_label_flips_where_the_mask_is_wrong(error):
+    img, truth, mask = _shifted_cube()
+    depth = signed_depth(mask, (1, 1, 1))
+    ev = appearance_evidence(img, mask, (1.0, 1.0, 1.0))
+    wrong = truth & ~mask if error == UNDER else mask & ~truth
+    precision = {}
+    for name, key in (("depth", depth), ("appearance", depth + 1.0 * ev)):
+        tgt = _pseudo(key, mask, error)
+        flips = tgt != mask
+        assert flips.any()
+        precision[name] = float(wrong[flips].mean())
+    assert precision["appearance"] > 0.9
+    assert precision["appearance"] > precision["depth"] + 0.3
+
+
+def test_pseudo_label_check_reports_before_figures_on_rated_cases(tmp_path):
+    ds = make_tiny_dataset(tmp_path / "ds", n=2, seed=5)
+    rows = dataset_pseudo_label_check(list_cases(ds))
+    assert len(rows) == 2
+    for r in rows:
+        assert 0.0 <= r["initial_dice"] <= 1.0 and 0.0 <= r["pseudo_dice_before"] <= 1.0
+        assert r["rated_voxels"] > 0 and r["changed_before"] >= 0
+    summary = summarise_check(rows)
+    assert summary["n_cases"] == 2 and "precision_before" in summary

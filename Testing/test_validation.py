@@ -1,0 +1,88 @@
+"""Held-out validation and early stopping (refiner/validation.py) and their use by the trainer."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from SCORERefineLib.refiner.checkpoint import load_checkpoint
+from SCORERefineLib.refiner.trainer import TrainConfig, train
+from SCORERefineLib.refiner.validation import EarlyStopping, split_validation
+
+from test_trainer import make_tiny_dataset
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _cases(n):
+    return [SimpleNamespace(case_id=f"case_{i:03d}") for i in range(n)]
+
+
+def test_split_holds_out_a_seeded_share_and_never_below_five_cases():
+    train4, val4 = split_validation(_cases(4), 0.5, seed=0)
+    assert len(train4) == 4 and val4 == []
+    tr, va = split_validation(_cases(10), 0.2, seed=3)
+    assert len(va) == 2 and len(tr) == 8
+    assert {c.case_id for c in tr}.isdisjoint({c.case_id for c in va})
+    again = split_validation(_cases(10), 0.2, seed=3)[1]
+    assert [c.case_id for c in again] == [c.case_id for c in va]
+    others = {tuple(c.case_id for c in split_validation(_cases(10), 0.2, seed=s)[1]) for s in range(6)}
+    assert len(others) > 1, "the seed must choose which cases are held out"
+    assert split_validation(_cases(10), 0.0)[1] == []
+
+
+def test_early_stopping_keeps_the_best_weights_and_stops_after_patience():
+    net = torch.nn.Linear(2, 1)
+    stop = EarlyStopping(every=10, patience=2, min_steps=0)
+    stop.batches = [object()]          # enabled without a sampler: update() is what is tested
+    assert not stop.update(10, 1.0, net)
+    with torch.no_grad():
+        net.weight.fill_(0.5)
+    assert not stop.update(20, 0.8, net)      # best so far, weights 0.5 kept
+    best = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.fill_(-3.0)
+    assert not stop.update(30, 0.85, net)     # worse once
+    assert stop.update(40, 0.9, net)          # worse twice: stop
+    assert stop.stopped_at == 40 and stop.best_step == 20
+    assert stop.restore_best(net)
+    assert torch.equal(net.weight, best)
+    rep = stop.report()
+    assert rep["stopped_early"] and rep["best_step"] == 20 and len(rep["history"]) == 4
+
+
+def test_early_stopping_waits_for_min_steps():
+    net = torch.nn.Linear(2, 1)
+    stop = EarlyStopping(every=1, patience=1, min_steps=5)
+    stop.batches = [object()]
+    assert not stop.update(1, 1.0, net)
+    assert not stop.update(2, 2.0, net)       # worse, but before min_steps
+    assert stop.update(5, 3.0, net)
+
+
+def test_trainer_holds_out_cases_and_records_validation(tmp_path):
+    ds = make_tiny_dataset(tmp_path / "ds", n=5, seed=11)
+    out = tmp_path / "m.pt"
+    cfg = TrainConfig(steps=6, patch_size=(16, 16, 16), batch_size=1, network="tiny", device="cpu",
+                      checkpoint_every=0, num_threads=1, val_fraction=0.2, val_every=2,
+                      val_patience=10)
+    train(ds, out, cfg, progress="none")
+    meta = load_checkpoint(out)["metadata"]
+    val = meta["validation"]
+    assert len(val["cases"]) == 1
+    assert val["cases"][0] not in meta["cases"] and len(meta["cases"]) == 4
+    assert [h[0] for h in val["history"]] == [2, 4, 6]
+    assert all(h[1] == h[1] for h in val["history"])      # finite numbers, not NaN
+    assert val["best_step"] in (2, 4, 6) and not val["stopped_early"]
+
+
+def test_trainer_without_validation_trains_on_every_case(tmp_path):
+    ds = make_tiny_dataset(tmp_path / "ds", n=5, seed=11)
+    out = tmp_path / "m.pt"
+    cfg = TrainConfig(steps=2, patch_size=(16, 16, 16), batch_size=1, network="tiny", device="cpu",
+                      checkpoint_every=0, num_threads=1, val_fraction=0.0)
+    train(ds, out, cfg, progress="none")
+    meta = load_checkpoint(out)["metadata"]
+    assert "validation" not in meta and len(meta["cases"]) == 5
