@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "order with filled-in ratings; the predictor's accuracy")
     b.add_argument("--preset", default="quick", choices=("smoke", "quick", "real", "real_smoke"),
                    help="smoke/real_smoke (tests, seconds), quick (phantoms) or real (real-CT "
-                        "cohort); about 12 minutes each for quick and real on 2 CPU cores")
+                        "cohort); about 15 minutes each for quick and real on 2 CPU cores")
     b.add_argument("--out", default=None,
                    help="markdown report (default docs/active-learning-<cohort>.md); its .json "
                         "twin and .png curve go beside it")

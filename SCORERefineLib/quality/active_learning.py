@@ -54,7 +54,7 @@ class ALConfig:
     n_regions: int = 12
     band_mm: float = 3.0
     ks: tuple = (0, 3, 6, ALL)               # ratings per case; ALL = every region
-    steps: int = 300                         # SCORE training steps per arm (reduced budget)
+    steps: int = 600                         # SCORE training steps per arm (reduced budget)
     network: str = "small"
     patch: tuple = (32, 32, 32)
     batch: int = 2
@@ -75,8 +75,8 @@ PRESETS = {
     "smoke": ALConfig(n_train=2, n_test=1, phantom_preset="tiny", n_regions=4, ks=(0, 2, ALL),
                       steps=2, network="tiny", patch=(16, 16, 16), batch=1, quality_network="tiny",
                       quality_steps=3, quality_corruptions=1),
-    # phantoms at real size with a reduced budget: 8 trainings of 300 steps, 32^3 patches
-    # (about 12 minutes on 2 shared CPU cores)
+    # phantoms at real size with a reduced budget: 8 trainings of 600 steps, 32^3 patches
+    # (about 15 minutes on 2 shared CPU cores)
     "quick": ALConfig(),
     # the real-CT cohort (benchmark.make_real_split's structures), the same budget per arm and
     # fewer k values (5 trainings), so that both cohorts fit in about 25 minutes
