@@ -13,7 +13,7 @@ from SCORERefineLib.quality.suggestions import add_suggestions
 from SCORERefineLib.refiner.losses import ScoreLossWeights, net_direction_loss, score_loss
 from SCORERefineLib.refiner.modes import ScoreConfig, ScoreMode
 from SCORERefineLib.refiner.targets import OVER, UNDER, Batch
-from test_targets import RATED_AT, TRUE_RADIUS, _sphere_case
+from test_targets import TRUE_RADIUS, _sphere_case
 
 
 def _pred(region, probs, err):
