@@ -41,7 +41,7 @@ from SCORERefineLib.session import EVENT_ALL_RATED, EVENT_CURRENT, KEY_HELP, Rat
 
 #: Python packages the engine needs (import name -> what to tell the person)
 ENGINE_IMPORTS = {"torch": "PyTorch", "monai": "MONAI", "scipy": "SciPy", "tqdm": "tqdm"}
-RATING_KEYS = ("1", "2", "3", "4", "5", "O", "U", "N", "Space")
+RATING_KEYS = ("1", "2", "3", "4", "5", "O", "U", "N", "Space", "A")
 
 
 #
@@ -65,7 +65,9 @@ right) or pick an existing segmentation and segment.</li>
 <li><b>Regions</b>: split the segment's boundary into numbered, coloured regions.</li>
 <li><b>Rate</b>: for each region give a score 1-5 (5 = correct) and say whether it is over- (O) or
 under-segmented (U). Keys: 1-5, O, U, N or Space for the next unrated region. Click a region in a
-slice view to make it current. Ratings are kept in the scene.</li>
+slice view to make it current. Ratings are kept in the scene. Suggest shows the quality
+predictor's score, over/under and confidence on each region; A accepts it as your rating;
+Doubtful first offers the regions the predictor is least sure of first.</li>
 <li><b>Scribbles</b> (optional): draw strokes in the segments "scribble: inside" and "scribble:
 outside" with the Segment Editor's Paint effect where the segment is wrong; they are saved with the
 case.</li>
@@ -193,6 +195,7 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._tsTimer = qt.QTimer()
         self._tsTimer.setInterval(200)
         self._tsTimer.timeout.connect(self.onTotalSegmentatorTimer)
+        self.setupQualityPredictor()
 
         self.fillDeviceChoices()
         u.trainDeviceComboBox.currentTextChanged.connect(self.onDeviceChanged)
@@ -273,12 +276,14 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.stop()
         self._applyTimer.stop()
         self._tsTimer.stop()
+        self._qualityTimer.stop()
         self.removeObservers()
         self.enableRatingInput(False)
         if self.logic is not None:
             self.logic.cancel_training(wait=False)
             self.logic.cancel_refine()
             self.logic.cancel_totalsegmentator()
+            self.logic.cancel_quality_training()
             self.logic.detach_session()
 
     def enter(self) -> None:
@@ -470,7 +475,7 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         rows = session.rows() if session is not None else []
         table.setRowCount(len(rows))
         for r, row in enumerate(rows):
-            for c, text in enumerate(row.cells):
+            for c, text in enumerate(row.cells + (row.suggestion,)):
                 item = qt.QTableWidgetItem(text)
                 if row.current:
                     item.setBackground(qt.QBrush(qt.QColor(255, 230, 150)))
@@ -479,6 +484,9 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             table.selectRow(session.current_index)
             self.ui.rateStatusLabel.text = session.status_text()
         self.ui.undoRatingButton.enabled = bool(session and session.can_undo)
+        self.doubtfulFirstCheckBox.blockSignals(True)
+        self.doubtfulFirstCheckBox.checked = bool(session is not None and session.order == "uncertainty")
+        self.doubtfulFirstCheckBox.blockSignals(False)
 
     def centreOnCurrent(self) -> None:
         if self.logic.session is not None:
@@ -560,6 +568,88 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         summary = self._run(self.scribbleStatusLabel, self.logic.count_scribbles, p.scribbles, p.inputVolume)
         if summary is not None:
             self.scribbleStatusLabel.text = self.logic.describe_strokes(summary)
+
+    # ---------------------------------------------------------------- 3b quality predictor (issue 11)
+    def setupQualityPredictor(self) -> None:
+        """Widgets made here (not in the .ui, so the .ui stays loadable by older versions): the
+        Suggested column, Suggest, Doubtful first, the quality model, Train quality predictor."""
+        u = self.ui
+        u.regionTable.setColumnCount(5)
+        u.regionTable.setHorizontalHeaderItem(4, qt.QTableWidgetItem("Suggested"))
+        box = qt.QWidget()
+        box.setObjectName("qualityWidget")
+        row = qt.QHBoxLayout(box)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.suggestButton = qt.QPushButton("Suggest")
+        self.suggestButton.setObjectName("suggestButton")
+        self.suggestButton.toolTip = ("Predict every region's score, over/under and confidence with "
+                                      "the quality predictor; A accepts the current region's.")
+        self.doubtfulFirstCheckBox = qt.QCheckBox("Doubtful first")
+        self.doubtfulFirstCheckBox.setObjectName("doubtfulFirstCheckBox")
+        self.doubtfulFirstCheckBox.toolTip = "Offer the regions the predictor is least sure of first."
+        self.qualityModelLineEdit = qt.QLineEdit()
+        self.qualityModelLineEdit.setObjectName("qualityModelLineEdit")
+        self.qualityModelLineEdit.placeholderText = "<dataset>/quality.pt"
+        self.trainQualityButton = qt.QPushButton("Train quality predictor")
+        self.trainQualityButton.setObjectName("trainQualityButton")
+        for w in (self.suggestButton, self.doubtfulFirstCheckBox, self.qualityModelLineEdit,
+                  self.trainQualityButton):
+            row.addWidget(w)
+        self.qualityStatusLabel = qt.QLabel("")
+        self.qualityStatusLabel.setObjectName("qualityStatusLabel")
+        self.qualityStatusLabel.wordWrap = True
+        u.rateCollapsibleButton.layout().addRow(box)
+        u.rateCollapsibleButton.layout().addRow(self.qualityStatusLabel)
+        self.suggestButton.clicked.connect(self.onSuggest)
+        self.doubtfulFirstCheckBox.toggled.connect(self.onDoubtfulFirst)
+        self.trainQualityButton.clicked.connect(self.onTrainQuality)
+        self._qualityTimer = qt.QTimer()
+        self._qualityTimer.setInterval(500)
+        self._qualityTimer.timeout.connect(self.onQualityTimer)
+
+    def qualityModelChoice(self):
+        from SCORERefineLib.quality.assist import quality_model_path
+        p = self._parameterNode
+        return quality_model_path(self.qualityModelLineEdit.text, p.datasetFolder)
+
+    def onSuggest(self) -> None:
+        p = self._parameterNode
+        n = self._run(self.qualityStatusLabel, self.logic.suggest, p.inputVolume, p.segmentation,
+                      p.segmentId, self.qualityModelChoice())
+        if n is not None:
+            self.qualityStatusLabel.text = self.logic.session.last_message
+            self.refreshRating()
+
+    def onDoubtfulFirst(self, checked) -> None:
+        session = self.logic.session
+        if session is None:
+            return
+        self._run(self.qualityStatusLabel, session.set_order, "uncertainty" if checked else "regions")
+
+    def onTrainQuality(self) -> None:
+        p = self._parameterNode
+        job = self._run(self.qualityStatusLabel, self.logic.start_quality_training, p.datasetFolder,
+                        self.qualityModelChoice(), p.trainSteps)
+        if job is None:
+            return
+        self.trainQualityButton.enabled = False
+        self.qualityStatusLabel.text = "Training the quality predictor in the background..."
+        self._qualityTimer.start()
+
+    def onQualityTimer(self) -> None:
+        job = self.logic.poll_quality_training()
+        if job is None:
+            self._qualityTimer.stop()
+            return
+        self.qualityStatusLabel.text = job.status_text()
+        if not job.running:
+            self._qualityTimer.stop()
+            self.trainQualityButton.enabled = True
+            if job.state == "finished" and job.checkpoint is not None:
+                self.qualityModelLineEdit.text = str(job.checkpoint)
+                self.qualityStatusLabel.text = f"Quality predictor written: {job.checkpoint}. Click Suggest."
+            elif job.error_message:
+                self.qualityStatusLabel.text = job.error_message
 
     # ---------------------------------------------------------------- 4 dataset
     def onSaveCase(self) -> None:
@@ -698,6 +788,7 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
         self.tsJob = None
         self._tsPending = None
         self._sessionObserver = None
+        self.qualityJob = None
 
     def getParameterNode(self):
         return SCORERefineParameterNode(super().getParameterNode())
@@ -897,6 +988,36 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
             text += (f" {summary['conflicts']} voxel(s) are painted both inside and outside and "
                      f"are left out.")
         return text
+
+    # ---------------------------------------------------------------- 3b quality predictor
+    def suggest(self, volumeNode, segmentationNode, segmentId, modelPath, device="cpu") -> int:
+        """The quality predictor's suggestions for every region of the session (in-process)."""
+        from SCORERefineLib.quality import assist
+
+        if self.session is None:
+            raise SCORERefineError("split the segment into regions first (step 2), then Suggest.")
+        image = bridge.volume_from_node(volumeNode)
+        mask = bridge.segment_mask(segmentationNode, segmentId, image.geometry).mask
+        return assist.suggest_for_session(self.session, image, mask, modelPath, device=device)
+
+    def start_quality_training(self, dataset, out, steps=300, extra=()):
+        from SCORERefineLib.quality import assist
+
+        if self.qualityJob is not None and self.qualityJob.running:
+            raise SCORERefineError("the quality predictor is already training; wait for it to end.")
+        self.qualityJob = assist.start_quality_training(dataset, out, steps=int(steps), extra=extra)
+        if self.qualityJob.state == "failed":
+            raise SCORERefineError(self.qualityJob.error_message)
+        return self.qualityJob
+
+    def poll_quality_training(self):
+        if self.qualityJob is not None:
+            self.qualityJob.poll()
+        return self.qualityJob
+
+    def cancel_quality_training(self) -> None:
+        if self.qualityJob is not None and self.qualityJob.running:
+            self.qualityJob.cancel(wait=False)
 
     # ---------------------------------------------------------------- 4 dataset
     def save_case(self, dataset, caseId, volumeNode, segmentationNode, segmentId, scribblesNode=None):

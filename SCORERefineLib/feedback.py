@@ -16,7 +16,11 @@ error" and goes with ``none``; any lower score says which error it is.
 An optional top-level ``"model_raters": ["suggested"]`` marks raters that are models (the
 quality predictor's suggestions): :meth:`CaseFeedback.consensus` leaves them out unless asked, and
 saving refuses to let a model rater replace a person's ratings under the same name, or the
-reverse. Files without model raters are written exactly as before.
+reverse. Files without model raters are written exactly as before. A model rater may also keep,
+per region, the probabilities behind its rating in an optional top-level ``"model_details"``
+(``{"suggested": {"3": {"score_probs": [5 floats], "error_probs": [over, under, none]}}}``): the
+panel's confidence and uncertainty order, and the confidence weight of filled-in ratings, come
+from there.
 
 Several raters are kept side by side. :func:`save_feedback` merges with the file on disk (raters
 there that the new object lacks are kept), writes atomically and never overwrites a file it
@@ -136,6 +140,8 @@ class CaseFeedback:
     raters: dict[str, dict[int, Rating]] = field(default_factory=dict)
     #: raters that are models (e.g. the quality predictor's ``suggested``), not people
     model_raters: set = field(default_factory=set)
+    #: per model rater, per region: ``{"score_probs": [5], "error_probs": [3]}`` (optional)
+    model_details: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.case_id, str) or not self.case_id:
@@ -236,6 +242,9 @@ class CaseFeedback:
                        for name in sorted(self.raters)},
             # written only when there is one, so files without model raters are unchanged
             **({"model_raters": sorted(self.model_raters)} if self.model_raters else {}),
+            **({"model_details": {name: {str(r): dict(d) for r, d in sorted(regions.items())}
+                                  for name, regions in sorted(self.model_details.items()) if regions}}
+               if any(self.model_details.values()) else {}),
         }
 
     @classmethod
@@ -296,7 +305,42 @@ class CaseFeedback:
                     raise FeedbackError(f"{where}: rated twice by the same rater; keep one rating.")
                 fb.raters.setdefault(name, {})[region] = Rating(
                     region, item["score"], item["error"], name, item["rated_at"], float(item["seconds"]))
+        fb.model_details = _parse_model_details(d.get("model_details", {}), fb, source)
         return fb
+
+
+def _probabilities(value: Any, n: int) -> bool:
+    return (isinstance(value, list) and len(value) == n
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+                    and -1e-6 <= v <= 1 + 1e-6 for v in value)
+            and abs(sum(value) - 1.0) <= 1e-3)
+
+
+def _parse_model_details(details: Any, fb: "CaseFeedback", source: str) -> dict:
+    """Validate the optional ``model_details`` (see the module docstring)."""
+    if not isinstance(details, dict):
+        raise FeedbackError(f"{source}: 'model_details' must be an object {{model rater: {{region: "
+                            f"probabilities}}}}.")
+    out: dict = {}
+    for name, regions in details.items():
+        if name not in fb.model_raters:
+            raise FeedbackError(f"{source}: 'model_details' has '{name}', which is not listed in "
+                                f"'model_raters'; details belong to model raters only.")
+        if not isinstance(regions, dict):
+            raise FeedbackError(f"{source}: model_details of '{name}' must map regions to probabilities.")
+        for key, d in regions.items():
+            where = f"{source}: model_details of '{name}', region {key!r}"
+            if not (isinstance(key, str) and key.isdigit() and int(key) in fb.region_labels):
+                raise FeedbackError(f"{where}: unknown region; this case's regions are "
+                                    f"{_short(fb.region_labels)}.")
+            if not (isinstance(d, dict) and _probabilities(d.get("score_probs"), 5)
+                    and _probabilities(d.get("error_probs"), 3)):
+                raise FeedbackError(f"{where}: needs 'score_probs' (5 probabilities summing to 1) "
+                                    f"and 'error_probs' (3: over, under, none). Re-run `scorerefine "
+                                    f"quality predict` to rewrite them.")
+            out.setdefault(name, {})[int(key)] = {"score_probs": [float(v) for v in d["score_probs"]],
+                                                   "error_probs": [float(v) for v in d["error_probs"]]}
+    return out
 
 
 # -------------------------------------------------------------------- files
@@ -367,6 +411,11 @@ def merge_feedback(on_disk: CaseFeedback, fb: CaseFeedback, source: str = "feedb
         merged.raters[name] = dict(ratings)
     for name, ratings in fb.raters.items():
         merged.raters[name] = dict(ratings)
+    # a model rater's details travel with its ratings (from the side whose ratings are kept)
+    for name in merged.model_raters:
+        side = fb if name in fb.raters else on_disk
+        if side.model_details.get(name):
+            merged.model_details[name] = dict(side.model_details[name])
     return merged
 
 

@@ -11,7 +11,15 @@ key        command
 O          ``mark_over()``: the region is over-segmented (again: stays so)
 U          ``mark_under()``: the region is under-segmented (again: stays so)
 N, Space   ``next_unrated()``: the next region without a score
+A          ``accept_suggestion()``: take the quality predictor's suggestion as your rating
 =========  =====================================================
+
+Suggestions (issue 11): when the case's feedback holds the quality predictor's ``suggested``
+model rater (``scorerefine quality predict``, or :meth:`RatingSession.add_suggestions` from the
+panel), every region shows the suggested score, over/under and the predictor's confidence; ``A``
+records the suggestion as the *person's* rating (never over one they gave). With
+``order = "uncertainty"`` the next region is the predictor's most doubtful unrated one (highest
+entropy first), and the session says when the remaining regions are confidently good.
 
 Score 5 means "no visible error" and is recorded at once. A score 1-4 is recorded together with
 its over/under mark, in either order (3 then O, or O then 3); until both are given the region shows
@@ -47,6 +55,13 @@ EVENT_RATING = "rating"       # a rating (score or over/under) changed
 EVENT_ALL_RATED = "all-rated"  # next_unrated found no unrated region
 EVENTS = (EVENT_CURRENT, EVENT_RATING, EVENT_ALL_RATED)
 
+#: the quality predictor's model rater (``quality.suggestions.SUGGESTED``)
+SUGGESTED_RATER = "suggested"
+#: region orders: label order, or the predictor's most doubtful first
+ORDERS = ("regions", "uncertainty")
+#: "confidently good": P(score >= GOOD_MIN_SCORE) >= GOOD_P_MIN (as ``quality predict``)
+GOOD_MIN_SCORE, GOOD_P_MIN = 4, 0.9
+
 ERROR_LABELS = {"over": "over", "under": "under", "none": ""}
 
 _FLIP = np.diag([-1.0, -1.0, 1.0])
@@ -68,13 +83,15 @@ _KEYMAP = {
     " ": Command("next_unrated"),
     "space": Command("next_unrated"),
     "key_space": Command("next_unrated"),
+    "a": Command("accept_suggestion"),
 }
 
 #: keys for the panel's help text
 KEY_HELP = (("1-5", "score the current region (1 = wrong, 5 = correct)"),
             ("O", "over-segmented"),
             ("U", "under-segmented"),
-            ("N / Space", "next unrated region"))
+            ("N / Space", "next unrated region"),
+            ("A", "accept the suggested rating"))
 
 
 def command_for_key(key: str) -> Optional[Command]:
@@ -100,6 +117,7 @@ class RegionRow:
     rated: bool
     current: bool
     voxels: int
+    suggestion: str = ""     # the predictor's suggestion, e.g. "3 under (confidence 0.62)"
 
     @property
     def cells(self) -> tuple[str, str, str, str]:
@@ -135,6 +153,9 @@ class RatingSession:
         labels = [int(v) for v in np.unique(regions.array) if v > 0]
         if not labels:
             raise InputError("the regions hold no region (all zero); run Split in step 2 first.")
+        if feedback is not None and feedback.is_model(str(rater).strip()):
+            raise InputError(f"the rater name '{str(rater).strip()}' is the quality predictor's (a "
+                             f"model rater); type your own name or initials in the Rate step.")
         self.case_id = str(case_id)
         self.regions = regions
         self.rater = str(rater).strip()
@@ -161,6 +182,9 @@ class RatingSession:
         if current is not None and int(current) in labels:
             self._current = int(current)
         self._entered = clock()
+        #: "regions" (label order) or "uncertainty" (the predictor's most doubtful first)
+        self.order = "regions"
+        self.suggestion_rater = SUGGESTED_RATER
         #: what the last key or command did, in words (the panel shows it after every key)
         self.last_message = ""
 
@@ -237,7 +261,7 @@ class RatingSession:
         for i, k in enumerate(self.labels):
             out.append(RegionRow(number=i + 1, region=k, score=self.score_of(k), error=self.error_of(k),
                                  rated=self.is_rated(k), current=k == self._current,
-                                 voxels=self.sizes[k]))
+                                 voxels=self.sizes[k], suggestion=self.suggestion_text(k)))
         return out
 
     def status_text(self) -> str:
@@ -247,7 +271,10 @@ class RatingSession:
             text += f". Region {self._current}: score {self.score_of()} needs O (over) or U (under)"
         elif self.score_of() is None and self.error_of() != "none":
             text += f". Region {self._current}: {self.error_of()}, now give a score 1-4"
-        return text
+        elif not self.is_rated(self._current) and self.suggestion_text():
+            text += f". Suggested: {self.suggestion_text()}; press A to accept"
+        note = self.confidence_note()
+        return text + (f". {note}" if note else "")
 
     # ------------------------------------------------------------------ navigation
     def centre(self, region: Optional[int] = None) -> tuple[int, int, int]:
@@ -300,15 +327,28 @@ class RatingSession:
         return self.go_to(self.labels[(self.current_index - 1) % len(self.labels)])
 
     def next_unrated(self) -> Optional[int]:
-        """The first unrated region after the current one (wrapping); None when all are rated."""
+        """The first unrated region after the current one (wrapping); None when all are rated.
+
+        With ``order == "uncertainty"`` and suggestions present: the next region of
+        :meth:`remaining_order` (the predictor's most doubtful unrated region first)."""
+        if self.order == "uncertainty" and self.suggestions():
+            todo = self.remaining_order()
+            if todo:
+                i = todo.index(self._current) if self._current in todo else -1
+                return self._next_message(self.go_to((todo[i + 1:] + todo[:i + 1])[0]))
         n = len(self.labels)
         for step in range(1, n + 1):
             k = self.labels[(self.current_index + step) % n]
             if not self.is_rated(k):
-                return self.go_to(k)
+                return self._next_message(self.go_to(k))
         self.last_message = f"All {len(self.labels)} regions are rated. Save the case."
         self._notify(EVENT_ALL_RATED)
         return None
+
+    def _next_message(self, region: int) -> int:
+        note = self.confidence_note()
+        self.last_message = f"Region {region}: not rated yet." + (f" {note}." if note else "")
+        return region
 
     # ------------------------------------------------------------------ rating
     def _snapshot(self, region: int) -> tuple:
@@ -398,7 +438,8 @@ class RatingSession:
         said = self.last_message
         nxt = self.next_unrated()
         if nxt is not None:
-            self.last_message = f"{said} Next: region {nxt}."
+            note = self.confidence_note()
+            self.last_message = f"{said} Next: region {nxt}." + (f" {note}." if note else "")
 
     def mark_over(self) -> None:
         """The current region is over-segmented (mask too big); pressing again clears it."""
@@ -442,11 +483,117 @@ class RatingSession:
         self._notify(EVENT_RATING)
         return True
 
+    # ------------------------------------------------------------------ suggestions (issue 11)
+    def suggestions(self) -> dict:
+        """``{region: QualityPrediction}`` of the predictor's suggestions in the feedback (with
+        their probabilities); empty when the case has none."""
+        from .quality.suggestions import suggestions_from_feedback
+        preds = suggestions_from_feedback(self.feedback, self.suggestion_rater)
+        return {r: p for r, p in preds.items() if r in self.sizes}
+
+    def suggested_rating(self, region: Optional[int] = None):
+        """The suggested :class:`~.feedback.Rating` of ``region`` (default: current), or None."""
+        if not self.feedback.is_model(self.suggestion_rater):
+            return None
+        region = self._current if region is None else int(region)
+        return self.feedback.raters.get(self.suggestion_rater, {}).get(region)
+
+    def suggestion_text(self, region: Optional[int] = None) -> str:
+        """E.g. ``"3 under (confidence 0.62)"``; ``""`` when the region has no suggestion."""
+        region = self._current if region is None else int(region)
+        s = self.suggested_rating(region)
+        if s is None:
+            return ""
+        kind = "" if s.error == "none" else f" {s.error}"
+        p = self.suggestions().get(region)
+        return f"{s.score}{kind}" + ("" if p is None else f" (confidence {p.confidence:.2f})")
+
+    def add_suggestions(self, preds: dict) -> int:
+        """Put the predictor's ``{region: QualityPrediction}`` into the feedback as the model
+        rater (replacing earlier suggestions; the person's ratings are untouched). Returns the
+        number of suggestions."""
+        from .quality.suggestions import add_suggestions
+        if self.suggestion_rater == self.rater:
+            raise InputError(f"the rater name '{self.rater}' is the quality predictor's; type your "
+                             f"own name in the Rate step.")
+        n = add_suggestions(self.feedback, preds, self.suggestion_rater)
+        self.last_message = f"{n} suggested ratings. Press A to accept the current region's."
+        self._notify(EVENT_RATING)
+        return n
+
+    def set_order(self, order: str) -> None:
+        """``"regions"`` (label order) or ``"uncertainty"`` (most doubtful first: the most
+        doubtful unrated region becomes current)."""
+        if order not in ORDERS:
+            raise InputError(f"unknown region order {order!r}; use one of {', '.join(ORDERS)}.")
+        self.order = order
+        todo = self.remaining_order()
+        if order == "uncertainty" and todo and self.suggestions():
+            self.go_to(todo[0])
+        self._notify(EVENT_RATING)
+
+    def remaining_order(self) -> list[int]:
+        """The unrated regions in the order they will be offered: with ``order ==
+        "uncertainty"``, those with a suggestion by decreasing entropy, then the rest by label."""
+        from .quality.ranking import order_by_uncertainty
+        unrated = self.unrated()
+        preds = self.suggestions() if self.order == "uncertainty" else {}
+        if not preds:
+            return unrated
+        first = order_by_uncertainty({r: preds[r] for r in unrated if r in preds})
+        return first + [r for r in unrated if r not in preds]
+
+    def remaining_confidently_good(self) -> bool:
+        """True when there are unrated regions, every one has a suggestion, and each is
+        confidently good (P(score >= 4) >= 0.9)."""
+        from .quality.ranking import confidently_good
+        unrated = self.unrated()
+        preds = self.suggestions()
+        return bool(unrated) and all(r in preds for r in unrated) and confidently_good(
+            preds, unrated, GOOD_MIN_SCORE, GOOD_P_MIN)
+
+    def confidence_note(self) -> str:
+        """The sentence the panel shows when the remaining regions are confidently good."""
+        if not self.remaining_confidently_good():
+            return ""
+        n = len(self.unrated())
+        return (f"The remaining {n} region{'s are' if n > 1 else ' is'} confidently good "
+                f"(P(score >= {GOOD_MIN_SCORE}) >= {GOOD_P_MIN:g} each): accept with A or save the case")
+
+    def accept_suggestion(self) -> Optional[int]:
+        """Record the suggestion of the current region as this person's rating (undoable).
+
+        Never replaces a rating the person gave; returns the score recorded, or None."""
+        region = self._current
+        s = self.suggested_rating(region)
+        if self.is_rated(region):
+            r = self.rating(region)
+            self.last_message = (f"Region {region}: your rating {r.score}"
+                                 f"{'' if r.error == 'none' else ' ' + r.error} is kept; the "
+                                 f"suggestion is not applied.")
+            self._notify(EVENT_RATING)
+            return None
+        if s is None:
+            self.last_message = (f"Region {region} has no suggestion; click Suggest (quality "
+                                 f"predictor) first, or rate it with 1-5.")
+            self._notify(EVENT_RATING)
+            return None
+        before = self._snapshot(region)
+        self._pending.pop(region, None)
+        self._apply(region, int(s.score), s.error)
+        self._undo.append(before)
+        self._say(region)
+        self.last_message = self.last_message.replace("rated", "rated (suggestion accepted)", 1)
+        self._notify(EVENT_RATING)
+        if self.auto_advance and self.is_rated(region):
+            self._advance(region)
+        return int(s.score)
+
     # ------------------------------------------------------------------ commands and keys
     def execute(self, command: Command):
         """Run a :class:`Command` (from :func:`command_for_key` or a button)."""
         allowed = {"rate", "mark_over", "mark_under", "next", "previous", "next_unrated", "undo",
-                   "clear", "go_to"}
+                   "clear", "go_to", "accept_suggestion"}
         if command.name not in allowed:
             raise InputError(f"unknown session command '{command.name}'")
         method = getattr(self, command.name)
@@ -457,7 +604,7 @@ class RatingSession:
         command = command_for_key(key)
         if command is None:
             self.last_message = (f"'{key}' is not a rating key: 1-5 score, O over, U under, "
-                                 f"N or Space next unrated.")
+                                 f"N or Space next unrated, A accept the suggestion.")
             return False
         self.execute(command)
         return True
@@ -476,7 +623,8 @@ class RatingSession:
         return {"format": SESSION_FORMAT, "version": SESSION_VERSION, "case_id": self.case_id,
                 "rater": self.rater, "current": self._current,
                 "pending": {str(k): dict(v) for k, v in sorted(self._pending.items())},
-                "auto_advance": self.auto_advance, "feedback": self.feedback.to_dict()}
+                "auto_advance": self.auto_advance, "order": self.order,
+                "feedback": self.feedback.to_dict()}
 
     def to_json(self) -> str:
         """The string the module stores in the scene (node attribute)."""
@@ -500,6 +648,8 @@ class RatingSession:
         session = cls(d.get("case_id", fb.case_id), regions, rater=d.get("rater", "clinician"),
                       feedback=fb, current=d.get("current"), clock=clock,
                       auto_advance=bool(d.get("auto_advance", False)))
+        if d.get("order") in ORDERS:
+            session.order = d["order"]
         pending = d.get("pending") or {}
         if not isinstance(pending, dict):
             raise FeedbackError("the rating session in the scene has a broken 'pending' entry.")

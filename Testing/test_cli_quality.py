@@ -154,3 +154,16 @@ def test_refine_refuses_a_quality_model_naming_the_task(trained, monkeypatch, ca
     assert main("refine", "--model", model, "--dataset", ds, "--case", "case_001") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'quality' model" in err and "newer" not in err
+
+
+def test_train_on_realistic_corruptions_and_the_cases_own_initial_masks(trained, tmp_path):
+    ds, _ = trained
+    counts = {}
+    for extra in ((), ("--with-initial",)):
+        out = tmp_path / f"q{len(extra)}.pt"
+        assert main("quality", "train", ds, "--out", out, "--network", "tiny", "--steps", "1",
+                    "--finetune-steps", "0", "--corruptions", "1", "--n-regions", "6",
+                    "--corruption", "realistic", "--threads", "1", "--progress", "none", *extra) == 0
+        counts[extra] = torch.load(out, weights_only=True)["metadata"]["n_synthetic"]
+    # the same realistic corruptions (same seed), plus one sample per region of each initial mask
+    assert counts[("--with-initial",)] > counts[()] > 0

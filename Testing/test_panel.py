@@ -253,3 +253,90 @@ def test_defect5_totalsegmentator_command_runs_in_the_background(panel, monkeypa
     assert widget.logic.tsJob.state == "finished", widget.ui.inputStatusLabel.text
     assert widget.ui.inputStatusLabel.text.startswith("TotalSegmentator: humerus_left")
     assert widget._parameterNode.segmentId == widget.ui.segmentSelector.currentSegmentID() != ""
+
+
+@pytest.fixture(scope="module")
+def quality_checkpoint(tmp_path_factory):
+    """A real (briefly trained, tiny) quality checkpoint: the panel's wiring is what is tested."""
+    from SCORERefineLib.phantoms import PRESETS, make_phantom
+    from SCORERefineLib.quality.data import synthetic_samples
+    from SCORERefineLib.quality.network import quality_config
+    from SCORERefineLib.quality.train import train_quality
+    from SCORERefineLib.regions import RegionParams
+    p = make_phantom(1, PRESETS["tiny"])
+    cfg = quality_config("tiny")
+    samples = synthetic_samples(p.image, p.reference.array, cfg, np.random.default_rng(0),
+                                n_corruptions=1, region_params=RegionParams(n_regions=4))
+    return train_quality(samples, tmp_path_factory.mktemp("q") / "quality.pt", steps=3,
+                         batch_size=4, config=cfg, num_threads=1)
+
+
+def test_quality_predictor_suggest_accept_with_a_and_doubtful_first(panel, quality_checkpoint):
+    """Suggest fills the Suggested column; A records the suggestion as the person's rating and
+    never replaces one they gave; Doubtful first goes to the most uncertain unrated region."""
+    slicer, module, widget, parent = panel
+    u = widget.ui
+    volume, seg, sid, other = _case(slicer, module)
+    u.inputVolumeSelector.setCurrentNode(volume)
+    u.segmentSelector.setCurrentNode(seg)
+    u.segmentSelector.setCurrentSegmentID(sid)
+    u.regionMethodComboBox.setCurrentIndex(1)               # slabs
+    u.regionCountSpinBox.value = 4
+    u.raterNameLineEdit.text = "dr_a"
+    u.splitButton.click()
+    session = widget.logic.session
+    assert session is not None, H.errors()
+    first = session.current
+    _key(parent, "5")                                       # the person rates the first region
+    widget.qualityModelLineEdit.text = str(quality_checkpoint)
+    widget.suggestButton.click()
+    preds = session.suggestions()
+    assert sorted(preds) == session.labels, widget.qualityStatusLabel.text
+    assert u.regionTable.columnCount == 5
+    for r, label in enumerate(session.labels):
+        assert u.regionTable.item(r, 4).text() == session.suggestion_text(label) != ""
+    # Doubtful first: the next region is the most uncertain unrated one
+    widget.doubtfulFirstCheckBox.setChecked(True)
+    assert session.order == "uncertainty"
+    unrated = [k for k in session.labels if k != first]
+    most = max(unrated, key=lambda k: (preds[k].entropy, -preds[k].expected_score, -k))
+    assert session.current == most
+    # A: the suggestion becomes dr_a's rating (not the model's), then the next doubtful region
+    suggested = session.suggested_rating(most)
+    _key(parent, "A")
+    mine = session.feedback.raters["dr_a"][most]
+    assert (mine.score, mine.error) == (suggested.score, suggested.error)
+    assert session.feedback.consensus()[most][0] == suggested.score
+    assert session.current != most
+    # A on the region the person rated keeps their 5
+    session.go_to(first)
+    _key(parent, "A")
+    assert session.feedback.raters["dr_a"][first].score == 5
+    assert "is kept" in u.rateStatusLabel.text
+    assert not session.feedback.is_model("dr_a") and session.feedback.is_model("suggested")
+    # when every unrated region is confidently good to the predictor, the panel says so
+    from SCORERefineLib.quality.ranking import _prediction
+    session.add_suggestions({k: _prediction(k, np.array([0, 0, 0, 0.02, 0.98]), np.array([0.1, 0.1, 0.8]))
+                             for k in session.labels})
+    _key(parent, "N")
+    assert "confidently good" in u.rateStatusLabel.text, u.rateStatusLabel.text
+
+
+def test_quality_predictor_trains_in_the_background_from_the_panel(panel, tmp_path):
+    slicer, module, widget, parent = panel
+    if H._STATE["version"] != "5.10":
+        pytest.skip("the background training runs once (5.10); the wiring is the same on 5.8")
+    from SCORERefineLib.phantoms import make_cohort
+    make_cohort(tmp_path / "ds", 1, seed=0, preset="tiny")
+    widget.ui.datasetDirectoryButton.directory = str(tmp_path / "ds")
+    widget.ui.trainStepsSpinBox.value = 2
+    widget.trainQualityButton.click()
+    job = widget.logic.qualityJob
+    assert job is not None and not widget.trainQualityButton.enabled, widget.qualityStatusLabel.text
+    deadline = time.monotonic() + 180
+    while widget._qualityTimer.isActive() and time.monotonic() < deadline:
+        H.pump(50)
+    assert job.state == "finished", job.error_message
+    assert (tmp_path / "ds" / "quality.pt").exists()
+    assert widget.qualityModelLineEdit.text == str(tmp_path / "ds" / "quality.pt")
+    assert widget.trainQualityButton.enabled

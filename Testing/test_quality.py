@@ -187,3 +187,34 @@ def test_files_without_model_raters_are_written_as_before(tmp_path):
     add_suggestions(fb, {1: _pred(1, [1, 0, 0, 0, 0])})
     assert fb.to_dict()["model_raters"] == ["suggested"]
     assert CaseFeedback.from_dict(fb.to_dict()).model_raters == {"suggested"}
+
+
+def test_realistic_corruptions_are_whole_case_errors_rated_as_the_rater_does(phantom):
+    from SCORERefineLib.quality.data import realistic_mask, realistic_samples
+    cfg = quality_config("tiny")
+    rng = np.random.default_rng(0)
+    mask = realistic_mask(phantom.image, phantom.reference.array, np.random.default_rng(1), strength=1.0)
+    assert mask.shape == phantom.reference.array.shape and (mask != phantom.reference.array).any()
+    samples = realistic_samples(phantom.image, phantom.reference.array, cfg, rng, n_copies=2,
+                                region_params=RegionParams(n_regions=6))
+    assert samples and all(s.score == dice_to_score(min(s.dice, 1.0)) for s in samples)
+    assert all((s.error == "none") == (s.score == 5) for s in samples)
+    assert min(s.score for s in samples) < 5
+    mixed = synthetic_samples(phantom.image, phantom.reference.array, cfg, np.random.default_rng(0),
+                              n_corruptions=2, region_params=RegionParams(n_regions=6),
+                              corruption="mixed")
+    assert len(mixed) >= 6
+    with pytest.raises(ValueError, match="corruption must be one of"):
+        synthetic_samples(phantom.image, phantom.reference.array, cfg, rng, corruption="blobs")
+
+
+def test_accuracy_separates_the_suggested_error_from_the_direction():
+    from SCORERefineLib.quality.evaluate import _row, accuracy
+    says_five_leans_over = _pred(1, [0, 0, 0.1, 0.3, 0.6], err=(0.5, 0.2, 0.3))
+    says_two_under = _pred(2, [0.1, 0.6, 0.3, 0, 0], err=(0.2, 0.7, 0.1))
+    rows = [_row(3, "over", 0.8, says_five_leans_over), _row(2, "over", 0.6, says_two_under),
+            _row(5, "none", 0.99, says_five_leans_over)]
+    a = accuracy(rows)
+    assert a["n_errors"] == 2
+    assert a["over_under_accuracy"] == 0.0          # 'none' (a 5) and 'under' are both wrong
+    assert a["direction_accuracy"] == 0.5           # the first one leans the right way

@@ -5,9 +5,15 @@ dataset (each region gets a known score and error type), then, when cases have p
 feedback.json, a short fine-tune on the rated regions of the initial masks (the synthetic samples
 stay in at a lower weight).
 
+``--corruption realistic|mixed`` adds whole-case errors of the real-CT error model, ``--with-initial``
+the cases' own initial masks (scored against the reference as the simulated rater does).
+
 ``quality predict DATASET --model quality.pt``: per-region suggestions written as the
 ``suggested`` model rater in each case's feedback.json (people's ratings are never touched), and
 a per-case summary with how many regions are confidently good.
+
+``quality benchmark --preset quick|real``: simulated active learning
+(:mod:`SCORERefineLib.quality.active_learning`), report + JSON + PNG in docs/.
 """
 
 from __future__ import annotations
@@ -26,14 +32,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                      "fine-tune on rated regions when feedback exists")
     t.add_argument("dataset", help="dataset folder (cases/<id>/image, initial, reference, feedback.json)")
     t.add_argument("--out", required=True, help="quality checkpoint to write (e.g. quality.pt)")
-    t.add_argument("--steps", type=int, default=300, help="steps on synthetic samples (default 300)")
+    t.add_argument("--steps", type=int, default=1200, help="steps on synthetic samples (default 1200)")
     t.add_argument("--finetune-steps", type=int, default=None,
                    help="steps on rated regions (default steps/3; 0: no fine-tuning)")
     t.add_argument("--network", choices=("tiny", "small"), default="small",
                    help="tiny (tests) or small (default)")
     t.add_argument("--init", default=None, help="start from this quality checkpoint")
-    t.add_argument("--corruptions", type=int, default=4,
-                   help="corrupted copies of each reference (default 4; one sample per region each)")
+    t.add_argument("--corruptions", type=int, default=12,
+                   help="corrupted copies of each reference (default 12; one sample per region each)")
+    t.add_argument("--corruption", choices=("regions", "realistic", "mixed"), default="realistic",
+                   help="synthetic masks: per-region corruptions of the reference, whole-case "
+                        "errors of the real-CT error model with regions split from the corrupted "
+                        "mask, or half each (docs/quality-predictor.md)")
+    t.add_argument("--with-initial", action="store_true",
+                   help="also learn from each case's own initial.nii.gz, its regions split from it "
+                        "and scored against reference.nii.gz as the simulated rater does (the "
+                        "segmenter's real errors; best measured transfer, docs/quality-predictor.md)")
     t.add_argument("--n-regions", type=int, default=12,
                    help="regions split from each reference for the synthetic samples (default 12)")
     t.add_argument("--synthetic-weight", type=float, default=0.3,
@@ -57,6 +71,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--rater", default="suggested", help="model rater name (default 'suggested')")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.set_defaults(_quality=run_predict)
+
+    b = sub.add_parser("benchmark", help="simulated active learning: Dice gain after k ratings per "
+                                         "case for random order, uncertainty order and uncertainty "
+                                         "order with filled-in ratings; the predictor's accuracy")
+    b.add_argument("--preset", default="quick", choices=("smoke", "quick", "real", "real_smoke"),
+                   help="smoke/real_smoke (tests, seconds), quick (phantoms) or real (real-CT "
+                        "cohort); about 15 minutes each for quick and real on 2 CPU cores")
+    b.add_argument("--out", default=None,
+                   help="markdown report (default docs/active-learning-<cohort>.md); its .json "
+                        "twin and .png curve go beside it")
+    b.add_argument("--workdir", default=None, help="where cohorts and models go (default: a temporary folder)")
+    b.add_argument("--steps", type=int, default=None, help="SCORE steps per arm (default: the preset's)")
+    b.add_argument("--ks", default=None,
+                   help="ratings per case, comma separated, 'all' for every region (e.g. 0,3,6,all)")
+    b.set_defaults(_quality=run_benchmark)
 
 
 def add_goodness_arguments(p: argparse.ArgumentParser) -> None:
@@ -115,7 +144,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..feedback import load_feedback
     from ..progress import CancelToken
-    from ..quality.data import rated_samples, synthetic_samples
+    from ..quality.data import mask_samples, rated_samples, synthetic_samples
     from ..quality.network import QualityConfig, quality_config
     from ..quality.train import train_quality
     from ..regions import RegionParams
@@ -139,7 +168,12 @@ def run_train(args: argparse.Namespace) -> int:
             reference = case.load_reference(like=image)
             synthetic += synthetic_samples(image, reference.array, config, rng,
                                            n_corruptions=args.corruptions, case_id=case.case_id,
-                                           region_params=RegionParams(n_regions=args.n_regions))
+                                           region_params=RegionParams(n_regions=args.n_regions),
+                                           corruption=args.corruption)
+            if args.with_initial:
+                synthetic += mask_samples(image, case.load_initial(like=image).array,
+                                          reference.array, config,
+                                          RegionParams(n_regions=args.n_regions), case.case_id)
         if case.has_feedback and case.has_regions:
             consensus = load_feedback(case.feedback_path).consensus()   # people only
             if consensus:
@@ -232,4 +266,41 @@ def run_predict(args: argparse.Namespace) -> int:
               f"mean expected score {mean:.2f}, most doubtful: "
               f"{', '.join(str(r) for r in doubtful) or '-'}", flush=True)
     print(f"{len(cases)} case(s), {total} regions, {total_good} confidently good", flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------- benchmark
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    import shlex
+    import tempfile
+    from dataclasses import replace
+    from pathlib import Path
+
+    from ..errors import InputError
+    from ..quality.active_learning import ALL, PRESETS, run_active_learning, savings_sentence, write_report
+
+    cfg = PRESETS[args.preset]
+    if args.steps is not None:
+        if args.steps < 1:
+            raise InputError(f"--steps must be at least 1, got {args.steps}.")
+        cfg = replace(cfg, steps=int(args.steps))
+    if args.ks:
+        try:
+            ks = tuple(ALL if k.strip() == "all" else int(k) for k in args.ks.split(",") if k.strip())
+        except ValueError:
+            raise InputError(f"--ks takes whole numbers and 'all', comma separated (e.g. 0,3,6,all); "
+                             f"got {args.ks!r}.") from None
+        if not ks or any(k < 0 and k != ALL for k in ks):
+            raise InputError(f"--ks needs numbers >= 0 or 'all', got {args.ks!r}.")
+        cfg = replace(cfg, ks=ks)
+    out = Path(args.out or f"docs/active-learning-{'real' if cfg.cohort == 'real' else 'phantoms'}.md")
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="scorerefine-al-"))
+    report = run_active_learning(cfg, work, log=lambda line: print(line, file=sys.stderr, flush=True))
+    command = "scorerefine quality benchmark " + " ".join(
+        shlex.quote(a) for a in sys.argv[sys.argv.index("benchmark") + 1:]) if "benchmark" in sys.argv \
+        else f"scorerefine quality benchmark --preset {args.preset}"
+    md, js, png = write_report(report, out, command)
+    print(savings_sentence(report))
+    print(f"report: {md} (+ {js.name}, {png.name})")
     return 0

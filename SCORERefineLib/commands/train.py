@@ -38,6 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-edge", action="store_true", help="ablation: no edge-prior input channel")
     p.add_argument("--no-direction", action="store_true", help="ablation: ignore the error type (over/under) everywhere")
     p.add_argument("--no-amount", action="store_true", help="ablation: ignore how much the score says (pseudo/amount off, direction only)")
+    p.add_argument("--fill-in", metavar="RATER", default=None,
+                   help="score mode: fill in unrated regions with this model rater's confident "
+                        "ratings (e.g. 'suggested' from `scorerefine quality predict`), each weighted "
+                        "q^2 (q: the predicted score's probability)")
+    p.add_argument("--fill-in-q-min", type=float, default=None,
+                   help="with --fill-in: predicted ratings below this confidence are not used (default 0.5)")
     p.add_argument("--loss-weights", default="",
                    help="SCORE loss weights, e.g. 'pseudo=1,pin=1,anchor=0.5,edge=0.05,pseudo_fraction=0.6' "
                         "(see docs/score-loss.md)")
@@ -122,6 +128,13 @@ def config_from_args(args):
                   "indicator_every": getattr(args, "indicator_every", None),
                   "indicator_start": getattr(args, "indicator_start", None)}
     given.update({k: v for k, v in mode_flags.items() if v is not None})
+    fill_in = getattr(args, "fill_in", None)
+    q_min = getattr(args, "fill_in_q_min", None)
+    if q_min is not None and not 0.0 <= q_min <= 1.0:
+        raise InputError(f"--fill-in-q-min must be a probability in [0, 1], got {q_min}.")
+    if q_min is not None and not fill_in:
+        raise InputError("--fill-in-q-min needs --fill-in RATER (e.g. --fill-in suggested).")
+    given.update({k: v for k, v in (("fill_in", fill_in), ("fill_in_q_min", q_min)) if v is not None})
     if args.mode == "hybrid" and mode_flags["dense_ids"] and mode_flags["dense_count"] is not None:
         raise InputError("give either --dense CASE_IDS or --dense-count K, not both.")
     known = {f.name for f in fields(MODES[args.mode].Config)}

@@ -70,11 +70,25 @@ def region_crops(image: Volume, mask: np.ndarray, regions: np.ndarray, config: Q
 
 def synthetic_samples(image: Volume, reference: np.ndarray, config: QualityConfig,
                       rng: np.random.Generator, n_corruptions: int = 4, region_params=None,
-                      case_id: str = "", score_probs=None) -> list[QualitySample]:
-    """Samples from ``n_corruptions`` corrupted copies of ``reference`` (regions split from the
-    reference; each region of each copy gets its own target Dice and kind)."""
+                      case_id: str = "", score_probs=None, corruption: str = "regions"
+                      ) -> list[QualitySample]:
+    """Samples from ``n_corruptions`` corrupted copies of ``reference``.
+
+    ``corruption``: ``regions`` (regions split from the reference; each region of each copy gets
+    its own target Dice and kind), ``realistic`` (:func:`realistic_samples`: whole-case errors of
+    the real-CT error model, regions split from the corrupted mask) or ``mixed`` (half each)."""
     from ..regions import RegionParams, split_regions
     from .corruptions import corrupt_case
+
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
+    if corruption != "regions":
+        n_real = int(n_corruptions) if corruption == "realistic" else (int(n_corruptions) + 1) // 2
+        out = realistic_samples(image, reference, config, rng, n_real, region_params, case_id)
+        if corruption == "realistic":
+            return out
+        return out + synthetic_samples(image, reference, config, rng, int(n_corruptions) - n_real,
+                                       region_params, case_id, score_probs, "regions")
 
     ref = np.asarray(reference) != 0
     regions = split_regions(ref.astype(np.uint8), image.geometry.spacing_zyx,
@@ -86,6 +100,74 @@ def synthetic_samples(image: Volume, reference: np.ndarray, config: QualityConfi
         for label, crop in region_crops(image, mask, regions, config, labels=sorted(truth)).items():
             t = truth[label]
             out.append(QualitySample(crop, t.score, t.error, t.dice, case_id, label))
+    return out
+
+
+#: how synthetic training masks are made (``synthetic_samples(corruption=...)``)
+CORRUPTIONS = ("regions", "realistic", "mixed")
+#: CT above this (HU) outside the reference counts as a neighbouring bone a leak can reach
+NEIGHBOUR_HU = 250.0
+
+
+def realistic_mask(image: Volume, reference: np.ndarray, rng: np.random.Generator,
+                   strength: Optional[float] = None) -> np.ndarray:
+    """A whole-case initial-like mask from the reference with the real-CT error model
+    (:func:`SCORERefineLib.realct._apply_real_errors`: smooth boundary shifts, leaks into a
+    neighbouring bone, missing parts, holes, blocky steps), scaled by ``strength`` (default drawn
+    in [0.2, 1.2]: from almost clean to about the phantoms' initial masks). Neighbouring
+    bone is what the CT shows as bone (> :data:`NEIGHBOUR_HU`) outside the reference."""
+    from dataclasses import replace
+
+    from ..realct import RealConfig, _apply_real_errors
+
+    ref = np.asarray(reference) != 0
+    k = float(rng.uniform(0.2, 1.2)) if strength is None else float(strength)
+    base = RealConfig()
+    cfg = replace(base, shift_mm=tuple(v * k for v in base.shift_mm),
+                  leak_radius_mm=tuple(v * k for v in base.leak_radius_mm),
+                  missing_radius_mm=tuple(v * k for v in base.missing_radius_mm),
+                  hole_radius_mm=tuple(v * min(k, 1.5) for v in base.hole_radius_mm))
+    from scipy import ndimage as _ndi
+    nb = (np.asarray(image.array) > NEIGHBOUR_HU) & ~_ndi.binary_dilation(ref, iterations=2)
+    mask, _ = _apply_real_errors(ref, nb, image.geometry.spacing_zyx, rng, cfg)
+    return mask
+
+
+def mask_samples(image: Volume, mask: np.ndarray, reference: np.ndarray, config: QualityConfig,
+                 region_params=None, case_id: str = "") -> list[QualitySample]:
+    """Samples from one whole mask (e.g. a case's own initial mask) whose regions are split from
+    that mask, as the SCORE loop splits an initial mask; the truth is what the simulated rater
+    says (:func:`SCORERefineLib.rater.region_agreement` against the reference,
+    :func:`~SCORERefineLib.calibration.dice_to_score`, the dominant side)."""
+    from ..calibration import dice_to_score
+    from ..rater import region_agreement
+    from ..regions import RegionParams, split_regions
+
+    mask = np.asarray(mask) != 0
+    if not mask.any():
+        return []
+    ref = np.asarray(reference) != 0
+    regions = split_regions(mask.astype(np.uint8), image.geometry.spacing_zyx,
+                            region_params or RegionParams())
+    agree = region_agreement(mask, ref, regions)
+    out = []
+    for label, crop in region_crops(image, mask, regions, config, labels=sorted(agree)).items():
+        a = agree[label]
+        score = dice_to_score(min(a["dice"], 1.0))
+        error = "none" if score == 5 else ("over" if a["over"] >= a["under"] else "under")
+        out.append(QualitySample(crop, score, error, float(a["dice"]), case_id, label))
+    return out
+
+
+def realistic_samples(image: Volume, reference: np.ndarray, config: QualityConfig,
+                      rng: np.random.Generator, n_copies: int = 4, region_params=None,
+                      case_id: str = "") -> list[QualitySample]:
+    """Samples from ``n_copies`` whole-case corruptions (:func:`realistic_mask`), each through
+    :func:`mask_samples` (regions split from the corrupted mask, the simulated rater's truth)."""
+    out = []
+    for _ in range(int(n_copies)):
+        out += mask_samples(image, realistic_mask(image, reference, rng), reference, config,
+                            region_params, case_id)
     return out
 
 

@@ -4,7 +4,8 @@ Format (backward compatible: version 1 unchanged, one optional top-level key)::
 
     "raters": {"dr_a": [...], "suggested": [{"region": 3, "score": 2, "error": "under",
                                              "rated_at": "...", "seconds": 0.0}, ...]},
-    "model_raters": ["suggested"]
+    "model_raters": ["suggested"],
+    "model_details": {"suggested": {"3": {"score_probs": [...5], "error_probs": [over, under, none]}}}
 
 A suggestion is an ordinary, validated rating (so old readers still parse the file), stored under
 a rater listed in ``model_raters``. Human consensus (the SCORE training target) ignores it;
@@ -21,7 +22,7 @@ from typing import Optional
 
 from ..errors import FeedbackError
 from ..feedback import CaseFeedback, Rating, load_feedback, save_feedback, utc_now
-from .predict import QualityPrediction
+from .ranking import QualityPrediction, _prediction
 
 SUGGESTED = "suggested"
 
@@ -38,14 +39,28 @@ def add_suggestions(fb: CaseFeedback, preds: dict[int, QualityPrediction],
                             f"are never written over them. Choose another name for the model.")
     fb.raters.pop(rater, None)
     fb.model_raters.add(rater)
+    details = fb.model_details[rater] = {}
     rated_at = rated_at or utc_now()
     n = 0
     for region in sorted(preds):
         if region in fb.region_labels:
             p = preds[region]
             fb.rate(rater, region, p.score, p.error, seconds=0.0, rated_at=rated_at)
+            details[int(region)] = {"score_probs": [float(v) for v in p.score_probs],
+                                    "error_probs": [float(v) for v in p.error_probs]}
             n += 1
     return n
+
+
+def suggestions_from_feedback(fb: CaseFeedback, rater: str = SUGGESTED
+                              ) -> dict[int, QualityPrediction]:
+    """The model rater's suggestions back as :class:`QualityPrediction` (from ``model_details``;
+    regions suggested without probabilities are left out). Empty when there are none."""
+    if not fb.is_model(rater):
+        return {}
+    rated = fb.raters.get(rater, {})
+    return {int(r): _prediction(int(r), d["score_probs"], d["error_probs"])
+            for r, d in fb.model_details.get(rater, {}).items() if int(r) in rated}
 
 
 def write_suggestions(path: str | os.PathLike, preds: dict[int, QualityPrediction],

@@ -26,7 +26,9 @@ edge
     with E the edge prior; minimising it moves P's boundary to where E is high.
 
 Regions are averaged with weights = their voxel count in the patch, so a region grazed by a
-patch corner has little say. See docs/score-loss.md for choices and experiments.
+patch corner has little say. ``trust`` ((B, K+1), optional, :class:`~.targets.RegionTables`)
+scales a region's contribution (a filled-in rating counts ``q^2``) without entering the
+normalisation; None or all ones gives exactly the untrusted loss. See docs/score-loss.md for choices and experiments.
 """
 
 from __future__ import annotations
@@ -110,15 +112,27 @@ def region_sums(values: torch.Tensor, regions: torch.Tensor, n_table: int) -> to
     return out.view(regions.shape[0], n_table)
 
 
-def _weighted_mean(per_region: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _weighted_mean(per_region: torch.Tensor, weight: torch.Tensor,
+                   trust: torch.Tensor | None = None) -> torch.Tensor:
     total = weight.sum()
     if total <= 0:
         return per_region.sum() * 0.0
+    if trust is not None:
+        return (per_region * weight * trust.to(weight.dtype)).sum() / total
     return (per_region * weight).sum() / total
 
 
+def _voxel_trust(trust: torch.Tensor | None, regions: torch.Tensor, like: torch.Tensor):
+    """The per-region ``trust`` table spread over the voxels (B,1,...); None stays None."""
+    if trust is None:
+        return None
+    k = trust.shape[1]
+    return torch.gather(trust.reshape(-1).to(like.dtype), 0, _flat_ids(regions, k)).view_as(like)
+
+
 def direction_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
-                   error: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+                   error: torch.Tensor, valid: torch.Tensor | None = None,
+                   trust: torch.Tensor | None = None) -> torch.Tensor:
     """Over: mean P over R\\M0; under: mean (1-P) over R&M0; averaged over regions with a direction.
 
     Shapes: prob/initial/regions/valid (B,1,z,y,x); error (B, K+1). Returns a scalar >= 0.
@@ -139,11 +153,12 @@ def direction_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Ten
                       torch.where(is_under, under_num / under_den.clamp_min(1.0),
                                   torch.zeros_like(over_num)))
     weight = torch.where(is_over, over_den, torch.where(is_under, under_den, torch.zeros_like(over_den)))
-    return _weighted_mean(per, weight)
+    return _weighted_mean(per, weight, trust)
 
 
 def net_direction_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
-                       error: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+                       error: torch.Tensor, valid: torch.Tensor | None = None,
+                       trust: torch.Tensor | None = None) -> torch.Tensor:
     """Net-volume direction: over -> ``relu(sum_R P - sum_R M0) / sum_R M0`` (no net growth),
     under -> ``relu(sum_R M0 - sum_R P) / sum_R M0`` (no net shrinkage).
 
@@ -163,7 +178,7 @@ def net_direction_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch
     per = torch.where(is_over, F.relu(sp - sm) / denom,
                       torch.where(is_under, F.relu(sm - sp) / denom, torch.zeros_like(sp)))
     weight = torch.where(is_over | is_under, region_sums(v, regions, k), torch.zeros_like(sp))
-    return _weighted_mean(per, weight)
+    return _weighted_mean(per, weight, trust)
 
 
 def soft_dice_per_region(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
@@ -178,7 +193,7 @@ def soft_dice_per_region(prob: torch.Tensor, initial: torch.Tensor, regions: tor
 
 def amount_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
                 agreement: torch.Tensor, rated: torch.Tensor,
-                valid: torch.Tensor | None = None) -> torch.Tensor:
+                valid: torch.Tensor | None = None, trust: torch.Tensor | None = None) -> torch.Tensor:
     """``(softDice_R(P, M0) - c(s_R))^2`` averaged (voxel-count weighted) over rated regions.
 
     Shapes: prob/initial/regions/valid (B,1,z,y,x); agreement (B,K+1) float; rated (B,K+1) bool.
@@ -190,12 +205,12 @@ def amount_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor
     r = rated.clone()
     r[:, 0] = False
     weight = torch.where(r, count, torch.zeros_like(count))
-    return _weighted_mean((dice - agreement) ** 2, weight)
+    return _weighted_mean((dice - agreement) ** 2, weight, trust)
 
 
 def volume_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
                 agreement: torch.Tensor, rated: torch.Tensor, error: torch.Tensor,
-                valid: torch.Tensor | None = None) -> torch.Tensor:
+                valid: torch.Tensor | None = None, trust: torch.Tensor | None = None) -> torch.Tensor:
     """``(sum_R P / sum_R M0 - rho(c, t))^2``, voxel-count weighted over rated regions.
 
     The amount and the direction in one number: the refined volume in R should be the truth's
@@ -212,7 +227,7 @@ def volume_loss(prob: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor
     r[:, 0] = False
     r = r & (sm > 0)
     weight = torch.where(r, region_sums(v, regions, k), torch.zeros_like(sp))
-    return _weighted_mean((sp / sm.clamp_min(1.0) - rho) ** 2, weight)
+    return _weighted_mean((sp / sm.clamp_min(1.0) - rho) ** 2, weight, trust)
 
 
 def sharpness_loss(prob: torch.Tensor, regions: torch.Tensor,
@@ -297,7 +312,8 @@ def pseudo_label_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torc
                       agreement: torch.Tensor, rated: torch.Tensor, error: torch.Tensor,
                       depth: torch.Tensor, valid: torch.Tensor | None = None,
                       depth_per_mm: float = 1.0, use_error_type: bool = True,
-                      flip_weight: float = 1.0, fraction: float = 1.0) -> torch.Tensor:
+                      flip_weight: float = 1.0, fraction: float = 1.0,
+                      trust: torch.Tensor | None = None) -> torch.Tensor:
     """BCE(logits, :func:`pseudo_labels`) over rated region voxels: the amount and the direction
     as dense per-voxel targets, chosen by the network's own ranking (learning from label
     proportions, top-k). A per-voxel target gives every voxel a full-strength gradient, where
@@ -309,11 +325,14 @@ def pseudo_label_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torc
         weight = weight * torch.where((target - initial).abs() > 0.5,
                                       torch.full_like(weight, float(flip_weight)), torch.ones_like(weight))
     bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    tv = _voxel_trust(trust, regions, bce)
+    if tv is not None:
+        return (bce * weight * tv).sum() / weight.sum().clamp_min(1.0)
     return (bce * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def _follow_initial(logits: torch.Tensor, initial: torch.Tensor, selection: torch.Tensor,
-                    margin: float | None) -> torch.Tensor:
+                    margin: float | None, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over ``selection`` (weights, (B,1,z,y,x)) of how far the logits are from following
     M0: BCE when ``margin`` is None, else the squared hinge ``relu(margin - (2 M0 - 1) z)^2``
     (zero once a voxel agrees with M0 by ``margin`` logits)."""
@@ -321,6 +340,8 @@ def _follow_initial(logits: torch.Tensor, initial: torch.Tensor, selection: torc
         per = F.binary_cross_entropy_with_logits(logits, initial, reduction="none")
     else:
         per = F.relu(float(margin) - (2.0 * initial - 1.0) * logits) ** 2
+    if scale is not None:   # per-voxel trust: scales the terms, not the normalisation
+        return (per * selection * scale).sum() / selection.sum().clamp_min(1.0)
     return (per * selection).sum() / selection.sum().clamp_min(1.0)
 
 
@@ -348,7 +369,8 @@ def anchor_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Tens
 
 def pin_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
              agreement: torch.Tensor, rated: torch.Tensor, valid: torch.Tensor | None = None,
-             margin: float | None = 2.0, min_agreement: float = 0.999) -> torch.Tensor:
+             margin: float | None = 2.0, min_agreement: float = 0.999,
+             trust: torch.Tensor | None = None) -> torch.Tensor:
     """Per-voxel anchor inside rated regions whose c(s) >= ``min_agreement`` (a consensus 5:
     "no visible error"): the same hinge/BCE as :func:`anchor_loss`, averaged over those voxels.
 
@@ -363,7 +385,7 @@ def pin_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
     sel = torch.gather(r.reshape(-1).to(logits.dtype), 0, _flat_ids(regions, k)).view_as(logits)
     if valid is not None:
         sel = sel * valid
-    return _follow_initial(logits, initial, sel, margin)
+    return _follow_initial(logits, initial, sel, margin, _voxel_trust(trust, regions, logits))
 
 
 def spatial_gradient_magnitude(prob: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -418,7 +440,7 @@ def _margin(weights: ScoreLossWeights) -> float | None:
 # the main path (on by default) ------------------------------------------------------------
 @register_term("direction")
 def _direction_term(logits, prob, b: Batch, w):
-    return net_direction_loss(prob, b.initial, b.regions, b.error, b.valid)
+    return net_direction_loss(prob, b.initial, b.regions, b.error, b.valid, b.trust)
 
 
 @register_term("anchor")
@@ -432,12 +454,14 @@ def _pseudo_term(logits, prob, b: Batch, w):
         return None
     return pseudo_label_loss(logits, b.initial, b.regions, b.agreement, b.rated, b.error, b.depth,
                              b.valid, w.pseudo_depth_per_mm, use_error_type=bool(w.use_error_type),
-                             flip_weight=w.pseudo_flip_weight, fraction=w.pseudo_fraction)
+                             flip_weight=w.pseudo_flip_weight, fraction=w.pseudo_fraction,
+                             trust=b.trust)
 
 
 @register_term("pin")
 def _pin_term(logits, prob, b: Batch, w):
-    return pin_loss(logits, b.initial, b.regions, b.agreement, b.rated, b.valid, margin=_margin(w))
+    return pin_loss(logits, b.initial, b.regions, b.agreement, b.rated, b.valid, margin=_margin(w),
+                    trust=b.trust)
 
 
 @register_term("edge")
@@ -450,17 +474,17 @@ def _edge_term(logits, prob, b: Batch, w):
 # earlier forms and experiments (off by default; see docs/score-loss.md) -------------------
 @register_term("direction_voxel")
 def _direction_voxel_term(logits, prob, b: Batch, w):
-    return direction_loss(prob, b.initial, b.regions, b.error, b.valid)
+    return direction_loss(prob, b.initial, b.regions, b.error, b.valid, b.trust)
 
 
 @register_term("amount")
 def _amount_term(logits, prob, b: Batch, w):
-    return amount_loss(prob, b.initial, b.regions, b.agreement, b.rated, b.valid)
+    return amount_loss(prob, b.initial, b.regions, b.agreement, b.rated, b.valid, b.trust)
 
 
 @register_term("volume")
 def _volume_term(logits, prob, b: Batch, w):
-    return volume_loss(prob, b.initial, b.regions, b.agreement, b.rated, b.error, b.valid)
+    return volume_loss(prob, b.initial, b.regions, b.agreement, b.rated, b.error, b.valid, b.trust)
 
 
 @register_term("sharp")

@@ -10,7 +10,14 @@ raters are merged by :meth:`~SCORERefineLib.feedback.CaseFeedback.consensus`) be
 * ``error``: :data:`NONE`, :data:`OVER` (the truth lies inside the initial mask there: shrink) or
   :data:`UNDER` (the truth contains it: grow);
 * ``score``: the consensus score;
-* ``weight``: how often patches are drawn from the region, :func:`sampling_weight` ``(6 - s)^2``.
+* ``weight``: how often patches are drawn from the region, :func:`sampling_weight` ``(6 - s)^2``
+  (times ``trust``);
+* ``trust``: how much the rating counts in the loss: 1 for people's ratings; for a rating the
+  quality predictor filled in (issue 11, ``ScoreConfig.fill_in``) its confidence weight
+  ``q^2`` (``q >= 0.5``; below that the region is left unrated). The loss terms multiply each
+  region's contribution by it and keep their normalisation by the rated regions' size, so a
+  filled-in rating counts ``q^2`` as much as a person's, and a table of people's ratings alone
+  gives exactly the loss it gave before.
 
 :func:`region_tables` builds these :class:`RegionTables` (numpy, indexed by region label) and
 :func:`target_volume_ratio` says what volume change a (c, error) pair implies. The training batch
@@ -74,10 +81,15 @@ class RegionTables:
     rated: np.ndarray       # bool
     error: np.ndarray       # int64, NONE / OVER / UNDER
     score: np.ndarray       # float32, consensus score (0 where unrated)
-    weight: np.ndarray      # float64, sampling weight (6 - s)^2 (0 where unrated)
+    weight: np.ndarray      # float64, sampling weight (6 - s)^2 x trust (0 where unrated)
+    trust: np.ndarray | None = None   # float32, loss weight of each rating (default: 1 where rated)
 
     #: the tables the losses read (``weight`` only steers sampling)
-    LOSS_FIELDS = ("agreement", "rated", "error", "score")
+    LOSS_FIELDS = ("agreement", "rated", "error", "score", "trust")
+
+    def __post_init__(self) -> None:
+        if self.trust is None:
+            object.__setattr__(self, "trust", self.rated.astype(np.float32))
 
     @property
     def n_rated(self) -> int:
@@ -88,12 +100,15 @@ class RegionTables:
         return len(self.rated)
 
 
-def region_tables(consensus: dict[int, tuple[float, str]], n_labels: int) -> RegionTables:
+def region_tables(consensus: dict[int, tuple[float, str]], n_labels: int,
+                  trust: dict[int, float] | None = None) -> RegionTables:
     """Tables from a consensus ``{region: (mean score, error type)}``.
 
     Args:
         consensus: as :meth:`CaseFeedback.consensus` returns it.
         n_labels: table length (max region label + 1); labels beyond it are an error.
+        trust: ``{region: loss weight}`` for ratings that count less than a person's (filled-in
+            ratings); regions not in it get 1.
 
     Returns:
         The case's :class:`RegionTables`.
@@ -107,6 +122,7 @@ def region_tables(consensus: dict[int, tuple[float, str]], n_labels: int) -> Reg
     error = np.zeros(n, np.int64)
     score = np.zeros(n, np.float32)
     weight = np.zeros(n, np.float64)
+    trusts = np.zeros(n, np.float32)
     for r, (s, err) in consensus.items():
         r = int(r)
         if not 0 < r < n:
@@ -115,16 +131,46 @@ def region_tables(consensus: dict[int, tuple[float, str]], n_labels: int) -> Reg
         rated[r] = True
         error[r] = error_code(err)
         score[r] = float(s)
-        weight[r] = sampling_weight(s)
-    return RegionTables(agreement, rated, error, score, weight)
+        t = 1.0 if trust is None else float(trust.get(r, 1.0))
+        trusts[r] = t
+        weight[r] = sampling_weight(s) * t
+    return RegionTables(agreement, rated, error, score, weight, trusts)
 
 
-def feedback_tables(feedback, regions: np.ndarray) -> RegionTables:
+def filled_in_consensus(feedback, fill_in: str, q_min: float = 0.5
+                        ) -> tuple[dict[int, tuple[float, str]], dict[int, float]]:
+    """People's consensus plus the model rater ``fill_in``'s ratings of the regions nobody rated.
+
+    A filled-in rating is the predictor's most probable score and error type, kept only when its
+    confidence ``q`` (largest score probability, from ``model_details``) is >= ``q_min``, with
+    trust ``q^2`` (:func:`SCORERefineLib.quality.ranking.fill_in_weight`).
+
+    Returns:
+        ``(consensus, trust)``: trust holds the filled-in regions only.
+    """
+    from ..quality.ranking import fill_in_ratings
+    from ..quality.suggestions import suggestions_from_feedback
+
+    consensus = dict(feedback.consensus())
+    preds = suggestions_from_feedback(feedback, fill_in)
+    filled = fill_in_ratings(preds, q_min=q_min, exclude=consensus)
+    trust = {}
+    for r, (score, error, w) in filled.items():
+        consensus[int(r)] = (float(score), error)
+        trust[int(r)] = float(w)
+    return consensus, trust
+
+
+def feedback_tables(feedback, regions: np.ndarray, fill_in: str = "", q_min: float = 0.5
+                    ) -> RegionTables:
     """Tables of a case from its feedback (a :class:`CaseFeedback`) and its region label map.
 
     Args:
         feedback: the case's :class:`~SCORERefineLib.feedback.CaseFeedback`.
         regions: int region labels (z, y, x), 0 = no region.
+        fill_in: a model rater (e.g. ``"suggested"``) whose confident ratings fill in the
+            regions nobody rated (:func:`filled_in_consensus`); ``""``: people's ratings only.
+        q_min: the confidence below which a predicted rating is not used.
 
     Returns:
         :class:`RegionTables` of length ``regions.max() + 1``.
@@ -132,13 +178,14 @@ def feedback_tables(feedback, regions: np.ndarray) -> RegionTables:
     Raises:
         ValueError: the feedback rates a label that is not in ``regions`` (message lists them).
     """
-    consensus = feedback.consensus()
+    consensus, trust = (filled_in_consensus(feedback, fill_in, q_min) if fill_in
+                        else (feedback.consensus(), None))
     present = set(int(v) for v in np.unique(regions) if v > 0)
     missing = sorted(int(r) for r in consensus if int(r) not in present)
     if missing:
         raise ValueError(f"feedback.json rates regions {missing[:10]} that are not in "
                          f"regions.nii.gz (labels {sorted(present)[:10]}...)")
-    return region_tables(consensus, int(regions.max()) + 1 if regions.size else 1)
+    return region_tables(consensus, int(regions.max()) + 1 if regions.size else 1, trust)
 
 
 def target_volume_ratio(agreement, error):
@@ -181,6 +228,7 @@ class Batch:
     rated: "torch.Tensor | None" = None            # (B, K+1) bool
     error: "torch.Tensor | None" = None            # (B, K+1) long
     score: "torch.Tensor | None" = None            # (B, K+1) float
+    trust: "torch.Tensor | None" = None            # (B, K+1) float, loss weight of each rating
     edge: "torch.Tensor | None" = None             # edge prior (edge loss)
     depth: "torch.Tensor | None" = None            # pseudo-label ranking key: signed depth to M0 (mm) + appearance
     anchor_weight: "torch.Tensor | None" = None    # per-voxel anchor weight

@@ -47,6 +47,10 @@ class ScoreConfig(ModeConfig):
     appearance_mm: float = APPEARANCE_MM   # image evidence in the pseudo-label ranking (0: depth only)
     no_direction: bool = False   # no error type anywhere: direction terms off, pseudo-labels type-blind
     no_amount: bool = False      # no score size: only the error type (direction) and the 5s (pin)
+    #: issue 11: a model rater (e.g. "suggested") whose confident ratings fill in unrated regions,
+    #: each weighted q^2 (q >= fill_in_q_min, else left out); "" = people's ratings only
+    fill_in: str = ""
+    fill_in_q_min: float = 0.5
 
     def loss_weights(self) -> ScoreLossWeights:
         """The weights with the ablation switches applied (``weights`` itself is not changed)."""
@@ -95,6 +99,22 @@ class ScoreMode(TrainingMode):
     def keep(self, targets: CaseTargets) -> bool:
         return targets.info.get("n_rated_regions", 0) > 0
 
+    def select(self, cases: list) -> list:
+        """The usable cases; with ``fill_in``, at least one must hold that model rater's
+        suggestions with their probabilities (else the option would silently do nothing)."""
+        chosen = super().select(cases)
+        name = self.config.fill_in
+        if name and chosen:
+            from ...feedback import load_feedback
+            from ...quality.suggestions import suggestions_from_feedback
+            if not any(suggestions_from_feedback(load_feedback(c.feedback_path), name)
+                       for c in chosen):
+                raise TrainingError(
+                    f"--fill-in {name}: no case has suggestions from the model rater '{name}' "
+                    f"with their probabilities; run `scorerefine quality predict DATASET --model "
+                    f"quality.pt --rater {name}` first (or check the name).")
+        return chosen
+
     def missing_message(self, dataset) -> str:
         return (f"no rated region in {dataset}: no case has a feedback.json with ratings. Rate the "
                 f"regions first: `scorerefine rate {dataset}` (or the Slicer module), then train.")
@@ -115,8 +135,10 @@ class ScoreMode(TrainingMode):
 
         image, initial, x = self._load_base(case)
         regions = self._regions(case, image)
+        cfg_fill = self.config
         try:
-            tables = feedback_tables(load_feedback(case.feedback_path), regions)
+            tables = feedback_tables(load_feedback(case.feedback_path), regions,
+                                     fill_in=cfg_fill.fill_in, q_min=cfg_fill.fill_in_q_min)
         except ValueError as exc:
             raise TrainingError(f"case {case.case_id}: {exc}. The regions were re-made after "
                                 f"rating: re-rate the case (`scorerefine rate`) or restore the "
@@ -153,7 +175,8 @@ class ScoreMode(TrainingMode):
         present = int(np.count_nonzero(np.unique(regions)))
         return CaseTargets(case.case_id, x, initial.array.astype(np.uint8), image.geometry.spacing_zyx,
                            maps=maps, tables=tables,
-                           info={"n_rated_regions": tables.n_rated, "n_regions": present})
+                           info={"n_rated_regions": tables.n_rated, "n_regions": present,
+                                 "n_filled_in": int((tables.rated & (tables.trust < 1.0)).sum())})
 
     def sampling_weights(self, targets: CaseTargets) -> tuple[np.ndarray, np.ndarray]:
         """Each rated region gets its total table weight (6-s)^2 spread over its voxels, plus a
