@@ -310,8 +310,10 @@ def markdown_sections(report: dict) -> list[str]:
     logs = {r["method"]: r["hybrid"] for r in report.get("rows", []) if r.get("hybrid")}
     if logs:
         lines += ["", "## Hybrid: instance-indicator weights of the weak cases", "",
-                  "Final weight of each weak case (mean 1 over the weak cases; a weight near 0 means its "
-                  "gradient disagreed with the dense cases'). Fixed rows keep every weight at 1 and log "
+                  "Final weight of each weak case (each update normalises the weights of the weak cases "
+                  "in that batch to mean 1, smoothed with the previous ones; cases not in the batch keep "
+                  "their weight; a weight near 0 means the case's gradient disagreed with the dense "
+                  "cases'). Fixed rows keep every weight at 1 and log "
                   "the weights the dynamic rule would have given (`would be`). Noisy rows: the share of "
                   "each case's regions whose noisy rating differs from the clean rater's.", "",
                   "| row | dense cases | weak case | final weight | would be (fixed) | noisy share "
