@@ -511,8 +511,8 @@ def run_command(args) -> int:
     """``scorerefine benchmark --preset perf``: run :func:`run_perf` and write the report."""
     import shlex
 
-    out = Path(args.out)
-    if out == Path("docs/benchmark.md"):        # the benchmark's default -> ours
+    out = Path(args.out) if getattr(args, "out", None) is not None else Path("docs/performance.md")
+    if out == Path("docs/benchmark.md"):        # the benchmark's report -> ours
         out = Path("docs/performance.md")
     report = run_perf(Path(args.workdir) / "perf", "full", device=args.device)
     command = "scorerefine benchmark --preset perf" + (

@@ -4,6 +4,7 @@ resampling, thread settings, forward floor; and the perf report on tiny sizes.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -190,3 +191,20 @@ def test_resampling_a_network_that_changes_nothing_returns_the_initial_mask_exac
                             initial, margin_mm=3.0, timings=tm)
     assert tm["resampled_to"] == [1.3, 1.1, 1.1]
     np.testing.assert_array_equal(refined.array, initial.array)
+
+
+def test_perf_preset_from_the_cli_writes_docs_performance_by_default(monkeypatch, tmp_path):
+    from SCORERefineLib import perf
+    from SCORERefineLib.cli import build_parser
+
+    seen = {}
+    monkeypatch.setattr(perf, "run_perf", lambda work, preset, device="auto": {"targets": []})
+    monkeypatch.setattr(perf, "write_perf_report",
+                        lambda report, out, command: seen.update(out=out) or (out, out))
+    args = build_parser().parse_args(["benchmark", "--preset", "perf", "--workdir", str(tmp_path)])
+    assert args._run(args) == 0
+    assert seen["out"] == Path("docs/performance.md")
+    args = build_parser().parse_args(["benchmark", "--preset", "perf", "--out",
+                                      str(tmp_path / "p.md"), "--workdir", str(tmp_path)])
+    args._run(args)
+    assert seen["out"] == tmp_path / "p.md"
