@@ -51,7 +51,7 @@ PERF_PRESETS = {
                  sizes=[(110, 256, 256), (220, 512, 512), (330, 640, 640)],
                  phantom_shape=(128, 96, 96), network="small", patch=(48, 48, 48),
                  train_spacing_zyx=(2.0, 1.2, 1.2),
-                 train_steps=(4, 16), batch=2, threads=(1, 2), split=True),
+                 train_steps=(10, 60), batch=2, threads=(1, 2), split=True),
     "tiny": dict(shape=(48, 96, 96), spacing_zyx=(2.5, 1.5, 1.5),
                  sizes=[(40, 64, 64), (48, 96, 96), (56, 112, 112)],
                  phantom_shape=(40, 32, 32), network="tiny", patch=(16, 16, 16),
@@ -347,7 +347,9 @@ def run_perf(workdir, preset: str = "full", device: str = "auto",
                                     "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)})
     report["load_after"] = list(os.getloadavg())
     report["seconds_total"] = time.perf_counter() - started
-    report["busy"] = max(report["load_before"][0], report["load_after"][0]) > 0.5 * report["cores_available"]
+    # the load before the run says whether other work shared the CPUs; the load after includes
+    # this run's own threads (always about the core count), so it cannot tell
+    report["busy"] = report["load_before"][0] > 0.5 * report["cores_available"]
     report["targets"] = evaluate_targets(report)
     return report
 
@@ -416,8 +418,10 @@ def render_markdown(report: dict, command: str) -> str:
              f"(1, 5, 15 min) before {', '.join(f'{v:.2f}' for v in report['load_before'])}, after "
              f"{', '.join(f'{v:.2f}' for v in report['load_after'])}",
              f"- **{'measured on a busy machine' if busy else 'measured on an idle machine'}**"
-             + (" (load average above half the cores: other work shared the CPUs, so the CPU "
-                "figures are pessimistic; rerun when idle)" if busy else ""),
+             + (" (1-minute load average above half the cores before the run: other work shared the "
+                "CPUs, so the CPU figures are pessimistic; rerun when idle)" if busy else
+                " (1-minute load average below half the cores before the run; the load after "
+                "includes this run's own threads)"),
              f"- volume: {' x '.join(map(str, report['shape_zyx']))} voxels (z, y, x) at "
              f"{' x '.join(map(str, report['spacing_zyx']))} mm, synthetic CT with phantom humeri "
              f"(`perf.synthetic_ct`); untrained `{report['network']}` refiner (the cost does not "
