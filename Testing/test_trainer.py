@@ -281,6 +281,7 @@ def test_cli_validation_appearance_and_prefetch_flags():
     assert c.make_mode().config.appearance_mm == 0.0
     default = cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt"]))
     assert default.val_fraction == 0.2 and default.make_mode().config.appearance_mm == 1.0
+    assert default.prefetch is None                       # auto: 2 on CUDA, 0 on the CPU
     for bad in (["--val-fraction", "1.0"], ["--val-every", "0"], ["--appearance-mm", "-1"]):
         with pytest.raises(InputError):
             cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt", *bad]))
