@@ -43,6 +43,15 @@ def _case(slicer, module, shape=(24, 44, 48)):
     return volume, seg, sid, other
 
 
+def _select_case(slicer, module, u):
+    """A new case (:func:`_case`) chosen in the panel's volume and segment selectors."""
+    volume, seg, sid, other = _case(slicer, module)
+    u.inputVolumeSelector.setCurrentNode(volume)
+    u.segmentSelector.setCurrentNode(seg)
+    u.segmentSelector.setCurrentSegmentID(sid)
+    return volume, seg, sid, other
+
+
 def _key(parent, key):
     from PySide6.QtTest import QTest
     from PySide6.QtCore import Qt
@@ -112,10 +121,7 @@ def test_whole_flow_with_key_events(panel, tmp_path):
     """Choose a segment, split, rate every region with keys, save, apply, compare, undo."""
     slicer, module, widget, parent = panel
     u = widget.ui
-    volume, seg, sid, other = _case(slicer, module)
-    u.inputVolumeSelector.setCurrentNode(volume)
-    u.segmentSelector.setCurrentNode(seg)
-    u.segmentSelector.setCurrentSegmentID(sid)
+    volume, seg, sid, other = _select_case(slicer, module, u)
     u.regionMethodComboBox.setCurrentIndex(1)               # slabs
     u.regionCountSpinBox.value = 4
     u.splitButton.click()
@@ -276,10 +282,7 @@ def test_quality_predictor_suggest_accept_with_a_and_doubtful_first(panel, quali
     never replaces one they gave; Doubtful first goes to the most uncertain unrated region."""
     slicer, module, widget, parent = panel
     u = widget.ui
-    volume, seg, sid, other = _case(slicer, module)
-    u.inputVolumeSelector.setCurrentNode(volume)
-    u.segmentSelector.setCurrentNode(seg)
-    u.segmentSelector.setCurrentSegmentID(sid)
+    volume, seg, sid, other = _select_case(slicer, module, u)
     u.regionMethodComboBox.setCurrentIndex(1)               # slabs
     u.regionCountSpinBox.value = 4
     u.raterNameLineEdit.text = "dr_a"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import slicer_harness as H
-from test_panel import _case, panel  # noqa: F401  (the panel fixture)
+from test_panel import _case, _select_case, panel  # noqa: F401  (the panel fixture)
 
 pytestmark = pytest.mark.skipif(bool(H.missing_reason()), reason=H.missing_reason() or "ok")
 
@@ -27,10 +27,7 @@ def test_scribbles_are_created_painted_counted_and_saved(panel, tmp_path):
     slicer, module, widget, parent = panel
     from SCORERefineLib import mrml as bridge
     u = widget.ui
-    volume, seg, sid, other = _case(slicer, module)
-    u.inputVolumeSelector.setCurrentNode(volume)
-    u.segmentSelector.setCurrentNode(seg)
-    u.segmentSelector.setCurrentSegmentID(sid)
+    volume, seg, sid, other = _select_case(slicer, module, u)
     # the section sits between Rate and Dataset
     layout = u.datasetCollapsibleButton.parentWidget().layout()
     box = widget.scribbleCollapsibleButton
