@@ -23,18 +23,26 @@ class TrainingJob(BackgroundJob):
     """One background training run (a :class:`~.jobs.BackgroundJob` named "training")."""
 
 
+def check_training_inputs(dataset: str | os.PathLike, steps: int, needs: str) -> Path:
+    """The dataset folder as a Path, after checking what every background training needs:
+    ``steps`` >= 1 and a ``cases/`` folder (InputError naming the fix; ``needs`` says what the
+    dataset must hold, e.g. "at least one rated case")."""
+    if int(steps) < 1:
+        raise InputError(f"the number of training steps must be at least 1, got {steps}.")
+    dataset = Path(dataset)
+    if not (dataset / "cases").is_dir():
+        raise InputError(f"{dataset} is not a SCORERefine dataset (no cases/ folder); choose the "
+                         f"dataset folder in step 4 and save {needs} first.")
+    return dataset
+
+
 def train_command(dataset: str | os.PathLike, out: str | os.PathLike, mode: str = "score",
                   steps: int = 300, device: str = "auto", extra: Sequence[str] = (),
                   python: Optional[Sequence[str]] = None) -> list[str]:
     """``python -m SCORERefineLib.cli train <dataset> --out <out> ... --progress json``."""
     if mode not in TRAINING_MODES:
         raise InputError(f"training mode must be one of {sorted(TRAINING_MODES)}, got {mode!r}.")
-    if int(steps) < 1:
-        raise InputError(f"the number of training steps must be at least 1, got {steps}.")
-    dataset = Path(dataset)
-    if not (dataset / "cases").is_dir():
-        raise InputError(f"{dataset} is not a SCORERefine dataset (no cases/ folder); choose the "
-                         f"dataset folder in step 4 and save at least one rated case first.")
+    dataset = check_training_inputs(dataset, steps, "at least one rated case")
     return [*(python or python_command()), "-m", "SCORERefineLib.cli", "train", str(dataset),
             "--out", str(out), "--mode", mode, "--steps", str(int(steps)), "--device", str(device),
             "--progress", "json", *extra]

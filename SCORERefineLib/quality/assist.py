@@ -59,13 +59,9 @@ def quality_train_command(dataset: str | os.PathLike, out: str | os.PathLike, st
                           ) -> list[str]:
     """``python -m SCORERefineLib.cli quality train <dataset> --out <out> --steps N --progress json``."""
     from ..jobs import engine_command
+    from ..training_job import check_training_inputs
 
-    if int(steps) < 1:
-        raise InputError(f"the number of training steps must be at least 1, got {steps}.")
-    dataset = Path(dataset)
-    if not (dataset / "cases").is_dir():
-        raise InputError(f"{dataset} is not a SCORERefine dataset (no cases/ folder); choose the "
-                         f"dataset folder in step 4 and save at least one case first.")
+    dataset = check_training_inputs(dataset, steps, "at least one case")
     return engine_command("quality", "train", str(dataset), "--out", str(out), "--steps",
                           str(int(steps)), "--progress", "json", *extra, python=python)
 
