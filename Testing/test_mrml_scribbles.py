@@ -45,12 +45,17 @@ def _strokes(shape):
     return inside, outside
 
 
-def test_panel_segments_painted_counted_saved_and_loaded(scene, tmp_path):
+def _case_with_scribble_segments(scene):
+    """A CT with an initial segment in ``scene`` and its two scribble segments, newly made."""
     ct = _ct()
     vnode = mb.volume_to_node(scene, ct, "CT")
     seg = mb.new_segmentation_node(scene, "Initial", vnode)
     sid = mb.add_mask_segment(seg, ct.with_array(ellipsoid(OBLIQUE.shape, (7, 8, 10))), "humerus")
-    made = mb.ensure_scribble_segments(scene, vnode)
+    return ct, vnode, seg, sid, mb.ensure_scribble_segments(scene, vnode)
+
+
+def test_panel_segments_painted_counted_saved_and_loaded(scene, tmp_path):
+    ct, vnode, seg, sid, made = _case_with_scribble_segments(scene)
     assert made.created and made.node.GetName() == "CT scribbles"
     names = [made.node.GetSegmentation().GetSegment(s).GetName() for s in mb.segment_ids(made.node)]
     assert names == ["scribble: inside", "scribble: outside"]
@@ -85,11 +90,7 @@ def test_panel_segments_painted_counted_saved_and_loaded(scene, tmp_path):
 
 
 def test_empty_scribbles_write_no_file_and_both_labels_are_dropped(scene, tmp_path):
-    ct = _ct()
-    vnode = mb.volume_to_node(scene, ct, "CT")
-    seg = mb.new_segmentation_node(scene, "Initial", vnode)
-    sid = mb.add_mask_segment(seg, ct.with_array(ellipsoid(OBLIQUE.shape, (7, 8, 10))), "humerus")
-    made = mb.ensure_scribble_segments(scene, vnode)
+    ct, vnode, seg, sid, made = _case_with_scribble_segments(scene)
     case = mb.save_case_from_scene(tmp_path / "ds", "case_000", vnode, seg, sid, None,
                                    scribbles_node=made.node)
     assert not case.has_scribbles                      # no strokes: no (invalid, empty) file

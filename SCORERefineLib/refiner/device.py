@@ -46,8 +46,9 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int | None =
 
 def memory_format(device: torch.device) -> torch.memory_format:
     """The memory format 3D convolutions run fastest in on ``device``: ``channels_last_3d``
-    (NDHWC) on the CPU (oneDNN; measured 2x faster for the ``small`` U-Net's training step and
-    1.4x for batched inference on 2 threads) and on CUDA (cuDNN with mixed precision)."""
+    (NDHWC) on the CPU (oneDNN; measured on 2 threads: the ``small`` U-Net's forward + backward +
+    Adam on 2x48^3 in 0.094 s instead of 0.195 s, batched inference 1.4x faster per window) and on
+    CUDA (cuDNN with mixed precision)."""
     return torch.channels_last_3d if device.type in ("cpu", "cuda") else torch.contiguous_format
 
 

@@ -19,7 +19,9 @@
 Learning rate: Adam, cosine decay from ``lr`` to ``lr/10`` over ``steps`` (a pure function of the
 step, so resume needs no scheduler state). Mixed precision (autocast + GradScaler) and
 ``cudnn.benchmark`` on CUDA; the network and its input batches in ``channels_last_3d``
-(``channels_last``, :func:`~.device.memory_format`: 2x faster steps on 2 CPU threads); on
+(``channels_last``, :func:`~.device.memory_format`: the network's forward + backward twice as
+fast on 2 CPU threads; a whole step, with sampling and the loss, only slightly faster:
+5.0 -> 5.4 steps/s in docs/performance.md); on
 CPU torch uses as many threads as cores this process may run on
 (``os.sched_getaffinity``) unless ``num_threads`` says otherwise. Seeded with
 ``monai.utils.set_determinism``; each distributed rank draws different patches.
@@ -50,7 +52,7 @@ from .inputs import NORMALISATION
 from .modes import MODES, CaseTargets, ModeConfig, TrainingMode, get_mode
 from .network import build_network, network_config
 from .sampling import PatchSampler, Prefetcher
-from .validation import EarlyStopping, split_validation
+from .validation import MIN_CASES_FOR_VALIDATION, EarlyStopping, split_validation
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ class TrainConfig:
     val_every: int = 100
     val_patience: int = 5
     val_min_share: float = 0.3
-    val_min_cases: int = 20   # fewer usable cases: no split (validation.MIN_CASES_FOR_VALIDATION)
+    val_min_cases: int = MIN_CASES_FOR_VALIDATION   # fewer usable cases: no split
 
     def make_mode(self) -> TrainingMode:
         """The training mode with its config (InputError for an unknown mode or a foreign config)."""
@@ -524,8 +526,6 @@ class Trainer:
         if scaler is not None and payload.get("extra", {}).get("scaler"):
             scaler.load_state_dict(payload["extra"]["scaler"])
         step = int(meta.get("step", 0))
-        if meta.get("complete") and (meta.get("validation") or {}).get("stopped_early"):
-            step = max(step, int(meta.get("total_steps", step)))   # stopped early: it is finished
         self.last_saved_step = step
         return step
 

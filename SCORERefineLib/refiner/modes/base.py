@@ -171,7 +171,8 @@ def signed_depth(mask: np.ndarray, spacing_zyx) -> np.ndarray:
 
 
 def appearance_evidence(image: np.ndarray, mask: np.ndarray, spacing_zyx, ring_mm: float = 6.0,
-                        bins: int = 64, clip: float = 3.0, sigma_mm: float = 0.75) -> np.ndarray:
+                        bins: int = 64, clip: float = 3.0, sigma_mm: float = 0.75,
+                        depth: np.ndarray | None = None) -> np.ndarray:
     """Per-voxel log-likelihood ratio that a voxel's intensity belongs inside the structure.
 
     The intensity distributions are learned from the case itself: voxels of ``mask`` within
@@ -185,6 +186,8 @@ def appearance_evidence(image: np.ndarray, mask: np.ndarray, spacing_zyx, ring_m
         image: CT (z, y, x), any intensity unit.
         mask: the initial mask (z, y, x), non-zero inside.
         spacing_zyx: voxel spacing in mm.
+        depth: ``signed_depth(mask, spacing_zyx)`` when the caller has it already (saves the two
+            distance transforms).
 
     Returns:
         float32 (z, y, x): ``log p_in(I) - log p_out(I)``, clipped to ``[-clip, clip]`` (positive:
@@ -198,9 +201,9 @@ def appearance_evidence(image: np.ndarray, mask: np.ndarray, spacing_zyx, ring_m
     img = ndimage.gaussian_filter(np.asarray(image, np.float32),
                                   sigma=[sigma_mm / s for s in sp]) if sigma_mm > 0 else \
         np.asarray(image, np.float32)
-    d_in = ndimage.distance_transform_edt(m, sampling=sp)
-    d_out = ndimage.distance_transform_edt(~m, sampling=sp)
-    inner, outer = m & (d_in <= ring_mm), ~m & (d_out <= ring_mm)
+    if depth is None:
+        depth = signed_depth(m, sp)
+    inner, outer = m & (depth <= ring_mm), ~m & (depth >= -ring_mm)
     if not inner.any() or not outer.any():
         return out
     lo, hi = np.percentile(img[inner | outer], [0.5, 99.5])

@@ -135,10 +135,10 @@ class ScoreMode(TrainingMode):
 
         image, initial, x = self._load_base(case)
         regions = self._regions(case, image)
-        cfg_fill = self.config
+        cfg = self.config
         try:
             tables = feedback_tables(load_feedback(case.feedback_path), regions,
-                                     fill_in=cfg_fill.fill_in, q_min=cfg_fill.fill_in_q_min)
+                                     fill_in=cfg.fill_in, q_min=cfg.fill_in_q_min)
         except ValueError as exc:
             raise TrainingError(f"case {case.case_id}: {exc}. The regions were re-made after "
                                 f"rating: re-rate the case (`scorerefine rate`) or restore the "
@@ -152,7 +152,6 @@ class ScoreMode(TrainingMode):
                     f"mask's surface, so regions.nii.gz no longer surrounds initial.nii.gz (the initial "
                     f"mask changed after the regions were made). Re-run `scorerefine regions` and "
                     f"re-rate this case.")
-        cfg = self.config
         maps = {"regions": regions.astype(np.int16)}
         low = tables.rated & (tables.score <= cfg.anchor_exclusion_max_score)
         if cfg.anchor_exclusion_mm > 0 and low.any():
@@ -168,10 +167,11 @@ class ScoreMode(TrainingMode):
             # plus appearance evidence so that "under" grows into structure-like intensities and
             # "over" gives up surroundings-like ones first (see APPEARANCE_MM)
             sp = image.geometry.spacing_zyx
-            maps["depth"] = signed_depth(initial.array, sp)
+            depth = signed_depth(initial.array, sp)
+            maps["depth"] = depth
             if cfg.appearance_mm > 0:
-                maps["depth"] += np.float32(cfg.appearance_mm) * appearance_evidence(
-                    image.array, initial.array, sp)
+                maps["depth"] = depth + np.float32(cfg.appearance_mm) * appearance_evidence(
+                    image.array, initial.array, sp, depth=depth)
         present = int(np.count_nonzero(np.unique(regions)))
         return CaseTargets(case.case_id, x, initial.array.astype(np.uint8), image.geometry.spacing_zyx,
                            maps=maps, tables=tables,
