@@ -8,7 +8,7 @@ import torch
 
 from SCORERefineLib.case import list_cases
 from SCORERefineLib.refiner.losses import pseudo_labels
-from SCORERefineLib.refiner.modes.base import appearance_evidence, signed_depth
+from SCORERefineLib.refiner.inputs import appearance_evidence, signed_depth
 from SCORERefineLib.refiner.pseudo_check import dataset_pseudo_label_check, summarise_check
 from SCORERefineLib.refiner.targets import OVER, UNDER
 
@@ -76,3 +76,18 @@ def test_pseudo_label_check_reports_before_figures_on_rated_cases(tmp_path):
         assert r["rated_voxels"] > 0 and r["changed_before"] >= 0
     summary = summarise_check(rows)
     assert summary["n_cases"] == 2 and "precision_before" in summary
+
+
+def test_opt_in_appearance_channel_gives_the_ranking_the_same_evidence(tmp_path):
+    """With the ``appearance`` input channel the SCORE mode ranks pseudo-labels by that channel's
+    numbers (times its clip) instead of computing the evidence again: the ranking key is the same
+    as without the channel, and the channel is in the network input."""
+    from SCORERefineLib.refiner.inputs import KNOWN_CHANNELS
+    from SCORERefineLib.refiner.modes.score import ScoreConfig, ScoreMode
+
+    case = list_cases(make_tiny_dataset(tmp_path / "ds", n=1, seed=3))[0]
+    plain = ScoreMode().prepare_case(case)
+    opted = ScoreMode(ScoreConfig(channels=KNOWN_CHANNELS)).prepare_case(case)
+    assert plain.image.shape[0] == 3 and opted.image.shape[0] == 4
+    assert np.abs(opted.image[3]).max() > 0.1
+    np.testing.assert_allclose(opted.maps["depth"], plain.maps["depth"], atol=1e-4)

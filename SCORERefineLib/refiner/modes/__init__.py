@@ -15,7 +15,8 @@ subclass (and its ``Config``), add one line to :data:`MODES` below and one ``Ent
 from __future__ import annotations
 
 from ...errors import InputError
-from .base import CaseTargets, ModeConfig, TrainingMode, band_indices, signed_depth, surface
+from ..inputs import signed_depth
+from .base import CaseTargets, ModeConfig, TrainingMode, band_indices, surface
 from .full import FullMode
 from .hybrid import HybridConfig, HybridMode
 from .score import ScoreConfig, ScoreMode

@@ -162,64 +162,6 @@ def surface(mask: np.ndarray) -> np.ndarray:
     return m & ~ndimage.binary_erosion(m, border_value=0)
 
 
-def signed_depth(mask: np.ndarray, spacing_zyx) -> np.ndarray:
-    """Signed distance (mm) to the mask surface, positive inside, float32."""
-    m = mask.astype(bool)
-    inside = ndimage.distance_transform_edt(m, sampling=spacing_zyx)
-    outside = ndimage.distance_transform_edt(~m, sampling=spacing_zyx)
-    return (inside - outside).astype(np.float32)
-
-
-def appearance_evidence(image: np.ndarray, mask: np.ndarray, spacing_zyx, ring_mm: float = 6.0,
-                        bins: int = 64, clip: float = 3.0, sigma_mm: float = 0.75,
-                        depth: np.ndarray | None = None) -> np.ndarray:
-    """Per-voxel log-likelihood ratio that a voxel's intensity belongs inside the structure.
-
-    The intensity distributions are learned from the case itself: voxels of ``mask`` within
-    ``ring_mm`` of its surface (inside) against voxels outside it within ``ring_mm`` (outside),
-    on the CT smoothed by a Gaussian of ``sigma_mm``; histograms of ``bins`` bins between the
-    0.5 and 99.5 percentiles, smoothed and floored so that empty bins stay finite. The initial
-    mask is mostly right (that is why it is refined, not redrawn), so its near-surface statistics
-    are a fair model of "structure" and "surroundings" in this very image, whatever its texture.
-
-    Args:
-        image: CT (z, y, x), any intensity unit.
-        mask: the initial mask (z, y, x), non-zero inside.
-        spacing_zyx: voxel spacing in mm.
-        depth: ``signed_depth(mask, spacing_zyx)`` when the caller has it already (saves the two
-            distance transforms).
-
-    Returns:
-        float32 (z, y, x): ``log p_in(I) - log p_out(I)``, clipped to ``[-clip, clip]`` (positive:
-        looks like the structure). Zeros when either side is empty or the image is constant.
-    """
-    m = np.asarray(mask) != 0
-    out = np.zeros(m.shape, np.float32)
-    if not m.any() or m.all():
-        return out
-    sp = [float(s) for s in spacing_zyx]
-    img = ndimage.gaussian_filter(np.asarray(image, np.float32),
-                                  sigma=[sigma_mm / s for s in sp]) if sigma_mm > 0 else \
-        np.asarray(image, np.float32)
-    if depth is None:
-        depth = signed_depth(m, sp)
-    inner, outer = m & (depth <= ring_mm), ~m & (depth >= -ring_mm)
-    if not inner.any() or not outer.any():
-        return out
-    lo, hi = np.percentile(img[inner | outer], [0.5, 99.5])
-    if not hi > lo:
-        return out
-    edges = np.linspace(lo, hi, int(bins) + 1)
-    counts = []
-    for sel in (inner, outer):
-        h = np.histogram(np.clip(img[sel], lo, hi), edges)[0].astype(np.float64)
-        h = ndimage.gaussian_filter1d(h, 1.5) + 1e-3 * h.sum() / bins + 1.0
-        counts.append(np.log(h / h.sum()))
-    ratio = counts[0] - counts[1]
-    idx = np.clip(np.digitize(img, edges) - 1, 0, int(bins) - 1)
-    return np.clip(ratio[idx], -clip, clip).astype(np.float32)
-
-
 def band_indices(regions: np.ndarray) -> np.ndarray:
     """Flat indices of the voxels in any region."""
     return np.flatnonzero(regions.reshape(-1) > 0)

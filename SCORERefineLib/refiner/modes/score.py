@@ -16,10 +16,10 @@ import numpy as np
 from scipy import ndimage
 
 from ...errors import GridMismatchError, TrainingError
+from ..inputs import NORMALISATION, appearance_evidence, signed_depth
 from ..losses import ScoreLossWeights, score_loss
 from ..targets import Batch, feedback_tables
-from .base import (CaseTargets, ModeConfig, TrainingMode, appearance_evidence, band_indices,
-                   signed_depth, surface)
+from .base import CaseTargets, ModeConfig, TrainingMode, band_indices, surface
 
 #: share of a case's patch centres drawn anywhere on the boundary band (not by score)
 BOUNDARY_FRACTION = 0.25
@@ -170,13 +170,24 @@ class ScoreMode(TrainingMode):
             depth = signed_depth(initial.array, sp)
             maps["depth"] = depth
             if cfg.appearance_mm > 0:
-                maps["depth"] = depth + np.float32(cfg.appearance_mm) * appearance_evidence(
-                    image.array, initial.array, sp, depth=depth)
+                maps["depth"] = depth + np.float32(cfg.appearance_mm) * self._appearance(
+                    image, initial.array, x, depth)
         present = int(np.count_nonzero(np.unique(regions)))
         return CaseTargets(case.case_id, x, initial.array.astype(np.uint8), image.geometry.spacing_zyx,
                            maps=maps, tables=tables,
                            info={"n_rated_regions": tables.n_rated, "n_regions": present,
                                  "n_filled_in": int((tables.rated & (tables.trust < 1.0)).sum())})
+
+    def _appearance(self, image, initial: np.ndarray, x: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """The appearance log-likelihood ratio: the network's ``appearance`` channel times its
+        clip when the input has one (the same numbers), else computed here."""
+        ch = list(self.channels)
+        if "appearance" in ch:
+            return x[ch.index("appearance")] * np.float32(NORMALISATION["appearance"]["clip"])
+        p = NORMALISATION["appearance"]
+        return appearance_evidence(image.array, initial, image.geometry.spacing_zyx,
+                                   ring_mm=p["ring_mm"], bins=p["bins"], clip=p["clip"],
+                                   sigma_mm=p["sigma_mm"], depth=depth)
 
     def sampling_weights(self, targets: CaseTargets) -> tuple[np.ndarray, np.ndarray]:
         """Each rated region gets its total table weight (6-s)^2 spread over its voxels, plus a
