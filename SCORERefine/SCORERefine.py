@@ -637,13 +637,8 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._qualityTimer.start()
 
     def onQualityTimer(self) -> None:
-        job = self.logic.poll_quality_training()
-        if job is None:
-            self._qualityTimer.stop()
-            return
-        self.qualityStatusLabel.text = job.status_text()
-        if not job.running:
-            self._qualityTimer.stop()
+        job = self._pollJob(self.logic.poll_quality_training, self._qualityTimer, self.qualityStatusLabel)
+        if job is not None and not job.running:
             self.trainQualityButton.enabled = True
             if job.state == "finished" and job.checkpoint is not None:
                 self.qualityModelLineEdit.text = str(job.checkpoint)
@@ -700,15 +695,25 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainProgressBar.value = 0
         self._timer.start()
 
-    def onTimer(self) -> None:
-        job = self.logic.poll_training()
+    def _pollJob(self, poll, timer, label):
+        """One tick of a background job's timer: ``poll()`` the logic, show the job's status on
+        ``label`` and stop ``timer`` when there is no job or it has ended. Returns the job (None
+        when there is none)."""
+        job = poll()
         if job is None:
-            self._timer.stop()
+            timer.stop()
+            return None
+        label.text = job.status_text()
+        if not job.running:
+            timer.stop()
+        return job
+
+    def onTimer(self) -> None:
+        job = self._pollJob(self.logic.poll_training, self._timer, self.ui.trainStatusLabel)
+        if job is None:
             return
         self.ui.trainProgressBar.value = job.progress.percent
-        self.ui.trainStatusLabel.text = job.status_text()
         if not job.running:
-            self._timer.stop()
             self.ui.trainButton.enabled = True
             self.ui.cancelTrainingButton.enabled = False
             if job.state == "finished" and job.checkpoint is not None:
