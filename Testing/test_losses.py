@@ -302,6 +302,21 @@ def test_pseudo_labels_follow_score_type_and_ranking():
     # fraction: only that share of the implied count is labelled
     half, _ = pseudo_labels(z, m0, reg, agreement, rated, error, depth, fraction=0.5)
     assert int((in1 & (half == 0)).sum()) == round(0.5 * (1 - rho_over) * int(in1.sum()))
+    # ignore: the candidates ranked next after the labelled share are left unlabelled (weight 0),
+    # not labelled "as M0"; the labelled flips and the rest of the region are unchanged
+    t_ig, w_ig = pseudo_labels(z, m0, reg, agreement, rated, error, depth, fraction=0.5, ignore=0.5)
+    assert bool((t_ig == half).all())
+    n_skip1 = round(0.5 * (1 - rho_over) * int(in1.sum()))
+    skipped1 = in1 & (w_ig == 0)
+    assert int(skipped1.sum()) == n_skip1
+    # the skipped voxels are the next deepest after the dropped ones
+    assert float(depth[skipped1].min()) >= float(depth[in1 & (half == 0)].max())
+    assert float(depth[skipped1].max()) <= float(depth[in1 & (w_ig > 0) & (half == 1)].min())
+    n_in2 = int(((reg == 2) & (m0 == 1)).sum())
+    skipped2 = out2 & (w_ig == 0)
+    assert int(skipped2.sum()) == round(0.5 * (1.225 / 0.775 - 1) * n_in2)
+    assert float(depth[skipped2].min()) >= float(depth[out2 & (w_ig > 0) & (half == 0)].max())
+    assert bool((w_ig[(reg > 0) & ~skipped1 & ~skipped2] == 1).all())
     # type-blind ablation: flips the same number, on either side, none of a type is used
     blind, _ = pseudo_labels(z, m0, reg, agreement, rated, error, depth, use_error_type=False)
     n_flip1 = int(((blind != m0) & (reg == 1)).sum())

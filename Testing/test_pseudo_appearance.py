@@ -91,3 +91,36 @@ def test_opt_in_appearance_channel_gives_the_ranking_the_same_evidence(tmp_path)
     assert plain.image.shape[0] == 3 and opted.image.shape[0] == 4
     assert np.abs(opted.image[3]).max() > 0.1
     np.testing.assert_allclose(opted.maps["depth"], plain.maps["depth"], atol=1e-4)
+
+
+def test_target_ceiling_separates_the_count_from_the_ranking(tmp_path):
+    from SCORERefineLib.feedback import load_feedback
+    from SCORERefineLib.refiner.pseudo_check import target_ceiling
+    from SCORERefineLib.refiner.targets import feedback_tables
+
+    ds = make_tiny_dataset(tmp_path / "ds", n=2, seed=5)
+    for case in list_cases(ds):
+        out = target_ceiling(case)
+        # every right flip raises Dice and every wrong one lowers it, so flipping exactly the
+        # rated side's wrong voxels bounds the other variants, and the reference in every region
+        # bounds that
+        for name in ("targets", "true_count", "oracle_ranking"):
+            assert out[name] <= out["oracle_both"] + 1e-9
+        assert out["oracle_both"] <= out["regions_exact"] + 1e-9
+        # oracle_both is exactly: the rated side's wrong voxels fixed, nothing else
+        image = case.load_image()
+        m0 = case.load_initial(like=image).array != 0
+        ref = case.load_reference(like=image).array != 0
+        regions = case.load_regions(like=image).array
+        tab = feedback_tables(load_feedback(case.feedback_path), regions)
+        fixed = m0.copy()
+        for r in np.flatnonzero(tab.rated):
+            sel = regions == r
+            if tab.error[r] == OVER:
+                fixed[sel & m0 & ~ref] = False
+            elif tab.error[r] == UNDER:
+                fixed[sel & ~m0 & ref] = True
+        dice = lambda a: 2.0 * (a & ref).sum() / (a.sum() + ref.sum())  # noqa: E731
+        assert out["oracle_both"] == pytest.approx(dice(fixed) - dice(m0), abs=1e-9)
+        assert out["oracle_both"] > 0.0
+        assert out["initial_dice"] == pytest.approx(dice(m0))

@@ -62,6 +62,7 @@ class ScoreLossWeights:
     use_error_type: bool = True   # False: pseudo-labels ignore over/under (the no-direction ablation)
     pseudo_flip_weight: float = 3.0   # BCE weight of voxels whose pseudo-label differs from M0
     pseudo_fraction: float = 0.6  # share of the implied number of changed voxels actually labelled
+    pseudo_ignore: float = 0.0    # next share of the implied count, after the labelled one, left unlabelled
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -244,7 +245,7 @@ def pseudo_labels(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Te
                   agreement: torch.Tensor, rated: torch.Tensor, error: torch.Tensor,
                   depth: torch.Tensor, valid: torch.Tensor | None = None,
                   depth_per_mm: float = 1.0, use_error_type: bool = True,
-                  fraction: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                  fraction: float = 1.0, ignore: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-voxel targets implied by each rated region's score and error type (no gradient).
 
     Over region R: the truth is M0 minus a share ``1 - rho(c)`` of M0&R (:func:`target_volume_ratio`);
@@ -256,6 +257,10 @@ def pseudo_labels(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Te
     ``fraction`` < 1 labels only that share of the implied count (the most certain ones): c(s)
     is the middle of a score's Dice interval and regions are rarely pure, so the full count
     over-shoots (measured: 57% of pseudo-added voxels right at fraction 1).
+    ``ignore`` > 0 leaves the next ``ignore`` share of the implied count (the candidates ranked
+    just after the labelled ones) unlabelled (weight 0) instead of labelling them "as M0": they
+    are as likely wrong in M0 as the labelled flips, so asking the network to keep them would
+    teach it to under-correct.
     ``use_error_type=False`` (ablation): the type is not used; the ``(1 - rho_over) |M0&R|`` voxels
     of R that agree least with M0 (inside: lowest key; outside: highest) flip. Returns
     ``(target, weight)`` (B,1,z,y,x), weight 1 on rated region voxels inside the image.
@@ -294,17 +299,21 @@ def pseudo_labels(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Te
                     target[b, 0].view(-1)[flip] = 1.0 - target[b, 0].view(-1)[flip]
                 elif e == OVER and n_in:
                     n_drop = int(round(fraction * (1.0 - float(rho[b, r])) * n_in))
-                    if n_drop > 0:
+                    n_skip = int(round(ignore * (1.0 - float(rho[b, r])) * n_in))
+                    if n_drop + n_skip > 0:
                         idx = torch.nonzero(inside.reshape(-1)).squeeze(1)
                         order = torch.argsort(key[b, 0].reshape(-1)[idx])
                         target[b, 0].view(-1)[idx[order[:n_drop]]] = 0.0
+                        weight[b, 0].view(-1)[idx[order[n_drop:n_drop + n_skip]]] = 0.0
                 elif e == UNDER:
                     n_add = int(round(fraction * (float(rho[b, r]) - 1.0) * n_in))
+                    n_skip = int(round(ignore * (float(rho[b, r]) - 1.0) * n_in))
                     idx = torch.nonzero(outside.reshape(-1)).squeeze(1)
                     n_add = min(n_add, int(idx.numel()))
-                    if n_add > 0:
+                    if n_add + n_skip > 0:
                         order = torch.argsort(key[b, 0].reshape(-1)[idx], descending=True)
                         target[b, 0].view(-1)[idx[order[:n_add]]] = 1.0
+                        weight[b, 0].view(-1)[idx[order[n_add:n_add + n_skip]]] = 0.0
     return target, weight
 
 
@@ -313,14 +322,14 @@ def pseudo_label_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torc
                       depth: torch.Tensor, valid: torch.Tensor | None = None,
                       depth_per_mm: float = 1.0, use_error_type: bool = True,
                       flip_weight: float = 1.0, fraction: float = 1.0,
-                      trust: torch.Tensor | None = None) -> torch.Tensor:
+                      trust: torch.Tensor | None = None, ignore: float = 0.0) -> torch.Tensor:
     """BCE(logits, :func:`pseudo_labels`) over rated region voxels: the amount and the direction
     as dense per-voxel targets, chosen by the network's own ranking (learning from label
     proportions, top-k). A per-voxel target gives every voxel a full-strength gradient, where
     the region-level soft Dice spreads one number thinly over the region and can be met by
     blurring P instead of moving the boundary."""
     target, weight = pseudo_labels(logits, initial, regions, agreement, rated, error, depth, valid,
-                                   depth_per_mm, use_error_type, fraction)
+                                   depth_per_mm, use_error_type, fraction, ignore)
     if flip_weight != 1.0:
         weight = weight * torch.where((target - initial).abs() > 0.5,
                                       torch.full_like(weight, float(flip_weight)), torch.ones_like(weight))
@@ -455,7 +464,7 @@ def _pseudo_term(logits, prob, b: Batch, w):
     return pseudo_label_loss(logits, b.initial, b.regions, b.agreement, b.rated, b.error, b.depth,
                              b.valid, w.pseudo_depth_per_mm, use_error_type=bool(w.use_error_type),
                              flip_weight=w.pseudo_flip_weight, fraction=w.pseudo_fraction,
-                             trust=b.trust)
+                             trust=b.trust, ignore=w.pseudo_ignore)
 
 
 @register_term("pin")

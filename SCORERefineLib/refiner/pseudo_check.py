@@ -17,6 +17,11 @@ If the pseudo-labels are worse than the initial mask on real texture, training i
 way whatever the network; if they are right but the network does not learn them, the fault is
 elsewhere. The benchmark reports these figures for the SCORE row (issue: "check whether the SCORE
 pseudo-labels are what fails on real texture").
+
+:func:`target_ceiling` asks what limits the targets: the whole structure's Dice gain when the
+initial mask takes the targets in its rated regions, with the number of flipped voxels (the
+score's share) and the choice of which voxels (the ranking key) each replaced by the reference's
+own, the most a refiner could learn from targets of that kind.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import torch
 from ..case import Case
 from .losses import ScoreLossWeights, pseudo_labels
 
-__all__ = ["pseudo_label_check", "dataset_pseudo_label_check", "summarise_check"]
+__all__ = ["pseudo_label_check", "dataset_pseudo_label_check", "summarise_check", "target_ceiling",
+           "CEILING_VARIANTS"]
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -37,17 +43,22 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * float((a & b).sum()) / s
 
 
-def _targets(logits: np.ndarray, targets, weights: ScoreLossWeights) -> tuple[np.ndarray, np.ndarray]:
+def _targets(logits: np.ndarray, targets, weights: ScoreLossWeights, agreement=None, key=None,
+             fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The pseudo-labels of one prepared case; ``agreement`` / ``key`` / ``fraction`` replace the
+    rating's c(s) table, the ranking key (``maps["depth"]``) and the labelled share."""
     t = torch.from_numpy
     tab = targets.tables
+    agreement = tab.agreement if agreement is None else agreement
+    key = targets.maps["depth"] if key is None else key
     target, weight = pseudo_labels(
         t(logits.astype(np.float32))[None, None],
         t(targets.initial.astype(np.float32))[None, None],
         t(targets.maps["regions"].astype(np.int64))[None, None],
-        t(np.asarray(tab.agreement, np.float32))[None], t(np.asarray(tab.rated, bool))[None],
-        t(np.asarray(tab.error, np.int64))[None], t(targets.maps["depth"])[None, None],
+        t(np.asarray(agreement, np.float32))[None], t(np.asarray(tab.rated, bool))[None],
+        t(np.asarray(tab.error, np.int64))[None], t(np.asarray(key, np.float32))[None, None],
         None, weights.pseudo_depth_per_mm, use_error_type=bool(weights.use_error_type),
-        fraction=weights.pseudo_fraction)
+        fraction=weights.pseudo_fraction if fraction is None else fraction)
     return target[0, 0].numpy() > 0.5, weight[0, 0].numpy() > 0
 
 
@@ -134,4 +145,75 @@ def summarise_check(rows: Sequence[dict]) -> dict:
             out[f"changed_{name}"] = int(n.sum())
             out[f"precision_{name}"] = (float(np.sum(prec[ok] * n[ok]) / n[ok].sum())
                                         if ok.any() else float("nan"))
+    return out
+
+
+#: :func:`target_ceiling`'s variants: (name, count from, ranking by)
+CEILING_VARIANTS = (
+    ("targets", "score", "key"),            # what training uses (labelled share of the score's count)
+    ("true_count", "reference", "key"),     # the reference's count of wrong voxels on the rated side
+    ("oracle_ranking", "score", "reference"),   # the score's count, the wrong voxels first
+    ("oracle_both", "reference", "reference"),  # every wrong voxel of the rated side, nothing else
+)
+
+
+def _true_agreement(m0: np.ndarray, ref: np.ndarray, regions: np.ndarray, tables) -> np.ndarray:
+    """Per region, the c whose implied count (:func:`~.targets.target_volume_ratio`) is the
+    reference's number of wrong voxels on the rated side: over -> |R & M0 & ~ref|, under ->
+    |R & ~M0 & ref|, relative to |R & M0|."""
+    from .targets import OVER, UNDER
+
+    n = len(tables.rated)
+    lab = np.clip(regions.astype(np.int64), 0, n - 1)
+    count = lambda sel: np.bincount(lab[sel], minlength=n).astype(np.float64)  # noqa: E731
+    n_in = np.maximum(count(m0), 1.0)
+    rho_over = 1.0 - count(m0 & ~ref) / n_in
+    rho_under = 1.0 + count(~m0 & ref) / n_in
+    c = np.asarray(tables.agreement, np.float64).copy()
+    over, under = tables.error == OVER, tables.error == UNDER
+    c[over] = 2.0 * rho_over[over] / (1.0 + rho_over[over])
+    c[under] = 2.0 / (1.0 + rho_under[under])
+    return c
+
+
+def target_ceiling(case: Case, weights: ScoreLossWeights | None = None,
+                   residual_gain: float = 2.0) -> dict:
+    """Whole-structure Dice gains of ratings-implied targets, and what limits them.
+
+    The initial mask takes the pseudo-label targets in the rated regions (before training: the
+    untrained network's logits, the ranking key of :class:`~.modes.score.ScoreMode`), and its
+    Dice to the reference is compared with the initial mask's. Each variant of
+    :data:`CEILING_VARIANTS` replaces the count (the score's labelled share, or the reference's
+    count of wrong voxels on the rated side, all of them) and/or the ranking (the key, or the
+    reference: wrong voxels first, ties by the key). ``regions_exact`` is the gain of taking the
+    reference inside every region (both error types; the most any use of these regions gives).
+
+    Returns:
+        ``{"case", "initial_dice", "<variant>": gain, ..., "regions_exact": gain}``.
+    """
+    from .modes.score import ScoreMode
+
+    weights = weights or ScoreLossWeights()
+    prepared = ScoreMode().prepare_case(case)
+    image = case.load_image()
+    ref = case.load_reference(like=image).array != 0
+    m0 = prepared.initial != 0
+    regions = prepared.maps["regions"]
+    key = prepared.maps["depth"]
+    logits = float(residual_gain) * (2.0 * m0.astype(np.float32) - 1.0)
+    # a key step larger than any logit + key difference puts the reference's wrong voxels first
+    # ("over" drops the lowest keys, "under" adds the highest)
+    step = 2.0 * (float(np.abs(key).max()) + 2.0 * float(residual_gain)) + 1.0
+    oracle_key = key + np.float32(step) * ref.astype(np.float32)
+    base = _dice(m0, ref)
+    out: dict = {"case": case.case_id, "initial_dice": base}
+    true_c = _true_agreement(m0, ref, regions, prepared.tables)
+    for name, count, rank in CEILING_VARIANTS:
+        tgt, rated = _targets(logits, prepared, weights,
+                              agreement=true_c if count == "reference" else None,
+                              key=oracle_key if rank == "reference" else None,
+                              fraction=1.0 if count == "reference" else None)
+        out[name] = _dice(np.where(rated, tgt, m0), ref) - base
+    exact = np.where(regions > 0, ref, m0)
+    out["regions_exact"] = _dice(exact, ref) - base
     return out
