@@ -195,8 +195,7 @@ def target_ceiling(case: Case, weights: ScoreLossWeights | None = None,
 
     weights = weights or ScoreLossWeights()
     prepared = ScoreMode().prepare_case(case)
-    image = case.load_image()
-    ref = case.load_reference(like=image).array != 0
+    ref = case.load_reference(like=case.load_initial()).array != 0   # the image's grid (contract)
     m0 = prepared.initial != 0
     regions = prepared.maps["regions"]
     key = prepared.maps["depth"]
