@@ -275,14 +275,18 @@ def test_cli_validation_appearance_and_prefetch_flags():
     cmd.add_arguments(p)
     c = cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt", "--val-fraction", "0.3",
                                            "--val-every", "25", "--val-patience", "2",
+                                           "--val-batches", "7",
                                            "--appearance-mm", "0", "--prefetch", "0"]))
     assert (c.val_fraction, c.val_every, c.val_patience, c.prefetch) == (0.3, 25, 2, 0)
+    assert c.val_batches == 7
     assert c.val_min_cases == 20
     assert c.make_mode().config.appearance_mm == 0.0
     default = cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt"]))
     assert default.val_fraction == 0.2 and default.make_mode().config.appearance_mm == 1.0
     assert default.prefetch is None                       # auto: 2 on CUDA, 0 on the CPU
-    for bad in (["--val-fraction", "1.0"], ["--val-every", "0"], ["--appearance-mm", "-1"]):
+    assert default.val_batches == TrainConfig().val_batches
+    for bad in (["--val-fraction", "1.0"], ["--val-every", "0"], ["--val-batches", "0"],
+                ["--appearance-mm", "-1"]):
         with pytest.raises(InputError):
             cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt", *bad]))
     with pytest.raises(InputError, match="--appearance-mm"):

@@ -70,11 +70,11 @@ def test_trainer_holds_out_cases_and_records_validation(tmp_path):
     out = tmp_path / "m.pt"
     cfg = TrainConfig(steps=6, patch_size=(16, 16, 16), batch_size=1, network="tiny", device="cpu",
                       checkpoint_every=0, num_threads=1, val_fraction=0.2, val_every=2,
-                      val_patience=10, val_min_cases=5)
+                      val_patience=10, val_min_cases=5, val_batches=3)
     train(ds, out, cfg, progress="none")
     meta = load_checkpoint(out)["metadata"]
     val = meta["validation"]
-    assert len(val["cases"]) == 1
+    assert len(val["cases"]) == 1 and val["batches"] == 3
     assert val["cases"][0] not in meta["cases"] and len(meta["cases"]) == 4
     assert [h[0] for h in val["history"]] == [2, 4, 6]
     assert all(h[1] == h[1] for h in val["history"])      # finite numbers, not NaN
@@ -90,3 +90,4 @@ def test_trainer_without_validation_trains_on_every_case(tmp_path, settings):
     train(ds, out, cfg, progress="none")
     meta = load_checkpoint(out)["metadata"]
     assert "validation" not in meta and len(meta["cases"]) == 5
+

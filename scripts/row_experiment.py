@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
         out.append((r["case"], a["dice"], r["dice"], a["hd95"], r["hd95"]))
         print(r["case"], *(round(v, 4) for v in out[-1][1:]), flush=True)
     gain = np.mean([o[2] - o[1] for o in out])
-    print(f"RESULT {name}: gain {gain:+.4f} improved {sum(o[2] > o[1] for o in out)}/{len(out)} "
+    print(f"RESULT {name}: gain {gain:+.4f} improved {sum(o[2] > o[1] + 1e-4 for o in out)}/{len(out)} "
           f"hd95 {np.mean([o[3] for o in out]):.2f}->{np.mean([o[4] for o in out]):.2f} "
           f"worse {sum(o[2] < o[1] - 0.005 for o in out)}")
     return 0

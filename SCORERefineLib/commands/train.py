@@ -80,6 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the fewest usable cases a validation split is made from (default 20: "
                         "on smaller cohorts holding cases out cost more than it gave)")
     v.add_argument("--val-every", type=int, default=100, help="steps between validations (100)")
+    v.add_argument("--val-batches", type=int, default=None,
+                   help="fixed held-out batches measured at each validation (default: "
+                        "32; with 4 SCORE's held-out loss was noise)")
     v.add_argument("--val-patience", type=int, default=5,
                    help="validations without improvement before stopping early (5; never before "
                         "30%% of --steps)")
@@ -153,6 +156,8 @@ def config_from_args(args):
         num_threads=args.threads, resample=not getattr(args, "native_spacing", False),
         val_fraction=_fraction(getattr(args, "val_fraction", 0.2)),
         val_every=_positive("--val-every", getattr(args, "val_every", 100)),
+        val_batches=(TrainConfig.val_batches if getattr(args, "val_batches", None) is None
+                     else _positive("--val-batches", args.val_batches)),
         val_patience=_positive("--val-patience", getattr(args, "val_patience", 5)),
         val_min_cases=_positive("--val-min-cases", getattr(args, "val_min_cases", 20)),
         prefetch=(None if getattr(args, "prefetch", None) is None

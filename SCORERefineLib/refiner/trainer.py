@@ -10,8 +10,8 @@
 * ``resume=True`` continues from ``out``'s step with its optimizer state.
 * held-out validation (:mod:`.validation`): with ``val_fraction`` > 0 and at least
   ``val_min_cases`` (20) usable cases, a share of
-  the cases is never trained on; the mode's loss on fixed patches of them is measured every
-  ``val_every`` steps, the best weights are kept, and training stops early when it stops
+  the cases is never trained on; the mode's loss on ``val_batches`` fixed batches of patches of
+  them is measured every ``val_every`` steps, the best weights are kept, and training stops early when it stops
   improving (``val_patience``). The checkpoint holds the best weights and
   ``metadata["validation"]`` (held-out cases, history, best and stop step). After ``--resume``
   the best weights so far are not known: selection starts again.
@@ -115,6 +115,10 @@ class TrainConfig:
     val_patience: int = 5
     val_min_share: float = 0.3
     val_min_cases: int = MIN_CASES_FOR_VALIDATION   # fewer usable cases: no split
+    # fixed held-out batches (of batch_size patches) measured at each validation: at 24 phantoms
+    # SCORE's loss on 4 was noise (early stop at a chance minimum, held-out gain +0.032 with one
+    # case harmed), on 16 +0.040, on 32 +0.046 (no split: +0.049); docs/score-loss.md
+    val_batches: int = 32
 
     def make_mode(self) -> TrainingMode:
         """The training mode with its config (InputError for an unknown mode or a foreign config)."""
@@ -422,7 +426,8 @@ class Trainer:
         meta = self._metadata(net_cfg, targets, total, spacing)
         stopper = EarlyStopping(every=int(c.val_every), patience=int(c.val_patience),
                                 min_steps=int(float(c.val_min_share) * total))
-        if stopper.prepare(val_targets, mode, c.patch_size, c.batch_size, seed=int(c.seed)):
+        if stopper.prepare(val_targets, mode, c.patch_size, c.batch_size,
+                           n_batches=int(c.val_batches), seed=int(c.seed)):
             meta["validation"] = stopper.report()
 
         train_model = ddp.wrap(model, env, device)

@@ -72,7 +72,7 @@ class EarlyStopping:
     batches: list = field(default_factory=list)
     case_ids: list = field(default_factory=list)
 
-    def prepare(self, val_targets: list, mode, patch_size, batch_size: int, n_batches: int = 4,
+    def prepare(self, val_targets: list, mode, patch_size, batch_size: int, n_batches: int = 32,
                 seed: int = 0) -> bool:
         """Draw the fixed validation batches; False (validation off) when none can be drawn."""
         if not val_targets:
@@ -128,7 +128,7 @@ class EarlyStopping:
 
     def report(self) -> dict:
         """JSON-ready summary for the checkpoint's metadata."""
-        return {"cases": list(self.case_ids), "every": int(self.every),
+        return {"cases": list(self.case_ids), "every": int(self.every), "batches": len(self.batches),
                 "patience": int(self.patience), "history": list(self.history),
                 "best_step": self.best_step, "best_loss": (None if self.best_step is None
                                                            else round(self.best, 6)),
