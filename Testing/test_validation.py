@@ -39,7 +39,6 @@ def test_split_holds_out_a_seeded_share_and_never_below_min_cases():
 def test_early_stopping_keeps_the_best_weights_and_stops_after_patience():
     net = torch.nn.Linear(2, 1)
     stop = EarlyStopping(every=10, patience=2, min_steps=0)
-    stop.batches = [object()]          # enabled without a sampler: update() is what is tested
     assert not stop.update(10, 1.0, net)
     with torch.no_grad():
         net.weight.fill_(0.5)
@@ -59,7 +58,6 @@ def test_early_stopping_keeps_the_best_weights_and_stops_after_patience():
 def test_early_stopping_waits_for_min_steps():
     net = torch.nn.Linear(2, 1)
     stop = EarlyStopping(every=1, patience=1, min_steps=5)
-    stop.batches = [object()]
     assert not stop.update(1, 1.0, net)
     assert not stop.update(2, 2.0, net)       # worse, but before min_steps
     assert stop.update(5, 3.0, net)
@@ -91,3 +89,24 @@ def test_trainer_without_validation_trains_on_every_case(tmp_path, settings):
     meta = load_checkpoint(out)["metadata"]
     assert "validation" not in meta and len(meta["cases"]) == 5
 
+
+
+def test_validation_sees_the_same_patches_at_every_evaluation(tmp_path):
+    from SCORERefineLib.case import list_cases
+    from SCORERefineLib.refiner.modes.score import ScoreMode
+
+    ds = make_tiny_dataset(tmp_path / "ds", n=2, seed=11)
+    mode = ScoreMode()
+    targets = [mode.prepare_case(c) for c in list_cases(ds)]
+    stop = EarlyStopping()
+    assert not stop.enabled and list(stop.batches()) == []
+    assert stop.prepare(targets, mode, (16, 16, 16), 2, n_batches=3, seed=4)
+    first, again = list(stop.batches()), list(stop.batches())
+    assert len(first) == 3 and stop.report()["batches"] == 3
+    for a, b in zip(first, again):
+        assert torch.equal(a.image, b.image) and torch.equal(a.regions, b.regions)
+    assert not all(torch.equal(first[0].image, b.image) for b in first[1:])   # not one patch
+    net = torch.nn.Conv3d(len(mode.channels), 1, 1)
+    assert stop.loss(net, mode, "cpu", torch.contiguous_format) == pytest.approx(
+        stop.loss(net, mode, "cpu", torch.contiguous_format))
+    assert not EarlyStopping().prepare(targets, mode, (16, 16, 16), 2, n_batches=0)

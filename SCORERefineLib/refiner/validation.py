@@ -13,6 +13,7 @@ what the checkpoint holds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -69,25 +70,41 @@ class EarlyStopping:
     best_state: dict | None = None
     stale: int = 0
     stopped_at: int | None = None
-    batches: list = field(default_factory=list)
+    n_batches: int = 0
     case_ids: list = field(default_factory=list)
+    _draw: Callable[[], Iterator] | None = None
 
     def prepare(self, val_targets: list, mode, patch_size, batch_size: int, n_batches: int = 32,
                 seed: int = 0) -> bool:
-        """Draw the fixed validation batches; False (validation off) when none can be drawn."""
-        if not val_targets:
+        """Set up the fixed validation batches; False (validation off) when none can be drawn.
+
+        The batches are not held in memory (32 batches of 2 patches of 96^3 would take about 2 GB):
+        each evaluation draws them again from a sampler re-seeded with the same seed, without
+        augmentation, so every evaluation sees exactly the same patches, one batch at a time."""
+        if not val_targets or int(n_batches) < 1:
             return False
         try:
             sampler = PatchSampler(val_targets, mode, patch_size, seed=int(seed) + 99, augment=False)
         except ValueError:   # no patch centre in the held-out cases (e.g. nothing rated)
             return False
-        self.batches = [sampler.sample(batch_size) for _ in range(int(n_batches))]
+        rng_seed, n, bs = int(seed) + 99, int(n_batches), int(batch_size)
+
+        def draw() -> Iterator:
+            sampler.rng = np.random.default_rng(rng_seed)   # the same patches every time
+            for _ in range(n):
+                yield sampler.sample(bs)
+
+        self._draw, self.n_batches = draw, n
         self.case_ids = [t.case_id for t in val_targets]
         return True
 
+    def batches(self) -> Iterator:
+        """The fixed validation batches, drawn one at a time (none before :meth:`prepare`)."""
+        return iter(()) if self._draw is None else self._draw()
+
     @property
     def enabled(self) -> bool:
-        return bool(self.batches)
+        return self._draw is not None
 
     def due(self, step: int, total: int) -> bool:
         """Evaluate after ``step`` steps (every ``every`` steps and at the end)?"""
@@ -99,7 +116,7 @@ class EarlyStopping:
         model.eval()
         vals = []
         with torch.no_grad():
-            for b in self.batches:
+            for b in self.batches():
                 b = b.to(device)
                 logits = model(b.image.contiguous(memory_format=memory_format))
                 vals.append(float(mode.loss(logits.float(), b)[0]))
@@ -128,7 +145,7 @@ class EarlyStopping:
 
     def report(self) -> dict:
         """JSON-ready summary for the checkpoint's metadata."""
-        return {"cases": list(self.case_ids), "every": int(self.every), "batches": len(self.batches),
+        return {"cases": list(self.case_ids), "every": int(self.every), "batches": int(self.n_batches),
                 "patience": int(self.patience), "history": list(self.history),
                 "best_step": self.best_step, "best_loss": (None if self.best_step is None
                                                            else round(self.best, 6)),
