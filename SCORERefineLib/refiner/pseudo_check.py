@@ -84,8 +84,7 @@ def pseudo_label_check(case: Case, model=None, metadata: dict | None = None,
     weights = weights or ScoreLossWeights()
     mode = ScoreMode()
     prepared = mode.prepare_case(case)
-    image = case.load_image()
-    ref = case.load_reference(like=image).array != 0
+    ref = case.load_reference(like=case.load_initial()).array != 0   # the image's grid (contract)
     m0 = prepared.initial != 0
     out: dict = {"case": case.case_id}
     logits_before = float(residual_gain) * (2.0 * m0.astype(np.float32) - 1.0)
@@ -97,6 +96,7 @@ def pseudo_label_check(case: Case, model=None, metadata: dict | None = None,
         from ..imageio import Volume
         from .inference import refine_volume
 
+        image = case.load_image()
         _, prob = refine_volume(model, metadata or {}, image, Volume(m0.astype(np.uint8), image.geometry),
                                 device=device, return_probability=True)
         p = np.clip(prob.array.astype(np.float64), 1e-4, 1 - 1e-4)
