@@ -146,13 +146,21 @@ def appearance_evidence(image: np.ndarray, mask: np.ndarray, spacing_zyx, ring_m
     return np.clip(ratio[idx], -clip, clip).astype(np.float32)
 
 
+def appearance_llr(hu: np.ndarray, initial: np.ndarray, spacing_zyx: Sequence[float],
+                   normalisation: Optional[dict] = None,
+                   depth: Optional[np.ndarray] = None) -> np.ndarray:
+    """:func:`appearance_evidence` with the ``appearance`` settings of ``normalisation`` (default
+    :data:`NORMALISATION`); ``depth`` as there."""
+    p = _norm(normalisation).get("appearance", NORMALISATION["appearance"])
+    return appearance_evidence(hu, initial, spacing_zyx, ring_mm=p["ring_mm"], bins=p["bins"],
+                               clip=p["clip"], sigma_mm=p["sigma_mm"], depth=depth)
+
+
 def appearance_channel(hu: np.ndarray, initial: np.ndarray, spacing_zyx: Sequence[float],
                        normalisation: Optional[dict] = None) -> np.ndarray:
-    """The ``appearance`` channel: :func:`appearance_evidence` / clip, float32 in ``[-1, 1]``."""
+    """The ``appearance`` channel: :func:`appearance_llr` / clip, float32 in ``[-1, 1]``."""
     p = _norm(normalisation).get("appearance", NORMALISATION["appearance"])
-    llr = appearance_evidence(hu, initial, spacing_zyx, ring_mm=p["ring_mm"], bins=p["bins"],
-                              clip=p["clip"], sigma_mm=p["sigma_mm"])
-    return llr / np.float32(p["clip"])
+    return appearance_llr(hu, initial, spacing_zyx, normalisation) / np.float32(p["clip"])
 
 
 def make_input(image: Volume, initial: np.ndarray | Volume,

@@ -83,11 +83,11 @@ class EarlyStopping:
         augmentation, so every evaluation sees exactly the same patches, one batch at a time."""
         if not val_targets or int(n_batches) < 1:
             return False
+        rng_seed, n, bs = int(seed) + 99, int(n_batches), int(batch_size)
         try:
-            sampler = PatchSampler(val_targets, mode, patch_size, seed=int(seed) + 99, augment=False)
+            sampler = PatchSampler(val_targets, mode, patch_size, seed=rng_seed, augment=False)
         except ValueError:   # no patch centre in the held-out cases (e.g. nothing rated)
             return False
-        rng_seed, n, bs = int(seed) + 99, int(n_batches), int(batch_size)
 
         def draw() -> Iterator:
             sampler.rng = np.random.default_rng(rng_seed)   # the same patches every time

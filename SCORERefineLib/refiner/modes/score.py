@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from ...errors import GridMismatchError, TrainingError
-from ..inputs import NORMALISATION, appearance_evidence, signed_depth
+from ..inputs import NORMALISATION, appearance_llr, signed_depth
 from ..losses import ScoreLossWeights, score_loss
 from ..targets import Batch, feedback_tables
 from .base import CaseTargets, ModeConfig, TrainingMode, band_indices, surface
@@ -184,10 +184,7 @@ class ScoreMode(TrainingMode):
         ch = list(self.channels)
         if "appearance" in ch:
             return x[ch.index("appearance")] * np.float32(NORMALISATION["appearance"]["clip"])
-        p = NORMALISATION["appearance"]
-        return appearance_evidence(image.array, initial, image.geometry.spacing_zyx,
-                                   ring_mm=p["ring_mm"], bins=p["bins"], clip=p["clip"],
-                                   sigma_mm=p["sigma_mm"], depth=depth)
+        return appearance_llr(image.array, initial, image.geometry.spacing_zyx, depth=depth)
 
     def sampling_weights(self, targets: CaseTargets) -> tuple[np.ndarray, np.ndarray]:
         """Each rated region gets its total table weight (6-s)^2 spread over its voxels, plus a
