@@ -63,7 +63,6 @@ class ScoreLossWeights:
     pseudo_flip_weight: float = 3.0   # BCE weight of voxels whose pseudo-label differs from M0
     pseudo_fraction: float = 0.6  # share of the implied number of changed voxels actually labelled
     pseudo_ignore: float = 0.0    # next share of the implied count, after the labelled one, left unlabelled
-    restore: float = 1.0          # undo synthetic input-mask errors (:func:`restore_loss`; needs ScoreConfig.restore_prob)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -398,15 +397,6 @@ def pin_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Tensor,
     return _follow_initial(logits, initial, sel, margin, _voxel_trust(trust, regions, logits))
 
 
-def restore_loss(logits: torch.Tensor, initial: torch.Tensor, restore: torch.Tensor,
-                 valid: torch.Tensor | None = None, margin: float | None = 2.0) -> torch.Tensor:
-    """Where the *input* mask was corrupted (``restore`` (B,1,z,y,x) 1 on the changed voxels,
-    :mod:`.input_corruption`; only inside regions rated 5), the refined mask follows the true
-    initial mask ``M0``: the hinge/BCE of :func:`anchor_loss`, averaged over those voxels."""
-    sel = restore if valid is None else restore * valid
-    return _follow_initial(logits, initial, sel, margin)
-
-
 def spatial_gradient_magnitude(prob: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """|grad P| by forward differences (voxel units), (B,1,z,y,x) -> (B,1,z-1,y-1,x-1)."""
     dz = prob[:, :, 1:, :-1, :-1] - prob[:, :, :-1, :-1, :-1]
@@ -483,14 +473,6 @@ def _pin_term(logits, prob, b: Batch, w):
                     trust=b.trust)
 
 
-@register_term("restore")
-def _restore_term(logits, prob, b: Batch, w):
-    restore = b.extra.get("restore")
-    if restore is None:
-        return None
-    return restore_loss(logits, b.initial, restore.to(logits.dtype), b.valid, margin=_margin(w))
-
-
 @register_term("edge")
 def _edge_term(logits, prob, b: Batch, w):
     if b.edge is None:
@@ -521,7 +503,7 @@ def _sharp_term(logits, prob, b: Batch, w):
 
 # evaluation order (kept from the first implementation, so totals sum in the same order)
 _ORDER = ("direction", "direction_voxel", "amount", "anchor", "volume", "pseudo", "sharp", "pin",
-          "edge", "restore")
+          "edge")
 TERMS.update({name: TERMS.pop(name) for name in _ORDER})
 
 

@@ -6,10 +6,6 @@ boundary band), jittered by up to a quarter patch, and cropped with zero padding
 leaves the volume (``valid`` marks real voxels). Each rank of a distributed run draws from its
 own random stream (``seed + rank``), so ranks see different patches.
 
-Before augmentation a mode may perturb a patch (:meth:`TrainingMode.perturb_patch`; ScoreMode's
-``restore_prob``: synthetic errors in the input mask inside regions rated 5); validation patches
-(``augment=False``) never are.
-
 Augmentation (MONAI dictionary transforms): random flips on each axis and in-plane (y, x) 90 degree
 rotations, applied jointly to every image channel and target map (exact permutations: labels stay
 labels); on the CT channel only, what real scanners vary (issue 8, "the augmentations real data
@@ -113,9 +109,7 @@ class PatchSampler:
             raise ValueError("no patch centre candidates in any case")
         self.case_p = cw / cw.sum()
         self.channel_names = list(mode.channels)
-        self.perturb = bool(augment) and bool(mode.patch_maps)
-        self.map_keys = sorted({k for t in targets for k in t.maps}
-                               | (set(mode.patch_maps) if self.perturb else set()))
+        self.map_keys = sorted({k for t in targets for k in t.maps})
         self.label_keys = [k for k in self.map_keys if k in mode.label_maps]
         self.has_tables = any(t.tables is not None for t in targets)
         spatial = [f"ch_{c}" for c in self.channel_names] + ["initial", "valid"] + self.map_keys
@@ -140,8 +134,6 @@ class PatchSampler:
             arr = t.maps.get(k)
             item[k] = (np.zeros((1,) + self.patch, np.float32) if arr is None
                        else crop(arr[None], start, self.patch))
-        if self.perturb:
-            self.mode.perturb_patch(item, t, self.rng)
         if self.augment is not None:
             item = self.augment(item)
         out = {k: torch.as_tensor(np.ascontiguousarray(np.asarray(v))) for k, v in item.items()}

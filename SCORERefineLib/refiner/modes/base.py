@@ -118,17 +118,6 @@ class TrainingMode:
         """What to do when no case of ``dataset`` is usable."""
         raise NotImplementedError
 
-    @property
-    def patch_maps(self) -> tuple[str, ...]:
-        """Per-voxel maps :meth:`perturb_patch` writes into each training patch (the sampler
-        adds them, zero, to every patch, so that batches stack)."""
-        return ()
-
-    def perturb_patch(self, item: dict, targets: CaseTargets, rng: np.random.Generator) -> None:
-        """Change a freshly cropped training patch in place before augmentation (``item``: the
-        sampler's ``ch_<channel>``, ``initial``, ``valid`` and map arrays, each (1, z, y, x)).
-        Validation patches are never perturbed. Default: nothing."""
-
     # optional trainer hooks (no-ops here; modes with a teacher, weights... override them) ----
     def select(self, cases: list) -> list:
         """The cases to prepare, from all of a dataset's cases (default: the usable ones).

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy import ndimage
 
-from ...calibration import score_to_agreement
 from ...errors import GridMismatchError, TrainingError
-from ..input_corruption import corrupt_mask
 from ..inputs import NORMALISATION, appearance_llr, signed_depth
 from ..losses import ScoreLossWeights, score_loss
 from ..targets import Batch, feedback_tables
@@ -29,8 +27,6 @@ BOUNDARY_FRACTION = 0.25
 #: large errors (leaks, big holes) often reach past the band, where the anchor would pin them
 ANCHOR_EXCLUSION_MM = 10.0
 ANCHOR_EXCLUSION_MAX_SCORE = 2.0
-#: c(s) from which a region counts as "no visible error" (pinned; as ``losses.pin_loss``)
-PIN_AGREEMENT = 0.999
 #: a band that covers less than this share of the initial mask's surface no longer "fits" it
 MIN_BAND_COVERAGE = 0.5
 #: mm of depth one unit of appearance evidence (log-likelihood ratio) is worth in the
@@ -55,10 +51,6 @@ class ScoreConfig(ModeConfig):
     #: each weighted q^2 (q >= fill_in_q_min, else left out); "" = people's ratings only
     fill_in: str = ""
     fill_in_q_min: float = 0.5
-    #: share of training patches whose input mask gets synthetic errors inside regions rated 5
-    #: (:mod:`..input_corruption`), undone by the ``restore`` loss term; 0 = off
-    restore_prob: float = 0.0
-    restore_min_score: int = 5   # regions whose consensus score is at least this are corrupted
 
     def loss_weights(self) -> ScoreLossWeights:
         """The weights with the ablation switches applied (``weights`` itself is not changed)."""
@@ -210,28 +202,6 @@ class ScoreMode(TrainingMode):
         bf = float(self.config.boundary_fraction)
         w_any = np.full(len(band), total_rated * bf / max(1.0 - bf, 1e-6) / max(len(band), 1))
         return band, w_rated + w_any
-
-    @property
-    def patch_maps(self) -> tuple[str, ...]:
-        return ("restore",) if self.config.restore_prob > 0 and self.weights.restore else ()
-
-    def perturb_patch(self, item: dict, targets: CaseTargets, rng: np.random.Generator) -> None:
-        """With probability ``restore_prob``: corrupt the patch's input mask (``ch_initial``)
-        inside the regions rated 5 (c(s) = 1) and mark the changed voxels in ``restore``; ``M0``
-        (``initial``), which every loss term reads, stays as it was."""
-        if "ch_initial" not in item or rng.random() >= self.config.restore_prob:
-            return
-        tables = targets.tables
-        floor = PIN_AGREEMENT if self.config.restore_min_score >= 5 else \
-            score_to_agreement(int(self.config.restore_min_score)) - 1e-6
-        trusted = np.flatnonzero(tables.rated & (tables.agreement >= floor))
-        trusted = trusted[trusted > 0]
-        if not len(trusted):
-            return
-        allowed = np.isin(item["regions"][0], trusted) & (item["valid"][0] > 0)
-        corrupted, changed = corrupt_mask(item["ch_initial"][0], allowed, targets.spacing_zyx, rng)
-        item["ch_initial"] = corrupted[None]
-        item["restore"] = changed[None].astype(np.float32)
 
     def loss(self, logits, batch: Batch):
         return score_loss(logits, batch, self.weights)
