@@ -84,6 +84,9 @@ class BenchConfig:
     cohort: str = "phantoms"
     #: real cohort: build only these structures (None: every available one)
     real_structures: tuple | None = None
+    #: real cohort: add the upper-abdominal organs of the TotalSegmentator CT, whose references
+    #: are its --fast labels (``realct.RealConfig.include_abdomen``)
+    real_abdomen: bool = False
     #: scribble rows: slices per case the simulated scribbler draws on
     scribble_slices: int = 4
     #: ``scribble_noisy``: share of strokes given the wrong label
@@ -106,6 +109,11 @@ PRESETS = {
     # split by structure; slow (tens of minutes on a CPU)
     "real": BenchConfig(n_train=0, n_test=0, phantom_preset="-", steps=1800, network="small",
                         patch=(48, 48, 48), cohort="real"),
+    # the real cohort plus 8 upper-abdominal structures of the TotalSegmentator CT (references:
+    # its --fast labels; spleen and aorta held out)
+    "real_abdomen": BenchConfig(n_train=0, n_test=0, phantom_preset="-", steps=1800,
+                                network="small", patch=(48, 48, 48), cohort="real",
+                                real_abdomen=True),
     # for the test suite: three small real structures, 2 steps, the score row only
     "real_smoke": BenchConfig(n_train=0, n_test=0, phantom_preset="-", steps=2, network="tiny",
                               patch=(16, 16, 16), batch=1, cohort="real", rows=("score",),
@@ -230,7 +238,7 @@ def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams
     import shutil
 
     from .case import cases_dir
-    from .realct import make_real_cohort
+    from .realct import RealConfig, make_real_cohort
 
     workdir = Path(workdir)
     split = Split(workdir / "train", workdir / "test")
@@ -238,6 +246,7 @@ def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams
         if path.exists():
             shutil.rmtree(path)
     train, test = make_real_cohort(workdir / "real_cohort", seed=cfg.seed,
+                                   config=RealConfig(include_abdomen=cfg.real_abdomen),
                                    structures=cfg.real_structures)
     for dest, cases in ((split.train, train), (split.test, test)):
         cases_dir(dest).mkdir(parents=True, exist_ok=True)
@@ -499,7 +508,10 @@ def render_markdown(report: dict, command: str) -> str:
     if cfg.get("cohort", "phantoms") == "real":
         cohort = (f"- preset `{report['preset']}`: {cfg['n_train']} training and {cfg['n_test']} "
                   f"held-out test cases of the real-CT cohort (one case per structure, split by "
-                  f"structure; seed {cfg['seed']}); ")
+                  f"structure; seed {cfg['seed']}"
+                  + ("; with the TotalSegmentator CT's upper-abdominal structures, whose "
+                     "references are its --fast labels" if cfg.get("real_abdomen") else "")
+                  + "); ")
     else:
         cohort = (f"- preset `{report['preset']}`: {cfg['n_train']} training and {cfg['n_test']} "
                   f"held-out test cases of the `{cfg['phantom_preset']}` synthetic humerus cohort "

@@ -14,6 +14,14 @@ Sources (nothing is downloaded):
     no manual reference: the TotalSegmentator mask is used as the reference (after a check that
     it is one bony component, see :func:`_check_humerus`), and the manifest says so
     (``reference_kind: "totalsegmentator-fast"``). These cases go to the training split only.
+``totalseg-abdomen`` (opt-in: :attr:`RealConfig.include_abdomen`, benchmark preset ``real_abdomen``)
+    the same folder's whole CT (``ct.nii.gz``, 512x512x20 at 0.98x0.98x2 mm) and its multi-label
+    ``totalseg_fast.nii.gz``: the upper-abdominal structures of :data:`ABDOMEN_LABELS` (liver,
+    spleen, stomach, aorta, inferior vena cava, T12, both autochthon muscles), again with
+    TotalSegmentator's ``--fast`` label as the reference (``reference_kind:
+    "totalsegmentator-fast"``, one dominant component, ``reference_check``) and the other labels
+    as the neighbours a leak runs into. The spleen and the aorta are held out for testing. Only
+    40 mm of the body is imaged, so each organ is a slab.
 
 Each structure is one case: cropped around the structure with :attr:`RealConfig.margin_mm`,
 resampled (SimpleITK) to an isotropic grid no larger than :attr:`RealConfig.max_size` per axis
@@ -61,8 +69,19 @@ ERROR_TYPES = ("shift", "leak", "missing", "holes", "blocky")
 #: labels of slicerio's chest segmentation
 CHEST_LABELS = {"ribs": 1, "vertebrae_cervical": 2, "vertebrae_thoracic": 3,
                 "vertebrae_lumbar": 4, "lung_right": 5, "lung_left": 6, "tissue": 7}
-#: structures held out for testing (ribs: those on the patient's left go to the test split)
-DEFAULT_TEST = ("lung_left", "vertebrae_lumbar")
+#: structures of the TotalSegmentator test CT (upper abdomen) used with its ``--fast`` output as
+#: the reference: TotalSegmentator v2 class ids of ``totalseg_fast.nii.gz``, and each one's group.
+#: Left out: T11 (three pieces, the largest 67%: not a usable reference), the pancreas and the
+#: adrenal glands (a few hundred voxels), colon and costal cartilages (scattered pieces), the ribs
+#: (the chest CT has them with a manual reference)
+ABDOMEN_LABELS = {"liver": 5, "spleen": 1, "stomach": 6, "aorta": 52, "inferior_vena_cava": 63,
+                  "vertebrae_T12": 32, "autochthon_left": 86, "autochthon_right": 87}
+ABDOMEN_GROUPS = {"liver": "organ", "spleen": "organ", "stomach": "organ", "aorta": "vessel",
+                  "inferior_vena_cava": "vessel", "vertebrae_T12": "vertebrae",
+                  "autochthon_left": "muscle", "autochthon_right": "muscle"}
+#: structures held out for testing (ribs: those on the patient's left go to the test split);
+#: of the abdomen: one solid organ and one vessel (liver, stomach and the vena cava train)
+DEFAULT_TEST = ("lung_left", "vertebrae_lumbar", "spleen", "aorta")
 
 _FULL = np.ones((3, 3, 3), dtype=bool)
 
@@ -90,6 +109,10 @@ class RealConfig:
     block_mm: float = 3.0
     test_structures: tuple[str, ...] = DEFAULT_TEST
     include_humerus: bool = True
+    #: the organs of the same TotalSegmentator CT (ABDOMEN_LABELS; benchmark preset
+    #: ``real_abdomen``); off by default: their references are a model's output, not manual, and
+    #: with them SCORE learnt nothing (docs/score-loss.md)
+    include_abdomen: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -149,6 +172,10 @@ def _rib_components(labels: np.ndarray, config: RealConfig, image: sitk.Image) -
     return out
 
 
+#: the whole TotalSegmentator test CT and its multi-label ``--fast`` output (shared/data)
+ABDOMEN_FILES = ("ct.nii.gz", "totalseg_fast.nii.gz")
+
+
 def _humerus_dir(shared_dir: Optional[os.PathLike]) -> Optional[Path]:
     d = Path(shared_dir) if shared_dir is not None else default_shared_dir()
     d = d / "totalseg-humerus"
@@ -176,12 +203,20 @@ def plan_real_cohort(config: Optional[RealConfig] = None,
         s["reference_kind"] = "manual (slicerio sample segmentation)"
         s["split"] = "test" if (s["name"] in config.test_structures
                                 or s.get("side") == "left") else "train"
-    hum = _humerus_dir(shared_dir) if config.include_humerus else None
-    if hum is not None:
+    hum = _humerus_dir(shared_dir)
+    if hum is not None and config.include_humerus:
         for side in ("left", "right"):
             plan.append({"name": f"humerus_{side}", "group": "humerus",
                          "source": "totalseg-humerus", "split": "train",
                          "reference_kind": "totalsegmentator-fast", "dir": str(hum)})
+    if hum is not None and config.include_abdomen and (hum / ABDOMEN_FILES[1]).exists():
+        present = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(hum / ABDOMEN_FILES[1])))))
+        for name, label in ABDOMEN_LABELS.items():
+            if label in present:
+                plan.append({"name": name, "group": ABDOMEN_GROUPS[name],
+                             "source": "totalseg-abdomen", "label": label,
+                             "split": "test" if name in config.test_structures else "train",
+                             "reference_kind": "totalsegmentator-fast", "dir": str(hum)})
     return plan
 
 
@@ -245,6 +280,17 @@ def _check_humerus(ct: np.ndarray, mask: np.ndarray) -> dict:
     return check
 
 
+def _check_reference(mask: np.ndarray) -> dict:
+    """A TotalSegmentator organ used as a reference: one dominant component (the rest, dropped,
+    is the model's scatter)."""
+    lab, n = ndi.label(mask, structure=_FULL)
+    sizes = np.bincount(lab.ravel())[1:]
+    check = {"voxels": int(mask.sum()), "components": int(n),
+             "largest_share": float(sizes.max() / sizes.sum()) if n else 0.0}
+    check["ok"] = bool(n >= 1 and check["largest_share"] >= 0.95)
+    return check
+
+
 def _load_structure(s: dict, config: RealConfig) -> tuple[Volume, np.ndarray, np.ndarray, dict]:
     """(image Volume on the case grid, reference bool, neighbours bool, notes)."""
     notes: dict = {}
@@ -259,6 +305,16 @@ def _load_structure(s: dict, config: RealConfig) -> tuple[Volume, np.ndarray, np
         neighbours = (labels > 0) & ~mask
         if s["name"] != "tissue":
             neighbours &= labels != CHEST_LABELS["tissue"]   # the body: too wide to leak into
+        like = seg
+    elif s["source"] == "totalseg-abdomen":
+        d = Path(s["dir"])
+        img = sitk.ReadImage(str(d / ABDOMEN_FILES[0]), sitk.sitkFloat32)
+        seg = sitk.ReadImage(str(d / ABDOMEN_FILES[1]))
+        labels = sitk.GetArrayFromImage(seg)
+        mask = labels == s["label"]
+        notes["reference_check"] = _check_reference(mask)
+        mask = _largest(mask)
+        neighbours = (labels > 0) & ~mask
         like = seg
     else:
         d = Path(s["dir"])

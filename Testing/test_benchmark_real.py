@@ -25,3 +25,25 @@ def test_real_smoke_builds_the_cohort_and_reports_per_structure(tmp_path):
     assert "## Per structure" in md and "worse than initial" in md and "real-CT cohort" in md
     for cid in test:
         assert report["structures"][cid]["structure"] in md
+
+
+def test_real_abdomen_preset_adds_the_totalsegmentator_organs(tmp_path):
+    """``--preset real_abdomen`` builds the abdomen cases (when ../shared/data has the CT), held
+    out by structure, and records whose references they are."""
+    from dataclasses import replace
+
+    from SCORERefineLib.benchmark import make_real_split
+    from SCORERefineLib.realct import plan_real_cohort, RealConfig
+    from SCORERefineLib.regions import RegionParams
+
+    assert not PRESETS["real"].real_abdomen and PRESETS["real_abdomen"].real_abdomen
+    if not any(s["source"] == "totalseg-abdomen"
+               for s in plan_real_cohort(RealConfig(include_abdomen=True))):
+        pytest.skip("../shared/data/totalseg-humerus is absent")
+    cfg = replace(PRESETS["real_abdomen"], real_structures=("aorta", "inferior_vena_cava"))
+    split, structures = make_real_split(tmp_path / "w", cfg,
+                                        RegionParams(n_regions=4, band_mm=3.0, seed=0))
+    assert {c.case_id for c in list_cases(split.test)} == {"aorta"}
+    assert {c.case_id for c in list_cases(split.train)} == {"inferior_vena_cava"}
+    assert {s["source"] for s in structures.values()} == {"totalseg-abdomen"}
+    assert {s["reference_kind"] for s in structures.values()} == {"totalsegmentator-fast"}

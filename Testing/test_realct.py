@@ -29,9 +29,16 @@ def test_plan_splits_by_structure():
     assert {"lung_left", "vertebrae_lumbar"} <= test and "lung_right" in train
     assert any(n.startswith("rib_left") for n in test) and any(n.startswith("rib_right") for n in train)
     assert all(s["split"] == "train" for s in plan if s["group"] == "humerus")
+    assert not any(s["source"] == "totalseg-abdomen" for s in plan)   # opt-in
+    with_abdomen = plan_real_cohort(RealConfig(include_abdomen=True))
+    abdomen = {s["name"]: s["split"] for s in with_abdomen if s["source"] == "totalseg-abdomen"}
+    if abdomen:   # with ../shared/data: one solid organ and one vessel held out
+        assert abdomen["spleen"] == abdomen["aorta"] == "test"
+        assert abdomen["liver"] == abdomen["inferior_vena_cava"] == "train"
+        assert len(with_abdomen) == len(plan) + len(abdomen)
     # without the shared data the slicerio part still works
     plan = plan_real_cohort(shared_dir="/nonexistent")
-    assert plan and not any(s["group"] == "humerus" for s in plan)
+    assert plan and all(s["source"] == "slicerio-chest" for s in plan)
 
 
 def test_cohort_cases_keep_one_grid_and_differ_by_the_error_model(cohort):
@@ -84,7 +91,27 @@ def test_humerus_uses_the_totalsegmentator_mask_as_reference():
     assert (rc.initial.array != rc.reference.array).any()
 
 
+def test_abdominal_organs_use_the_totalsegmentator_labels_as_reference():
+    """The organs of the TotalSegmentator test CT: the --fast label is the reference (one
+    component), its neighbours are the other labels (a leak runs into a real neighbour)."""
+    from SCORERefineLib.realct import ABDOMEN_LABELS
+    plan = {s["name"]: s for s in plan_real_cohort(RealConfig(include_abdomen=True))
+            if s["source"] == "totalseg-abdomen"}
+    if not plan:
+        pytest.skip("../shared/data/totalseg-humerus is absent")
+    assert set(plan) == set(ABDOMEN_LABELS)
+    rc = make_real_case(plan["stomach"], 0)
+    ref = rc.reference.array.astype(bool)
+    assert rc.structure["reference_kind"] == "totalsegmentator-fast"
+    assert rc.structure["reference_check"]["ok"]
+    assert max(rc.image.geometry.shape) <= RealConfig().max_size
+    assert (rc.initial.array.astype(bool) != ref).any()
+    assert rc.errors["leak"]["voxels"] > 0 and rc.errors["leak"].get("into") == "neighbour"
+    # soft tissue, not bone or air: the label sits on the organ in the CT
+    assert -100 < np.median(rc.image.array[ref]) < 150
+
+
 def test_unknown_structure_is_refused(tmp_path):
     from SCORERefineLib.errors import InputError
     with pytest.raises(InputError, match="unknown real-CT structure"):
-        make_real_cohort(tmp_path, structures=["spleen"])
+        make_real_cohort(tmp_path, structures=["kidney_left"])

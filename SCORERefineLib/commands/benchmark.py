@@ -15,7 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS) + ["perf"], default="quick",
                    help="quick: minutes; full: the preset the targets are read from; smoke: tests "
                         "only; real: the real-CT cohort (split by structure) with a per-structure "
-                        "table, real_smoke: its test-sized version; perf: speed and memory at "
+                        "table, real_abdomen: plus 8 upper-abdominal structures with TotalSegmentator "
+                        "--fast references, real_smoke: its test-sized version; perf: speed and memory at "
                         "real sizes -> docs/performance.md")
     p.add_argument("--out", type=Path, default=None,
                    help="markdown report (a JSON twin is written beside it); default "
