@@ -269,25 +269,22 @@ def _largest(mask: np.ndarray) -> np.ndarray:
     return lab == int(np.argmax(sizes))
 
 
-def _check_humerus(ct: np.ndarray, mask: np.ndarray) -> dict:
-    """The TotalSegmentator humerus used as a reference: one dominant bony component."""
-    lab, n = ndi.label(mask, structure=_FULL)
-    sizes = np.bincount(lab.ravel())[1:]
-    check = {"voxels": int(mask.sum()), "components": int(n),
-             "largest_share": float(sizes.max() / sizes.sum()) if n else 0.0,
-             "median_hu": float(np.median(ct[mask])) if mask.any() else math.nan}
-    check["ok"] = bool(n >= 1 and check["largest_share"] >= 0.95 and check["median_hu"] > 150)
-    return check
-
-
 def _check_reference(mask: np.ndarray) -> dict:
-    """A TotalSegmentator organ used as a reference: one dominant component (the rest, dropped,
+    """A TotalSegmentator label used as a reference: one dominant component (the rest, dropped,
     is the model's scatter)."""
     lab, n = ndi.label(mask, structure=_FULL)
     sizes = np.bincount(lab.ravel())[1:]
     check = {"voxels": int(mask.sum()), "components": int(n),
              "largest_share": float(sizes.max() / sizes.sum()) if n else 0.0}
     check["ok"] = bool(n >= 1 and check["largest_share"] >= 0.95)
+    return check
+
+
+def _check_humerus(ct: np.ndarray, mask: np.ndarray) -> dict:
+    """The TotalSegmentator humerus used as a reference: one dominant *bony* component."""
+    check = _check_reference(mask)
+    check["median_hu"] = float(np.median(ct[mask])) if mask.any() else math.nan
+    check["ok"] = bool(check["ok"] and check["median_hu"] > 150)
     return check
 
 
