@@ -62,6 +62,18 @@ def _targets(logits: np.ndarray, targets, weights: ScoreLossWeights, agreement=N
     return target[0, 0].numpy() > 0.5, weight[0, 0].numpy() > 0
 
 
+def _prepared_with_reference(case: Case, residual_gain: float):
+    """``(prepared, m0, ref, logits)``: the case as :class:`~.modes.score.ScoreMode` trains on it,
+    its initial and reference masks (bool, the image's grid) and the untrained network's logits
+    (``residual_gain * (2 M0 - 1)``)."""
+    from .modes.score import ScoreMode
+
+    prepared = ScoreMode().prepare_case(case)
+    ref = case.load_reference(like=case.load_initial()).array != 0   # the image's grid (contract)
+    m0 = prepared.initial != 0
+    return prepared, m0, ref, float(residual_gain) * (2.0 * m0.astype(np.float32) - 1.0)
+
+
 def pseudo_label_check(case: Case, model=None, metadata: dict | None = None,
                        weights: ScoreLossWeights | None = None, residual_gain: float = 2.0,
                        device: str = "cpu") -> dict:
@@ -79,15 +91,9 @@ def pseudo_label_check(case: Case, model=None, metadata: dict | None = None,
         ``{"case", "rated_voxels", "initial_dice", "pseudo_dice_before", "changed_before",
         "precision_before"[, "..._after"]}``.
     """
-    from .modes.score import ScoreMode
-
     weights = weights or ScoreLossWeights()
-    mode = ScoreMode()
-    prepared = mode.prepare_case(case)
-    ref = case.load_reference(like=case.load_initial()).array != 0   # the image's grid (contract)
-    m0 = prepared.initial != 0
+    prepared, m0, ref, logits_before = _prepared_with_reference(case, residual_gain)
     out: dict = {"case": case.case_id}
-    logits_before = float(residual_gain) * (2.0 * m0.astype(np.float32) - 1.0)
     target, inside = _targets(logits_before, prepared, weights)
     out["rated_voxels"] = int(inside.sum())
     out["initial_dice"] = _dice(m0 & inside, ref & inside)
@@ -191,15 +197,10 @@ def target_ceiling(case: Case, weights: ScoreLossWeights | None = None,
     Returns:
         ``{"case", "initial_dice", "<variant>": gain, ..., "regions_exact": gain}``.
     """
-    from .modes.score import ScoreMode
-
     weights = weights or ScoreLossWeights()
-    prepared = ScoreMode().prepare_case(case)
-    ref = case.load_reference(like=case.load_initial()).array != 0   # the image's grid (contract)
-    m0 = prepared.initial != 0
+    prepared, m0, ref, logits = _prepared_with_reference(case, residual_gain)
     regions = prepared.maps["regions"]
     key = prepared.maps["depth"]
-    logits = float(residual_gain) * (2.0 * m0.astype(np.float32) - 1.0)
     # a key step larger than any logit + key difference puts the reference's wrong voxels first
     # ("over" drops the lowest keys, "under" adds the highest)
     step = 2.0 * (float(np.abs(key).max()) + 2.0 * float(residual_gain)) + 1.0
