@@ -76,6 +76,8 @@ CHEST_LABELS = {"ribs": 1, "vertebrae_cervical": 2, "vertebrae_thoracic": 3,
 #: (the chest CT has them with a manual reference)
 ABDOMEN_LABELS = {"liver": 5, "spleen": 1, "stomach": 6, "aorta": 52, "inferior_vena_cava": 63,
                   "vertebrae_T12": 32, "autochthon_left": 86, "autochthon_right": 87}
+#: the whole TotalSegmentator test CT and its multi-label ``--fast`` output (shared/data)
+ABDOMEN_FILES = ("ct.nii.gz", "totalseg_fast.nii.gz")
 ABDOMEN_GROUPS = {"liver": "organ", "spleen": "organ", "stomach": "organ", "aorta": "vessel",
                   "inferior_vena_cava": "vessel", "vertebrae_T12": "vertebrae",
                   "autochthon_left": "muscle", "autochthon_right": "muscle"}
@@ -170,10 +172,6 @@ def _rib_components(labels: np.ndarray, config: RealConfig, image: sitk.Image) -
             out.append({"name": f"rib_{side}_{i + 1}", "group": "rib", "source": "slicerio-chest",
                         "component": f["component"], "side": side})
     return out
-
-
-#: the whole TotalSegmentator test CT and its multi-label ``--fast`` output (shared/data)
-ABDOMEN_FILES = ("ct.nii.gz", "totalseg_fast.nii.gz")
 
 
 def _humerus_dir(shared_dir: Optional[os.PathLike]) -> Optional[Path]:
