@@ -503,6 +503,46 @@ def do_no_harm_targets(by: dict) -> list[dict]:
     return out
 
 
+def other_report_summary(path: Path) -> dict:
+    """The targets of another preset's generated report, to be stated beside this one's.
+
+    Args:
+        path: the JSON twin a run of ``scorerefine benchmark`` wrote (e.g.
+            ``docs/benchmark-real.json``).
+
+    Returns:
+        ``{"preset", "date", "command", "report", "targets"}``; ``report`` is the markdown
+        report beside the JSON.
+
+    Raises:
+        InputError: the file is missing, not JSON, or not a benchmark report with targets.
+    """
+    from .errors import InputError
+
+    path = Path(path)
+    fix = (f"pass the .json twin of a report that `scorerefine benchmark --preset real --out "
+           f"{path.with_suffix('.md')}` wrote")
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"--with-report {path}: no such file; {fix}.") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--with-report {path}: not a readable JSON file ({exc}); {fix}.") from None
+    missing = [k for k in ("preset", "date", "command", "targets") if k not in data] \
+        if isinstance(data, dict) else ["preset", "date", "command", "targets"]
+    if missing:
+        raise InputError(f"--with-report {path}: not a benchmark report (no {', '.join(missing)}); "
+                         f"{fix}.")
+    return {"preset": data["preset"], "date": data["date"], "command": data["command"],
+            "report": str(path.with_suffix(".md")), "targets": list(data["targets"])}
+
+
+def _target_value(t: dict) -> str:
+    kind = t.get("kind")
+    return (str(t["value"]) if kind == "count" else f"{t['value']:.2f} mm" if kind == "mm"
+            else f"{t['value']:.1%}" if "%" in t["target"] else f"{t['value']:+.4f}")
+
+
 def render_markdown(report: dict, command: str) -> str:
     m, cfg = report["machine"], report["config"]
     if cfg.get("cohort", "phantoms") == "real":
@@ -597,12 +637,17 @@ def render_markdown(report: dict, command: str) -> str:
     lines += ["",
               "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
     for t in report["targets"]:
-        kind = t.get("kind")
-        val = (str(t["value"]) if kind == "count" else f"{t['value']:.2f} mm" if kind == "mm"
-               else f"{t['value']:.1%}" if "%" in t["target"] else f"{t['value']:+.4f}")
-        lines.append(f"| {t['target']} | {val} | {'yes' if t['met'] else '**no (missed)**'} |")
+        lines.append(f"| {t['target']} | {_target_value(t)} | {'yes' if t['met'] else '**no (missed)**'} |")
     if not report["targets"]:
         lines.append("| (no SCORE row was run) | | |")
+    for other in report.get("other_reports") or []:
+        lines += ["", f"### The same targets on preset `{other['preset']}`", "",
+                  f"Read from {other['report']} (its JSON twin), generated {other['date']} by",
+                  "", "```", other["command"], "```", "",
+                  "| target | measured | met |", "| --- | --- | --- |"]
+        for t in other["targets"]:
+            lines.append(f"| {t['target']} | {_target_value(t)} "
+                         f"| {'yes' if t['met'] else '**no (missed)**'} |")
     if report.get("reused_models"):
         lines += ["", f"Models of rows {', '.join(report['reused_models'])} were reused from an "
                       f"earlier run of the same preset in the same work folder (`--reuse-models`: "

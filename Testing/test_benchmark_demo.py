@@ -67,6 +67,65 @@ def test_targets_report_misses_honestly():
     assert "**no (missed)**" in render_markdown(report, "cmd")
 
 
+def test_report_states_another_presets_targets_from_its_json(tmp_path, monkeypatch):
+    """``--with-report``: the phantom report states the real-CT preset's targets, read from the
+    JSON twin that preset's own run wrote; a file that is not such a report fails before any
+    training, naming the file and the fix."""
+    from SCORERefineLib import benchmark as B
+    from SCORERefineLib.errors import InputError
+
+    other = {"initial": {"dice_mean": 0.85}, "score": {"dice_mean": 0.8634, "improved": 5 / 6},
+             "full": {"dice_mean": 0.89}}
+    real_md = tmp_path / "benchmark-real.md"
+    real_report = {"preset": "real", "date": "2026-12-01T15:03:29+00:00",
+                   "command": "scorerefine benchmark --preset real --rows score full",
+                   "targets": evaluate_targets(other), "rows": []}
+    real_md.with_suffix(".json").write_text(json.dumps(real_report))
+    summary = B.other_report_summary(real_md.with_suffix(".json"))
+    assert summary["report"] == str(real_md) and summary["preset"] == "real"
+    report = {"machine": {"processor": "p", "cpu_count": 2, "device": "cpu", "platform": "x",
+                          "python": "3", "torch": "t", "scorerefine": "0"},
+              "config": {"n_train": 1, "n_test": 1, "phantom_preset": "tiny", "seed": 0,
+                         "region_method": "patches", "n_regions": 12, "band_mm": 3.0,
+                         "network": "tiny", "steps": 1, "patch": [16, 16, 16], "batch": 1,
+                         "noise": 0.2},
+              "date": "d", "preset": "full", "rows": [],
+              "targets": evaluate_targets({"initial": {"dice_mean": 0.8},
+                                           "score": {"dice_mean": 0.85, "improved": 1.0},
+                                           "full": {"dice_mean": 0.86}}),
+              "other_reports": [summary]}
+    md = render_markdown(report, "cmd")
+    own, theirs = md.split("### The same targets on preset `real`")
+    assert "SCORE mean Dice gain >= 0.03 | +0.0500 | yes" in own
+    assert real_report["command"] in theirs and real_report["date"] in theirs
+    assert "SCORE mean Dice gain >= 0.03 | +0.0134 | **no (missed)**" in theirs
+    assert "SCORE improves >= 90% of test cases | 83.3% | **no (missed)**" in theirs
+
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
+    for bad, words in ((tmp_path / "missing.json", "no such file"),
+                       (tmp_path / "broken.json", "not a readable JSON file"),
+                       (tmp_path / "other.json", "not a benchmark report (no preset, date, command, targets)")):
+        with pytest.raises(InputError, match="--with-report") as exc:
+            B.other_report_summary(bad)
+        assert words in str(exc.value) and "scorerefine benchmark --preset real" in str(exc.value)
+    ran = []
+    monkeypatch.setattr(B, "run_benchmark", lambda *a, **k: ran.append(a))
+    assert main(["benchmark", "--preset", "smoke", "--workdir", str(tmp_path / "w"),
+                 "--with-report", str(tmp_path / "missing.json"),
+                 "--out", str(tmp_path / "b.md")]) != 0
+    assert ran == []
+    own_report = {k: v for k, v in report.items() if k != "other_reports"}
+    monkeypatch.setattr(B, "run_benchmark", lambda *a, **k: dict(own_report))
+    out = tmp_path / "docs" / "benchmark.md"
+    assert main(["benchmark", "--preset", "smoke", "--workdir", str(tmp_path / "w"),
+                 "--with-report", str(real_md.with_suffix(".json")), "--out", str(out)]) == 0
+    written = out.read_text()
+    assert "### The same targets on preset `real`" in written
+    assert f"--with-report {real_md.with_suffix('.json')}" in written
+    assert json.loads(out.with_suffix(".json").read_text())["other_reports"][0]["preset"] == "real"
+
+
 def test_demo_command_tiny(tmp_path, capsys):
     code = main(["demo", "--out", str(tmp_path / "demo"), "--n-train", "2", "--n-test", "1",
                  "--preset", "tiny", "--steps", "2", "--network", "tiny", "--patch", "16", "16", "16",

@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the report says which rows were reused")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps of every row (default: the preset's); recorded in the report")
+    p.add_argument("--with-report", type=Path, action="append", default=None, metavar="JSON",
+                   help="state another preset's targets in this report, read from the JSON twin "
+                        "of its own generated report (e.g. docs/benchmark-real.json); repeatable")
     p.add_argument("--efficiency", type=float, nargs="*", default=None, metavar="SHARE",
                    help="annotation efficiency: also train ratings, scribbles, hybrid and dense on "
                         "these shares of the training cases (default 0.25 0.5 1) and report test "
@@ -63,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     if steps is not None and steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps}.")
     rows = args.rows or (EFFICIENCY_ROWS if efficiency else None)
+    from ..benchmark import other_report_summary
+    others = [other_report_summary(p) for p in getattr(args, "with_report", None) or []]
     if args.out is None:
         args.out = Path("docs/efficiency.md" if efficiency else "docs/benchmark.md")
     cancel = CancelToken()
@@ -70,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     report = run_benchmark(args.preset, args.workdir, device=args.device, progress=args.progress,
                            cancel=cancel, rows=rows, steps=steps, efficiency=efficiency,
                            reuse_models=getattr(args, "reuse_models", False))
+    if others:
+        report["other_reports"] = others
     command = "scorerefine " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
         if Path(sys.argv[0]).name.startswith("scorerefine") or (
             Path(sys.argv[0]).name == "cli.py" and "benchmark" in sys.argv[1:2]) \
@@ -91,5 +98,7 @@ def _command_of(args, rows, steps, efficiency) -> str:
         parts += ["--efficiency", *(f"{f:g}" for f in efficiency)]
     if args.rows:
         parts += ["--rows", *rows]
+    for p in getattr(args, "with_report", None) or []:
+        parts += ["--with-report", str(p)]
     parts += ["--out", str(args.out)]
     return " ".join(shlex.quote(p) for p in parts)
