@@ -46,6 +46,17 @@ def test_smoke_benchmark_runs_every_row_and_writes_report(tmp_path):
     assert json.loads(js.read_text())["rows"][0]["method"] == "initial"
 
 
+def _report(targets, **more) -> dict:
+    """A report as run_benchmark returns it, with no rows: enough for render_markdown."""
+    return {"machine": {"processor": "p", "cpu_count": 2, "device": "cpu", "platform": "x",
+                        "python": "3", "torch": "t", "scorerefine": "0"},
+            "config": {"n_train": 1, "n_test": 1, "phantom_preset": "tiny", "seed": 0,
+                       "region_method": "patches", "n_regions": 12, "band_mm": 3.0,
+                       "network": "tiny", "steps": 1, "patch": [16, 16, 16], "batch": 1,
+                       "noise": 0.2},
+            "date": "d", "preset": "smoke", "rows": [], "targets": targets, **more}
+
+
 def test_targets_report_misses_honestly():
     by = {"initial": {"dice_mean": 0.80}, "score": {"dice_mean": 0.82, "improved": 0.75},
           "full": {"dice_mean": 0.90}}
@@ -56,14 +67,8 @@ def test_targets_report_misses_honestly():
     assert [x["met"] for x in evaluate_targets(by)] == [True, True, False]
     by["score"]["dice_mean"] = 0.89
     assert all(x["met"] for x in evaluate_targets(by))
-    report = {"machine": {"processor": "p", "cpu_count": 2, "device": "cpu", "platform": "x",
-                          "python": "3", "torch": "t", "scorerefine": "0"},
-              "config": {"n_train": 1, "n_test": 1, "phantom_preset": "tiny", "seed": 0,
-                         "region_method": "patches", "n_regions": 12, "band_mm": 3.0,
-                         "network": "tiny", "steps": 1, "patch": [16, 16, 16], "batch": 1,
-                         "noise": 0.2},
-              "date": "d", "preset": "smoke", "rows": [], "targets": evaluate_targets(
-                  {"initial": {"dice_mean": 0.8}, "score": {"dice_mean": 0.81, "improved": 0.5}})}
+    report = _report(evaluate_targets({"initial": {"dice_mean": 0.8},
+                                       "score": {"dice_mean": 0.81, "improved": 0.5}}))
     assert "**no (missed)**" in render_markdown(report, "cmd")
 
 
@@ -83,17 +88,9 @@ def test_report_states_another_presets_targets_from_its_json(tmp_path, monkeypat
     real_md.with_suffix(".json").write_text(json.dumps(real_report))
     summary = B.other_report_summary(real_md.with_suffix(".json"))
     assert summary["report"] == str(real_md) and summary["preset"] == "real"
-    report = {"machine": {"processor": "p", "cpu_count": 2, "device": "cpu", "platform": "x",
-                          "python": "3", "torch": "t", "scorerefine": "0"},
-              "config": {"n_train": 1, "n_test": 1, "phantom_preset": "tiny", "seed": 0,
-                         "region_method": "patches", "n_regions": 12, "band_mm": 3.0,
-                         "network": "tiny", "steps": 1, "patch": [16, 16, 16], "batch": 1,
-                         "noise": 0.2},
-              "date": "d", "preset": "full", "rows": [],
-              "targets": evaluate_targets({"initial": {"dice_mean": 0.8},
-                                           "score": {"dice_mean": 0.85, "improved": 1.0},
-                                           "full": {"dice_mean": 0.86}}),
-              "other_reports": [summary]}
+    report = _report(evaluate_targets({"initial": {"dice_mean": 0.8},
+                                       "score": {"dice_mean": 0.85, "improved": 1.0},
+                                       "full": {"dice_mean": 0.86}}), other_reports=[summary])
     md = render_markdown(report, "cmd")
     own, theirs = md.split("### The same targets on preset `real`")
     assert "SCORE mean Dice gain >= 0.03 | +0.0500 | yes" in own
