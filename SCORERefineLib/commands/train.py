@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fill-in-q-min", type=float, default=None,
                    help="with --fill-in: predicted ratings below this confidence are not used (default 0.5)")
     p.add_argument("--loss-weights", default="",
-                   help="SCORE loss weights, e.g. 'pseudo=1,pin=1,anchor=0.5,edge=0.05,pseudo_fraction=0.6' "
+                   help="SCORE loss weights, e.g. 'pseudo=1,pin=0.5,anchor=0.5,edge=0.05,pseudo_fraction=0.6' "
                         "(see docs/score-loss.md)")
     g = p.add_argument_group("scribble / hybrid")
     g.add_argument("--ema-decay", type=float, default=None,

@@ -54,7 +54,7 @@ class ScoreLossWeights:
     edge: float = 0.05
     direction_voxel: float = 0.0  # per-voxel direction (:func:`direction_loss`), the first form
     anchor_margin: float = 2.0    # squared-hinge anchor margin (logit); <= 0: plain BCE anchor
-    pin: float = 1.0              # regions scored 5: per-voxel anchor inside them (:func:`pin_loss`)
+    pin: float = 0.5              # regions scored 5: per-voxel anchor inside them (:func:`pin_loss`)
     volume: float = 0.0           # volume form of the amount (:func:`volume_loss`)
     sharp: float = 0.0            # decisiveness in the band (:func:`sharpness_loss`)
     pseudo: float = 1.0           # ranked per-voxel pseudo-labels (:func:`pseudo_label_loss`)
