@@ -528,8 +528,8 @@ def other_report_summary(path: Path) -> dict:
         raise InputError(f"--with-report {path}: no such file; {fix}.") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"--with-report {path}: not a readable JSON file ({exc}); {fix}.") from None
-    missing = [k for k in ("preset", "date", "command", "targets") if k not in data] \
-        if isinstance(data, dict) else ["preset", "date", "command", "targets"]
+    needed = ("preset", "date", "command", "targets")
+    missing = [k for k in needed if not isinstance(data, dict) or k not in data]
     if missing:
         raise InputError(f"--with-report {path}: not a benchmark report (no {', '.join(missing)}); "
                          f"{fix}.")
@@ -537,10 +537,15 @@ def other_report_summary(path: Path) -> dict:
             "report": str(path.with_suffix(".md")), "targets": list(data["targets"])}
 
 
-def _target_value(t: dict) -> str:
-    kind = t.get("kind")
-    return (str(t["value"]) if kind == "count" else f"{t['value']:.2f} mm" if kind == "mm"
-            else f"{t['value']:.1%}" if "%" in t["target"] else f"{t['value']:+.4f}")
+def _targets_table(targets: Sequence[dict]) -> list[str]:
+    """The markdown lines of a targets table (header and one row per target)."""
+    lines = ["| target | measured | met |", "| --- | --- | --- |"]
+    for t in targets:
+        kind = t.get("kind")
+        val = (str(t["value"]) if kind == "count" else f"{t['value']:.2f} mm" if kind == "mm"
+               else f"{t['value']:.1%}" if "%" in t["target"] else f"{t['value']:+.4f}")
+        lines.append(f"| {t['target']} | {val} | {'yes' if t['met'] else '**no (missed)**'} |")
+    return lines
 
 
 def render_markdown(report: dict, command: str) -> str:
@@ -634,20 +639,13 @@ def render_markdown(report: dict, command: str) -> str:
                   f"| {summ.get('changed_before', 0)} | {summ.get('changed_after', 0)} |"]
     from .efficiency import markdown_sections
     lines += markdown_sections(report)
-    lines += ["",
-              "## Targets", "", "| target | measured | met |", "| --- | --- | --- |"]
-    for t in report["targets"]:
-        lines.append(f"| {t['target']} | {_target_value(t)} | {'yes' if t['met'] else '**no (missed)**'} |")
+    lines += ["", "## Targets", ""] + _targets_table(report["targets"])
     if not report["targets"]:
         lines.append("| (no SCORE row was run) | | |")
     for other in report.get("other_reports") or []:
         lines += ["", f"### The same targets on preset `{other['preset']}`", "",
                   f"Read from {other['report']} (its JSON twin), generated {other['date']} by",
-                  "", "```", other["command"], "```", "",
-                  "| target | measured | met |", "| --- | --- | --- |"]
-        for t in other["targets"]:
-            lines.append(f"| {t['target']} | {_target_value(t)} "
-                         f"| {'yes' if t['met'] else '**no (missed)**'} |")
+                  "", "```", other["command"], "```", ""] + _targets_table(other["targets"])
     if report.get("reused_models"):
         lines += ["", f"Models of rows {', '.join(report['reused_models'])} were reused from an "
                       f"earlier run of the same preset in the same work folder (`--reuse-models`: "

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.preset == "perf":
         from ..perf import run_command
         return run_command(args)
-    from ..benchmark import run_benchmark, write_report
+    from ..benchmark import other_report_summary, run_benchmark, write_report
     from ..pipeline import format_table
     from ..progress import CancelToken
 
@@ -66,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
     if steps is not None and steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps}.")
     rows = args.rows or (EFFICIENCY_ROWS if efficiency else None)
-    from ..benchmark import other_report_summary
     others = [other_report_summary(p) for p in getattr(args, "with_report", None) or []]
     if args.out is None:
         args.out = Path("docs/efficiency.md" if efficiency else "docs/benchmark.md")
