@@ -270,15 +270,60 @@ _RUN_ONLY_SETTINGS = ("device", "num_threads", "resume", "prefetch", "checkpoint
                       "seconds", "steps_per_second", "steps_run")
 
 
-def reusable_model(path: Path, config) -> TrainResult | None:
+#: what a rating is, without when it was given or how long it took
+_RATING_TIMING = ("rated_at", "seconds")
+
+
+def training_data_fingerprint(dataset: Path) -> str:
+    """A sha256 of what training reads from ``dataset``: per case (by id) the image, initial,
+    regions, reference and scribbles arrays and geometry, and the ratings (without their
+    timing). Two cohorts built by different code from the same seed differ here."""
+    import hashlib
+
+    from .imageio import read_image
+
+    h = hashlib.sha256()
+    for case in list_cases(Path(dataset)):
+        h.update(case.case_id.encode())
+        for path in (case.image_path, case.initial_path, case.regions_path, case.reference_path,
+                     case.scribbles_path):
+            if not path.exists():
+                h.update(b"-")
+                continue
+            vol = read_image(path)
+            h.update(json.dumps([list(vol.array.shape), str(vol.array.dtype),
+                                 [round(float(v), 6) for v in vol.geometry.spacing_zyx]]).encode())
+            h.update(np.ascontiguousarray(vol.array).tobytes())
+        if case.has_feedback:
+            raters = json.loads(case.feedback_path.read_text()).get("raters", {})
+            ratings = {name: [{k: v for k, v in r.items() if k not in _RATING_TIMING}
+                              for r in entries] for name, entries in sorted(raters.items())}
+            h.update(json.dumps(ratings, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _fingerprint_path(model: Path) -> Path:
+    return Path(model).with_suffix(".data.json")
+
+
+def reusable_model(path: Path, config, fingerprint: str | None = None) -> TrainResult | None:
     """An earlier run's checkpoint at ``path`` when it is complete and was trained with the same
     settings as ``config`` (everything but :data:`_RUN_ONLY_SETTINGS`), else None. Its recorded
-    training seconds are reported. The cohort is regenerated from the same seed, so the data are
-    the same too."""
+    training seconds are reported. With ``fingerprint`` (:func:`training_data_fingerprint` of
+    the training split), the model must also have been trained on the same data: the benchmark
+    records it beside the model (``<row>.data.json``), and a model without that record is not
+    reused (it may come from a cohort built by older code)."""
     from .refiner.checkpoint import load_checkpoint
 
     if not Path(path).exists():
         return None
+    if fingerprint is not None:
+        try:
+            had_data = json.loads(_fingerprint_path(path).read_text()).get("training_data")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if had_data != fingerprint:
+            return None
     try:
         meta = load_checkpoint(path, map_location="cpu")["metadata"]
     except Exception:
@@ -354,20 +399,26 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         evaluate_masks(split.test, "classical", make_refiner("classical"), cancel=cancel),
     ]
     trainings: dict[str, TrainResult] = {}
+    fingerprints: dict[str, str] = {}
     reused: list[str] = []
     by_row: dict[str, EvalResult] = {}
     for row in rows:
         spec = ROW_TRAINING[row]
         path, config = workdir / "models" / f"{row}.pt", row_config(row, cfg, device)
-        earlier = reusable_model(path, config) if reuse_models else None
+        data = fingerprints.setdefault(spec.dataset,
+                                       training_data_fingerprint(datasets[spec.dataset]))
+        earlier = reusable_model(path, config, data) if reuse_models else None
         if earlier is not None:
-            log(f"[benchmark] reusing '{row}' from {path} (trained with the same settings)")
+            log(f"[benchmark] reusing '{row}' from {path} (trained with the same settings on "
+                f"the same data)")
             trainings[row] = earlier
             reused.append(row)
         else:
             log(f"[benchmark] training '{row}' ({spec.mode} mode, {cfg.steps} steps)")
             trainings[row] = train_model(datasets[spec.dataset], path, config, progress=progress,
                                          cancel=cancel)
+            from .atomicio import atomic_write_text
+            atomic_write_text(_fingerprint_path(path), json.dumps({"training_data": data}))
         results.append(evaluate_masks(split.test, row, make_refiner(trainings[row].model, device),
                                       cancel=cancel))
         by_row[row] = results[-1]
@@ -649,8 +700,8 @@ def render_markdown(report: dict, command: str) -> str:
     if report.get("reused_models"):
         lines += ["", f"Models of rows {', '.join(report['reused_models'])} were reused from an "
                       f"earlier run of the same preset in the same work folder (`--reuse-models`: "
-                      f"same training settings, same seeded cohort); their training seconds are "
-                      f"that run's. Refinement and evaluation ran anew."]
+                      f"same training settings, same training data by its fingerprint); their "
+                      f"training seconds are that run's. Refinement and evaluation ran anew."]
     lines += ["", "## Notes", "",
               "- Ablations (settings of the score mode's config; flags of `scorerefine train`): `--no-direction` drops every use of the "
               "over/under label; `--no-amount` drops every use of the score's size (the pseudo-label, "

@@ -37,6 +37,12 @@ not leave 10 mm steps in the reference) and corrupted by an error model unlike t
 ``holes``    holes inside
 ``blocky``   3 mm steps (the mask seen on a 3 mm grid and brought back), when the grid is finer
 
+Where the crop's margin reaches past the scan's first or last slice, the grid is filled with
+-1024; the reference stops at the scan and so does the initial mask (an error running past it is
+cut there, as a segmenter's output is: error record ``outside_scan_voxels_cut``). Cohort version 1
+let the errors run into that filler (a humerus crop and most abdominal organs, up to 4% of a
+liver's mask), which taught a refiner that air inside a mask is over-segmentation.
+
 The split is by structure: a structure's case is in the training or the test split, never both
 (:func:`plan_real_cohort`). :func:`make_real_cohort` writes the cases in the case-folder contract
 and a manifest ``real_cohort.json`` (structure, group, source, split, reference kind, grid,
@@ -63,7 +69,7 @@ from .imageio import Volume
 
 MANIFEST = "real_cohort.json"
 MANIFEST_FORMAT = "scorerefine-real-cohort"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2   # 2: initial masks cut to the scanned field
 ERROR_TYPES = ("shift", "leak", "missing", "holes", "blocky")
 
 #: labels of slicerio's chest segmentation
@@ -124,7 +130,9 @@ class RealConfig:
 
 @dataclass
 class RealCase:
-    """One built case: ``image`` (HU), ``reference`` and ``initial`` (uint8) on one grid."""
+    """One built case: ``image`` (HU), ``reference`` and ``initial`` (uint8) on one grid;
+    ``scanned`` (uint8) marks the voxels the scan covers (the rest is -1024 filler, and neither
+    mask reaches it)."""
 
     case_id: str
     structure: dict
@@ -132,6 +140,7 @@ class RealCase:
     reference: Volume
     initial: Volume
     errors: dict
+    scanned: Optional[Volume] = None
 
 
 # ------------------------------------------------------------------------------- sources
@@ -286,8 +295,19 @@ def _check_humerus(ct: np.ndarray, mask: np.ndarray) -> dict:
     return check
 
 
-def _load_structure(s: dict, config: RealConfig) -> tuple[Volume, np.ndarray, np.ndarray, dict]:
-    """(image Volume on the case grid, reference bool, neighbours bool, notes)."""
+def _scanned(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    """The voxels of ``grid`` that the scan covers: where :func:`_resample` interpolates the CT
+    rather than filling in -1024 (a crop's margin can reach past the first or last slice)."""
+    ones = sitk.Image(image.GetSize(), sitk.sitkFloat32) + 1.0
+    ones.CopyInformation(image)
+    return _resample(ones, grid, sitk.sitkLinear, 0.0) > 0.5
+
+
+def _load_structure(s: dict, config: RealConfig
+                    ) -> tuple[Volume, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(image Volume on the case grid, reference bool, neighbours bool, scanned bool, notes).
+    ``scanned``: the voxels inside the scan (:func:`_scanned`); the rest of the grid is -1024
+    filler, where the reference and its neighbours are empty."""
     notes: dict = {}
     if s["source"] == "slicerio-chest":
         img, seg = _load_chest()
@@ -323,12 +343,15 @@ def _load_structure(s: dict, config: RealConfig) -> tuple[Volume, np.ndarray, np
         like = seg
     grid, spacing = _target_grid(like, mask, config)
     ct = _resample(img, grid, sitk.sitkLinear, -1024.0)
-    ref = _largest(_resample_mask(mask, like, grid))
-    nb = _resample_mask(neighbours, like, grid) & ~ref if neighbours.any() else np.zeros_like(ref)
+    scanned = _scanned(img, grid)
+    ref = _largest(_resample_mask(mask, like, grid) & scanned)
+    nb = (_resample_mask(neighbours, like, grid) & ~ref & scanned if neighbours.any()
+          else np.zeros_like(ref))
     out = sitk.GetImageFromArray(np.clip(np.rint(ct), -1024, 3071).astype(np.int16))
     out.CopyInformation(grid)
     notes["spacing_mm"] = spacing
-    return Volume.from_sitk(out), ref, nb, notes
+    notes["scanned_share"] = float(scanned.mean())
+    return Volume.from_sitk(out), ref, nb, scanned, notes
 
 
 # ------------------------------------------------------------------------------- errors
@@ -429,14 +452,19 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def make_real_case(structure: dict, seed: int, config: Optional[RealConfig] = None) -> RealCase:
     """Build one case for a structure of :func:`plan_real_cohort` (deterministic in ``seed``)."""
     config = config or RealConfig()
-    image, ref, nb, notes = _load_structure(structure, config)
+    image, ref, nb, scanned, notes = _load_structure(structure, config)
     rng = np.random.default_rng([int(seed), _name_key(structure["name"])])
     init, rec = _apply_real_errors(ref, nb, image.geometry.spacing_zyx, rng, config)
+    # a segmenter labels only what was scanned: errors that ran past the scan's first or last
+    # slice (into the crop's -1024 margin) are cut there, as a real model's output would be
+    rec["outside_scan_voxels_cut"] = int((init & ~scanned).sum())
+    init &= scanned
     rec["initial_dice"] = _dice(init, ref)
     s = {k: v for k, v in structure.items() if k != "dir"}
     s.update(notes)
     return RealCase(structure["name"], s, image, image.with_array(ref.astype(np.uint8)),
-                    image.with_array(init.astype(np.uint8)), rec)
+                    image.with_array(init.astype(np.uint8)), rec,
+                    image.with_array(scanned.astype(np.uint8)))
 
 
 def _name_key(name: str) -> int:

@@ -157,3 +157,19 @@ def test_reuse_models_skips_training_only_for_the_same_settings(tmp_path):
     assert reusable_model(model, row_config("score", replace(cfg, steps=3), "cpu")) is None
     assert reusable_model(model, row_config("score_no_edge", cfg, "cpu")) is None
     assert reusable_model(work / "models" / "missing.pt", row_config("score", cfg, "cpu")) is None
+    # ... and only on the same training data: the benchmark records it beside the model
+    from SCORERefineLib.benchmark import training_data_fingerprint
+    data = training_data_fingerprint(work / "train")
+    assert reusable_model(model, row_config("score", cfg, "cpu"), data) is not None
+    assert reusable_model(model, row_config("score", cfg, "cpu"), "0" * 64) is None
+    case = list_cases(work / "train")[0]
+    fb = json.loads(case.feedback_path.read_text())
+    rater = next(iter(fb["raters"]))
+    fb["raters"][rater][0]["rated_at"] = "2001-01-01T00:00:00Z"        # timing is not data
+    case.feedback_path.write_text(json.dumps(fb))
+    assert training_data_fingerprint(work / "train") == data
+    fb["raters"][rater][0]["score"] = 4 if fb["raters"][rater][0]["score"] == 5 else 5  # a score is
+    case.feedback_path.write_text(json.dumps(fb))
+    assert training_data_fingerprint(work / "train") != data
+    (work / "models" / "score.data.json").unlink()   # a model from before the record: retrained
+    assert reusable_model(model, row_config("score", cfg, "cpu"), data) is None

@@ -115,3 +115,20 @@ def test_unknown_structure_is_refused(tmp_path):
     from SCORERefineLib.errors import InputError
     with pytest.raises(InputError, match="unknown real-CT structure"):
         make_real_cohort(tmp_path, structures=["kidney_left"])
+
+
+def test_masks_stop_where_the_scan_stops():
+    """The crops' margin reaches past the scan (20 slices of the abdominal CT, the humerus crops):
+    there the CT is -1024 filler and neither the reference nor the initial mask may reach it
+    (cohort version 1 let the error model run into it: 571 stomach voxels at seed 0)."""
+    plan = {s["name"]: s for s in plan_real_cohort(RealConfig(include_abdomen=True))}
+    if "stomach" not in plan:
+        pytest.skip("../shared/data/totalseg-humerus is absent")
+    for name in ("stomach", "humerus_left"):
+        rc = make_real_case(plan[name], 0)
+        scanned = rc.scanned.array.astype(bool)
+        assert 0.3 < scanned.mean() < 1.0          # the crop does reach past the scan
+        assert (rc.image.array[~scanned] == -1024).all()
+        assert not (rc.initial.array.astype(bool) & ~scanned).any()
+        assert not (rc.reference.array.astype(bool) & ~scanned).any()
+        assert rc.errors["outside_scan_voxels_cut"] > 0   # the errors did run past it, and were cut

@@ -29,8 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", default="bar", choices=["bar", "json", "none"])
     p.add_argument("--reuse-models", action="store_true",
                    help="use a row's model from an earlier run in --workdir when it was trained "
-                        "with the same settings (e.g. after a change to refinement or the guard); "
-                        "the report says which rows were reused")
+                        "with the same settings on the same training data (its fingerprint, "
+                        "recorded beside the model as <row>.data.json), e.g. after a change to "
+                        "refinement or the guard; the report says which rows were reused")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps of every row (default: the preset's); recorded in the report")
     p.add_argument("--with-report", type=Path, action="append", default=None, metavar="JSON",
