@@ -43,6 +43,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import __version__
+from .atomicio import atomic_write_text
 from .case import list_cases
 from .catalog import TRAINING_MODES
 from .feedback import load_feedback
@@ -405,8 +406,9 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
     for row in rows:
         spec = ROW_TRAINING[row]
         path, config = workdir / "models" / f"{row}.pt", row_config(row, cfg, device)
-        data = fingerprints.setdefault(spec.dataset,
-                                       training_data_fingerprint(datasets[spec.dataset]))
+        if spec.dataset not in fingerprints:   # rows sharing a training set read it once
+            fingerprints[spec.dataset] = training_data_fingerprint(datasets[spec.dataset])
+        data = fingerprints[spec.dataset]
         earlier = reusable_model(path, config, data) if reuse_models else None
         if earlier is not None:
             log(f"[benchmark] reusing '{row}' from {path} (trained with the same settings on "
@@ -417,7 +419,6 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
             log(f"[benchmark] training '{row}' ({spec.mode} mode, {cfg.steps} steps)")
             trainings[row] = train_model(datasets[spec.dataset], path, config, progress=progress,
                                          cancel=cancel)
-            from .atomicio import atomic_write_text
             atomic_write_text(_fingerprint_path(path), json.dumps({"training_data": data}))
         results.append(evaluate_masks(split.test, row, make_refiner(trainings[row].model, device),
                                       cancel=cancel))
@@ -723,7 +724,6 @@ def gpu_note(machine: dict) -> str:
 
 def write_report(report: dict, out_md: Path, command: str) -> tuple[Path, Path]:
     """Write the markdown report and its JSON twin (same stem, .json), atomically."""
-    from .atomicio import atomic_write_text
 
     out_md = Path(out_md)
     out_md.parent.mkdir(parents=True, exist_ok=True)
