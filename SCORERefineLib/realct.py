@@ -41,7 +41,10 @@ Where the crop's margin reaches past the scan's first or last slice, the grid is
 -1024; the reference stops at the scan and so does the initial mask (an error running past it is
 cut there, as a segmenter's output is: error record ``outside_scan_voxels_cut``). Cohort version 1
 let the errors run into that filler (a humerus crop and most abdominal organs, up to 4% of a
-liver's mask), which taught a refiner that air inside a mask is over-segmentation.
+liver's mask), which taught a refiner that air inside a mask is over-segmentation. Each
+structure draws its own errors (its whole name seeds them with the cohort seed); before cohort
+version 3 only the first 8 bytes of the name did, so the training and test vertebrae, both
+humeri and the ribs of one side shared their error types and sizes.
 
 The split is by structure: a structure's case is in the training or the test split, never both
 (:func:`plan_real_cohort`). :func:`make_real_cohort` writes the cases in the case-folder contract
@@ -54,6 +57,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
@@ -69,7 +73,10 @@ from .imageio import Volume
 
 MANIFEST = "real_cohort.json"
 MANIFEST_FORMAT = "scorerefine-real-cohort"
-MANIFEST_VERSION = 2   # 2: initial masks cut to the scanned field
+#: 2: initial masks cut to the scanned field; 3: every structure its own error draws
+#: (:func:`_name_key` had read only a name's first 8 bytes, so all vertebrae, both humeri and
+#: the ribs of one side had drawn the same error types and sizes)
+MANIFEST_VERSION = 3
 ERROR_TYPES = ("shift", "leak", "missing", "holes", "blocky")
 
 #: labels of slicerio's chest segmentation
@@ -468,7 +475,9 @@ def make_real_case(structure: dict, seed: int, config: Optional[RealConfig] = No
 
 
 def _name_key(name: str) -> int:
-    return int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "little") % (2 ** 31)
+    """A stable key of the whole structure name (CRC-32), so that each structure draws its own
+    errors at a given seed."""
+    return zlib.crc32(name.encode("utf-8"))
 
 
 def make_real_cohort(out_dir: Union[str, os.PathLike], seed: int = 0,
