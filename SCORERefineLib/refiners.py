@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from .catalog import BUILTIN_REFINERS
 from .errors import InputError
@@ -95,6 +95,12 @@ class ModelRefiner:
             are smaller than this share of its largest piece are dropped
             (:func:`~SCORERefineLib.refiner.fragments.drop_cut_fragments`: a cut leak's body that
             lies beyond the zone); 0 keeps them. Reported in ``last_info["fragments"]``.
+        also: more checkpoints of the same setting (e.g. ``scorerefine train --seed 1``, ``2``):
+            the proposal is then the mean foreground probability of all the models, thresholded
+            (an ensemble; on the real-CT presets three SCORE seeds averaged made no case worse
+            where single seeds did, though not a harm that every seed agreed on;
+            docs/score-loss.md, stop 22). They must share the first checkpoint's input channels, normalisation,
+            patch size, spacing and trained regions, else :class:`CheckpointError`.
 
     After each call ``last_info["guard"]`` is the guard's report (what it clipped and why, the
     margin and where it came from); the prediction loop writes it to the sidecar.
@@ -110,17 +116,25 @@ class ModelRefiner:
                  threshold: float = 0.5, overlap: float = 0.25, sw_batch_size: int = 4,
                  cancel: CancelToken | None = None,
                  progress: Callable[[int, int], None] | None = None, guard: bool = True,
-                 fragment_share: float | None = None):
+                 fragment_share: float | None = None,
+                 also: Sequence[str | os.PathLike] = ()):
         from .refiner.inference import load_model, resolve_device
 
         self.path = Path(path)
         self.device = resolve_device(device)
         self.model, self.metadata = load_model(self.path, self.device)
+        self.others = []
+        for extra in also:
+            model, meta = load_model(Path(extra), self.device)
+            _check_same_setting(self.path, self.metadata, Path(extra), meta)
+            self.others.append(model)
         self.cancel, self.progress = cancel, progress
         self.settings = {"method": self.name, "model": str(self.path), "device": str(self.device),
                          "margin_mm": float(margin_mm), "threshold": float(threshold),
                          "overlap": float(overlap), "sw_batch_size": int(sw_batch_size),
                          "guard": bool(guard), "fragment_share": _fragment_share(fragment_share)}
+        if also:
+            self.settings["ensemble"] = [str(self.path)] + [str(Path(p)) for p in also]
         self.last_info: dict = {}
         if guard:
             limits, source = self.guard_limits()
@@ -147,9 +161,13 @@ class ModelRefiner:
             raise InputError("a trained refiner needs the CT image (--image) besides the mask.")
         s = self.settings
         self.last_info = {}
-        proposed = refine_volume(self.model, self.metadata, image, initial, self.device,
-                                 s["margin_mm"], s["threshold"], s["overlap"], s["sw_batch_size"],
-                                 progress=self.progress, cancel=self.cancel)
+        if self.others:
+            proposed = self._ensemble_proposal(image, initial)
+        else:
+            proposed = refine_volume(self.model, self.metadata, image, initial, self.device,
+                                     s["margin_mm"], s["threshold"], s["overlap"],
+                                     s["sw_batch_size"], progress=self.progress,
+                                     cancel=self.cancel)
         if not s["guard"]:
             return proposed
         from .refiner.guard import guard_volume
@@ -169,6 +187,45 @@ class ModelRefiner:
             out = initial.with_array(kept)
             self.last_info["fragments"] = frag
         return out
+
+
+    def _ensemble_proposal(self, image: Volume, initial: Volume) -> Volume:
+        """The mean foreground probability of every model, thresholded (uint8 {0, 1})."""
+        import numpy as np
+
+        from .refiner.inference import refine_volume
+
+        s = self.settings
+        models = [self.model] + self.others
+        total = np.zeros(initial.geometry.shape, dtype=np.float64)
+        for k, model in enumerate(models):
+            progress = None
+            if self.progress is not None:   # one bar over all the models' windows
+                progress = (lambda done, n, k=k:
+                            self.progress(k * n + done, len(models) * n))
+            _, probability = refine_volume(model, self.metadata, image, initial, self.device,
+                                           s["margin_mm"], s["threshold"], s["overlap"],
+                                           s["sw_batch_size"],
+                                           progress=progress, cancel=self.cancel,
+                                           return_probability=True)
+            total += probability.array
+        mean = total / len(models)
+        return initial.with_array((mean >= s["threshold"]).astype(np.uint8))
+
+
+#: metadata that must agree between the checkpoints of one ensemble
+_ENSEMBLE_KEYS = ("channels", "normalisation", "patch_size", "spacing_mm", "regions")
+
+
+def _check_same_setting(first: Path, meta: dict, other: Path, other_meta: dict) -> None:
+    from .errors import CheckpointError
+
+    for key in _ENSEMBLE_KEYS:
+        if (meta or {}).get(key) != (other_meta or {}).get(key):
+            raise CheckpointError(
+                f"checkpoint {other} cannot join an ensemble with {first}: its '{key}' differs "
+                f"({(other_meta or {}).get(key)!r} against {(meta or {}).get(key)!r}). Average "
+                "only models trained the same way on the same data (other seeds).")
 
 
 def _fragment_share(value: float | None) -> float:
@@ -195,8 +252,8 @@ def make_refiner(name_or_path: str | os.PathLike, device: str = "auto", **settin
             of a checkpoint.
         device: device of a model refiner (ignored by the built-ins).
         **settings: the refiner's own settings (``closing_mm`` for classical; ``margin_mm``,
-            ``threshold``, ``overlap``, ``sw_batch_size``, ``cancel``, ``progress``, ``guard`` for
-            a model).
+            ``threshold``, ``overlap``, ``sw_batch_size``, ``cancel``, ``progress``, ``guard``,
+            ``fragment_share`` and ``also`` (more checkpoints to average with) for a model).
 
     Returns:
         The refiner.

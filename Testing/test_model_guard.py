@@ -118,3 +118,67 @@ def test_model_refiner_drops_what_its_cut_left_behind(checkpoint, monkeypatch):
     keep = make_refiner(checkpoint, device="cpu", fragment_share=0.0)
     assert keep(image, Volume(init, GEOM)).array[9:12, 11:14, 21:24].all()
     assert "fragments" not in keep.last_info
+
+
+def _two_opinions(model, metadata, image, initial, device, margin_mm, threshold, overlap,
+                  sw_batch_size, progress=None, cancel=None, return_probability=False, **k):
+    """Two stand-in networks that disagree: model 'A' is sure about two additions, 'B' about
+    neither (probabilities by voxel block; the initial mask kept at 1)."""
+    p = initial.array.astype(np.float32)
+    a = getattr(model, "tag", "A") == "A"
+    p[10, 12, 18:20] = 0.9 if a else 0.3             # X: mean 0.6 -> added by the ensemble
+    p[10, 18:20, 12] = 0.8 if a else 0.1             # Z: mean 0.45 -> A alone adds it
+    if progress is not None:
+        progress(1, 2)
+        progress(2, 2)
+    out = initial.with_array((p >= threshold).astype(np.uint8))
+    return (out, initial.with_array(p)) if return_probability else out
+
+
+def test_an_ensemble_thresholds_the_mean_probability(tmp_path, checkpoint, monkeypatch):
+    import shutil
+
+    from SCORERefineLib.refiner import inference
+    from SCORERefineLib.refiners import make_refiner
+
+    monkeypatch.setattr(inference, "refine_volume", _two_opinions)
+    second = shutil.copy(checkpoint, tmp_path / "seed1.pt")
+    init = _initial()
+    image = Volume(np.where(init > 0, 900.0, 0.0).astype(np.float32), GEOM)
+    initial = Volume(init, GEOM)
+    seen = []
+    ens = make_refiner(checkpoint, device="cpu", also=[second],
+                       progress=lambda done, total: seen.append((done, total)))
+    ens.model.tag, ens.others[0].tag = "A", "B"
+    assert ens.settings["ensemble"] == [str(checkpoint), str(second)]
+    out = ens(image, initial).array
+    added = np.argwhere(out > init)
+    assert sorted(map(tuple, added)) == [(10, 12, 18), (10, 12, 19)]   # X only
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]                     # one bar over both
+    one = make_refiner(checkpoint, device="cpu")
+    one.model.tag = "A"
+    assert (one(image, initial).array > init).sum() == 4                # A alone: X and Z
+
+
+def test_an_ensemble_refuses_checkpoints_of_another_setting(tmp_path, checkpoint):
+    from SCORERefineLib.errors import CheckpointError
+    from SCORERefineLib.refiner.checkpoint import save_checkpoint
+    from SCORERefineLib.refiner.inputs import CHANNELS, NORMALISATION
+    from SCORERefineLib.refiner.network import build_network, network_config
+    from SCORERefineLib.refiners import make_refiner
+
+    cfg = network_config("tiny")
+    other = save_checkpoint(tmp_path / "other.pt", build_network(cfg),
+                            {"channels": list(CHANNELS), "network": cfg.to_dict(),
+                             "normalisation": NORMALISATION, "patch_size": [32, 32, 32]})
+    with pytest.raises(CheckpointError, match="'patch_size' differs"):
+        make_refiner(checkpoint, device="cpu", also=[other])
+
+
+def test_cli_refuses_an_ensemble_with_a_built_in(tmp_path, checkpoint, capsys):
+    from SCORERefineLib.cli import main
+
+    code = main(["refine", "--model", "classical", "--also-model", str(checkpoint),
+                 "--dataset", str(tmp_path)])
+    assert code == 2
+    assert "--also-model averages trained checkpoints" in capsys.readouterr().err

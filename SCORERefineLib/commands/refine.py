@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--model", metavar="MODEL",
                       help="checkpoint written by `scorerefine train`, or a built-in refiner: "
                            + "; ".join(f"'{e.name}' ({e.description})" for e in BUILTIN_REFINERS.values()))
+    what.add_argument("--also-model", action="append", default=[], metavar="MODEL",
+                      help="another checkpoint of the same setting (e.g. trained with another "
+                           "--seed); repeat it. The refinement then uses the mean probability of "
+                           "all the models (an ensemble), then the guard")
     what.add_argument("--classical", action="store_true", help="same as --model classical")
     one = parser.add_argument_group("one case from files")
     one.add_argument("--image", type=Path, help="CT (NIfTI/NRRD, HU); needed with a network")
@@ -79,6 +83,10 @@ def _check(args: argparse.Namespace) -> bool:
     if not classical and not args.model:
         raise InputError("say which refiner to use: --model model.pt (from `scorerefine train`) or "
                          "--model classical for the non-learned baseline.")
+    also = getattr(args, "also_model", None) or []
+    if also and (classical or (args.model or "").strip().lower() in BUILTIN_REFINERS):
+        raise InputError("--also-model averages trained checkpoints; the first must be one too "
+                         "(--model model.pt), not a built-in refiner.")
     single = [n for n in ("image", "mask", "out", "label") if getattr(args, n) is not None]
     if args.dataset is not None:
         if single:
@@ -132,7 +140,8 @@ def _make(args: argparse.Namespace, classical: bool, mode: str, cancel):
                            threshold=args.threshold, overlap=args.overlap,
                            sw_batch_size=args.sw_batch_size, cancel=cancel, progress=callback,
                            guard=getattr(args, "guard", True),
-                           fragment_share=getattr(args, "fragment_share", None))
+                           fragment_share=getattr(args, "fragment_share", None),
+                           also=getattr(args, "also_model", None) or ())
     return refiner, close
 
 
