@@ -18,9 +18,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from SCORERefineLib import benchmark as B
+
+from row_experiment import evaluate_and_print   # scripts/ is on the path when run as a script
 
 
 def main(argv: list[str]) -> int:
@@ -28,19 +28,7 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     workdir, name, models = Path(argv[0]), argv[1], argv[2:]
-    refiner = B.make_refiner(models[0], "cpu", also=models[1:])
-    refined = B.evaluate_masks(workdir / "test", name, refiner)
-    initial = {r["case"]: r for r in
-               B.evaluate_masks(workdir / "test", "initial", B.make_refiner("identity")).rows}
-    out = []
-    for r in refined.rows:
-        a = initial[r["case"]]
-        out.append((a["dice"], r["dice"], a["hd95"], r["hd95"]))
-        print(r["case"], *(round(v, 4) for v in out[-1]), flush=True)
-    gain = np.mean([o[1] - o[0] for o in out])
-    print(f"RESULT {name}: gain {gain:+.4f} improved {sum(o[1] > o[0] + 1e-4 for o in out)}/{len(out)} "
-          f"hd95 {np.mean([o[2] for o in out]):.2f}->{np.mean([o[3] for o in out]):.2f} "
-          f"worse {sum(o[1] < o[0] - 0.005 for o in out)}")
+    evaluate_and_print(workdir, name, B.make_refiner(models[0], "cpu", also=models[1:]))
     return 0
 
 

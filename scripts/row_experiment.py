@@ -29,6 +29,23 @@ import numpy as np
 from SCORERefineLib import benchmark as B
 
 
+def evaluate_and_print(workdir: Path, name: str, refiner) -> None:
+    """Refine ``workdir``'s test cases as prediction ``name``; print one line per case (case,
+    initial Dice, refined Dice, initial HD95, refined HD95) and the RESULT line."""
+    refined = B.evaluate_masks(workdir / "test", name, refiner)
+    initial = {r["case"]: r for r in
+               B.evaluate_masks(workdir / "test", "initial", B.make_refiner("identity")).rows}
+    out = []
+    for r in refined.rows:
+        a = initial[r["case"]]
+        out.append((r["case"], a["dice"], r["dice"], a["hd95"], r["hd95"]))
+        print(r["case"], *(round(v, 4) for v in out[-1][1:]), flush=True)
+    gain = np.mean([o[2] - o[1] for o in out])
+    print(f"RESULT {name}: gain {gain:+.4f} improved {sum(o[2] > o[1] + 1e-4 for o in out)}/{len(out)} "
+          f"hd95 {np.mean([o[3] for o in out]):.2f}->{np.mean([o[4] for o in out]):.2f} "
+          f"worse {sum(o[2] < o[1] - 0.005 for o in out)}")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 5:
         print(__doc__)
@@ -49,18 +66,7 @@ def main(argv: list[str]) -> int:
                                  **extra.get("train", {}))
     res = B.train_model(workdir / "train", workdir / "models" / f"exp_{name}.pt", config,
                         progress="none")
-    refined = B.evaluate_masks(workdir / "test", name, B.make_refiner(res.model, "cpu"))
-    initial = {r["case"]: r for r in
-               B.evaluate_masks(workdir / "test", "initial", B.make_refiner("identity")).rows}
-    out = []
-    for r in refined.rows:
-        a = initial[r["case"]]
-        out.append((r["case"], a["dice"], r["dice"], a["hd95"], r["hd95"]))
-        print(r["case"], *(round(v, 4) for v in out[-1][1:]), flush=True)
-    gain = np.mean([o[2] - o[1] for o in out])
-    print(f"RESULT {name}: gain {gain:+.4f} improved {sum(o[2] > o[1] + 1e-4 for o in out)}/{len(out)} "
-          f"hd95 {np.mean([o[3] for o in out]):.2f}->{np.mean([o[4] for o in out]):.2f} "
-          f"worse {sum(o[2] < o[1] - 0.005 for o in out)}")
+    evaluate_and_print(workdir, name, B.make_refiner(res.model, "cpu"))
     return 0
 
 
