@@ -99,8 +99,10 @@ class ModelRefiner:
             the proposal is then the mean foreground probability of all the models, thresholded
             (an ensemble; on the real-CT presets three SCORE seeds averaged made no case worse
             where single seeds did, though not a harm that every seed agreed on;
-            docs/score-loss.md, stop 22). They must share the first checkpoint's input channels, normalisation,
-            patch size, spacing and trained regions, else :class:`CheckpointError`.
+            docs/score-loss.md, stop 22). They must share the first checkpoint's input
+            channels, normalisation, patch size, spacing and trained regions (so one guard
+            margin holds for all), else :class:`CheckpointError`. Listed in
+            ``settings["ensemble"]`` (and so in the prediction sidecar).
 
     After each call ``last_info["guard"]`` is the guard's report (what it clipped and why, the
     margin and where it came from); the prediction loop writes it to the sidecar.
@@ -220,12 +222,19 @@ _ENSEMBLE_KEYS = ("channels", "normalisation", "patch_size", "spacing_mm", "regi
 def _check_same_setting(first: Path, meta: dict, other: Path, other_meta: dict) -> None:
     from .errors import CheckpointError
 
-    for key in _ENSEMBLE_KEYS:
-        if (meta or {}).get(key) != (other_meta or {}).get(key):
+    def setting(m: dict | None) -> dict:
+        m = m or {}
+        training = m.get("training") if isinstance(m.get("training"), dict) else {}
+        return {**{k: m.get(k) for k in _ENSEMBLE_KEYS},
+                "training.regions": training.get("regions")}
+
+    mine, theirs = setting(meta), setting(other_meta)
+    for key in mine:
+        if mine[key] != theirs[key]:
             raise CheckpointError(
                 f"checkpoint {other} cannot join an ensemble with {first}: its '{key}' differs "
-                f"({(other_meta or {}).get(key)!r} against {(meta or {}).get(key)!r}). Average "
-                "only models trained the same way on the same data (other seeds).")
+                f"({theirs[key]!r} against {mine[key]!r}). Average only models trained the same "
+                "way on the same data (other seeds).")
 
 
 def _fragment_share(value: float | None) -> float:
