@@ -97,9 +97,10 @@ class ModelRefiner:
             lies beyond the zone); 0 keeps them. Reported in ``last_info["fragments"]``.
         also: more checkpoints of the same setting (e.g. ``scorerefine train --seed 1``, ``2``):
             the proposal is then the mean foreground probability of all the models, thresholded
-            (an ensemble; on the real-CT presets three SCORE seeds averaged made no case worse
-            where single seeds did, though not a harm that every seed agreed on;
-            docs/score-loss.md, stop 22). They must share the first checkpoint's input
+            (an ensemble: ``model`` is then a
+            :class:`~SCORERefineLib.refiner.inference.MeanProbability`, so inference runs once;
+            on the real-CT presets three SCORE seeds averaged made no case worse where single
+            seeds did, though not a harm that every seed agreed on; docs/score-loss.md, stop 22). They must share the first checkpoint's input
             channels, normalisation, patch size, spacing and trained regions (so one guard
             margin holds for all), else :class:`CheckpointError`. Listed in
             ``settings["ensemble"]`` (and so in the prediction sidecar).
@@ -120,16 +121,18 @@ class ModelRefiner:
                  progress: Callable[[int, int], None] | None = None, guard: bool = True,
                  fragment_share: float | None = None,
                  also: Sequence[str | os.PathLike] = ()):
-        from .refiner.inference import load_model, resolve_device
+        from .refiner.inference import MeanProbability, load_model, resolve_device
 
         self.path = Path(path)
         self.device = resolve_device(device)
         self.model, self.metadata = load_model(self.path, self.device)
-        self.others = []
-        for extra in also:
-            model, meta = load_model(Path(extra), self.device)
-            _check_same_setting(self.path, self.metadata, Path(extra), meta)
-            self.others.append(model)
+        if also:
+            members = [self.model]
+            for extra in also:
+                model, meta = load_model(Path(extra), self.device)
+                _check_same_setting(self.path, self.metadata, Path(extra), meta)
+                members.append(model)
+            self.model = MeanProbability(members)
         self.cancel, self.progress = cancel, progress
         self.settings = {"method": self.name, "model": str(self.path), "device": str(self.device),
                          "margin_mm": float(margin_mm), "threshold": float(threshold),
@@ -163,13 +166,9 @@ class ModelRefiner:
             raise InputError("a trained refiner needs the CT image (--image) besides the mask.")
         s = self.settings
         self.last_info = {}
-        if self.others:
-            proposed = self._ensemble_proposal(image, initial)
-        else:
-            proposed = refine_volume(self.model, self.metadata, image, initial, self.device,
-                                     s["margin_mm"], s["threshold"], s["overlap"],
-                                     s["sw_batch_size"], progress=self.progress,
-                                     cancel=self.cancel)
+        proposed = refine_volume(self.model, self.metadata, image, initial, self.device,
+                                 s["margin_mm"], s["threshold"], s["overlap"], s["sw_batch_size"],
+                                 progress=self.progress, cancel=self.cancel)
         if not s["guard"]:
             return proposed
         from .refiner.guard import guard_volume
@@ -189,30 +188,6 @@ class ModelRefiner:
             out = initial.with_array(kept)
             self.last_info["fragments"] = frag
         return out
-
-
-    def _ensemble_proposal(self, image: Volume, initial: Volume) -> Volume:
-        """The mean foreground probability of every model, thresholded (uint8 {0, 1})."""
-        import numpy as np
-
-        from .refiner.inference import refine_volume
-
-        s = self.settings
-        models = [self.model] + self.others
-        total = np.zeros(initial.geometry.shape, dtype=np.float64)
-        for k, model in enumerate(models):
-            progress = None
-            if self.progress is not None:   # one bar over all the models' windows
-                progress = (lambda done, n, k=k:
-                            self.progress(k * n + done, len(models) * n))
-            _, probability = refine_volume(model, self.metadata, image, initial, self.device,
-                                           s["margin_mm"], s["threshold"], s["overlap"],
-                                           s["sw_batch_size"],
-                                           progress=progress, cancel=self.cancel,
-                                           return_probability=True)
-            total += probability.array
-        mean = total / len(models)
-        return initial.with_array((mean >= s["threshold"]).astype(np.uint8))
 
 
 #: metadata that must agree between the checkpoints of one ensemble

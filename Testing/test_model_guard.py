@@ -120,44 +120,38 @@ def test_model_refiner_drops_what_its_cut_left_behind(checkpoint, monkeypatch):
     assert "fragments" not in keep.last_info
 
 
-def _two_opinions(model, metadata, image, initial, device, margin_mm, threshold, overlap,
-                  sw_batch_size, progress=None, cancel=None, return_probability=False, **k):
-    """Two stand-in networks that disagree: model 'A' is sure about two additions, 'B' about
-    neither (probabilities by voxel block; the initial mask kept at 1)."""
-    p = initial.array.astype(np.float32)
-    a = getattr(model, "tag", "A") == "A"
-    p[10, 12, 18:20] = 0.9 if a else 0.3             # X: mean 0.6 -> added by the ensemble
-    p[10, 18:20, 12] = 0.8 if a else 0.1             # Z: mean 0.45 -> A alone adds it
-    if progress is not None:
-        progress(1, 2)
-        progress(2, 2)
-    out = initial.with_array((p >= threshold).astype(np.uint8))
-    return (out, initial.with_array(p)) if return_probability else out
-
-
-def test_an_ensemble_thresholds_the_mean_probability(tmp_path, checkpoint, monkeypatch):
+def test_an_ensemble_thresholds_the_mean_probability(tmp_path, checkpoint):
+    """Through the real inference path: model A (foreground where HU >= 700) would add two bright
+    voxels beside the structure, model B (the initial mask) would not; the ensemble adds them
+    when the mean probability reaches the threshold (A, A, B: 0.65), not when it does not
+    (A, B, B: 0.33)."""
     import shutil
 
-    from SCORERefineLib.refiner import inference
     from SCORERefineLib.refiners import make_refiner
+    from toy_models import CTThresholdModel, IdentityModel
 
-    monkeypatch.setattr(inference, "refine_volume", _two_opinions)
-    second = shutil.copy(checkpoint, tmp_path / "seed1.pt")
     init = _initial()
-    image = Volume(np.where(init > 0, 900.0, 0.0).astype(np.float32), GEOM)
-    initial = Volume(init, GEOM)
-    seen = []
-    ens = make_refiner(checkpoint, device="cpu", also=[second],
-                       progress=lambda done, total: seen.append((done, total)))
-    ens.model.tag, ens.others[0].tag = "A", "B"
-    assert ens.settings["ensemble"] == [str(checkpoint), str(second)]
-    out = ens(image, initial).array
-    added = np.argwhere(out > init)
-    assert sorted(map(tuple, added)) == [(10, 12, 18), (10, 12, 19)]   # X only
-    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]                     # one bar over both
-    one = make_refiner(checkpoint, device="cpu")
-    one.model.tag = "A"
-    assert (one(image, initial).array > init).sum() == 4                # A alone: X and Z
+    ct = np.where(init > 0, 900.0, 0.0).astype(np.float32)
+    ct[10, 12, 18:20] = 900.0                         # bright, touching the surface at x = 17
+    image, initial = Volume(ct, GEOM), Volume(init, GEOM)
+    extra = [shutil.copy(checkpoint, tmp_path / f"seed{k}.pt") for k in (1, 2)]
+
+    def added(members):
+        refiner = make_refiner(checkpoint, device="cpu", also=extra[:len(members) - 1])
+        if len(members) == 1:
+            refiner.model = members[0]
+        else:
+            for k, m in enumerate(members):
+                refiner.model.members[k] = m
+        out = refiner(image, initial).array
+        return sorted(map(tuple, np.argwhere(out > init)))
+
+    bright = [(10, 12, 18), (10, 12, 19)]
+    assert added([CTThresholdModel()]) == bright
+    assert added([CTThresholdModel(), CTThresholdModel(), IdentityModel()]) == bright
+    assert added([CTThresholdModel(), IdentityModel(), IdentityModel()]) == []
+    ens = make_refiner(checkpoint, device="cpu", also=extra)
+    assert ens.settings["ensemble"] == [str(checkpoint)] + [str(p) for p in extra]
 
 
 def test_an_ensemble_refuses_checkpoints_of_another_setting(tmp_path, checkpoint):

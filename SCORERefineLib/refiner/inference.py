@@ -149,6 +149,20 @@ def _to_probability(out) -> torch.Tensor:
                           f"(foreground logit) or 2 (background/foreground).")
 
 
+class MeanProbability(torch.nn.Module):
+    """An ensemble as one refiner: the mean foreground probability of ``models`` (each output
+    read as :func:`refine_volume` reads one model's), returned as its logit, so that inference
+    (inputs, windows, threshold) runs once for all of them. (B, C, z, y, x) -> (B, 1, z, y, x)."""
+
+    def __init__(self, models: Sequence[torch.nn.Module]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(models)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.stack([_to_probability(m(x)) for m in self.members]).mean(0)
+        return torch.logit(p, eps=1e-6)
+
+
 def component_rois(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float = 10.0
                    ) -> list[tuple[tuple[slice, slice, slice], list[int]]]:
     """One ROI per connected component (26-connectivity) of ``mask``: ``[(roi, [labels]), ...]``.
