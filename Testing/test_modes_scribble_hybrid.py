@@ -75,7 +75,9 @@ def test_scribble_mode_trains(dataset):
     assert np.isclose(w[n_stroke_vox:].sum() / w.sum(), 0.25)     # boundary share on the band
     mode.weights.ramp_steps = 2
     _, logs = _train(mode, targets, steps=4)
-    assert all("pce" in t and "pseudo" in t for t in logs)
+    assert all("pce" in t and "pseudo" in t and "anchor" in t for t in logs)   # the sampler carries the map
+    keep = targets[0].maps["stroke_anchor"]
+    assert keep.dtype == np.float32 and 0 < keep.mean() < 1 and keep[targets[0].maps["scribbles"] > 0].max() == 0
     assert logs[-1]["ramp"] == 1.0 and logs[0]["ramp"] < 0.01
     assert mode.teacher is not None and mode.teacher.updates == 4
 

@@ -137,3 +137,48 @@ def test_ema_teacher_follows_student_and_training_with_pce_works():
     other = EMATeacher(net)
     other.load_state_dict(state)
     assert other.updates == 20 and torch.allclose(other(x), teacher(x))
+
+
+def test_stroke_anchor_resists_flips_only_where_selected():
+    """The anchor is zero for the untrained residual network (logits +-2 on M0's side), pulls a
+    flipped voxel back towards M0 where the map selects it, and leaves unselected voxels alone."""
+    from SCORERefineLib.refiner.scribble_losses import stroke_anchor_loss
+
+    m0 = torch.zeros((1, 1, 4, 5, 6))
+    m0[..., 1:3, 1:4, 1:5] = 1.0
+    z0 = 2.0 * (2.0 * m0 - 1.0)
+    keep = torch.ones_like(m0)
+    keep[..., 0, :, :] = 0.0
+    assert float(stroke_anchor_loss(z0, m0, keep)) == 0.0
+    z = z0.clone()
+    z[0, 0, 1, 2, 2] = -1.0          # a selected foreground voxel flipped
+    z[0, 0, 0, 0, 0] = 3.0           # an unselected background voxel flipped
+    grad, _ = _step(lambda t: stroke_anchor_loss(t, m0, keep), z)
+    assert grad[0, 0, 1, 2, 2] < 0    # descent raises the flipped logit back towards M0
+    assert grad[0, 0, 0, 0, 0] == 0
+    w = ScribbleLossWeights(pseudo=0.0)
+    _, terms = scribble_loss(z, {"scribbles": _scribbles((1, 1, 4, 5, 6)), "initial": m0,
+                                 "stroke_anchor": keep}, None, step=0, weights=w)
+    assert terms["anchor"] > 0
+    _, off = scribble_loss(z, {"scribbles": _scribbles((1, 1, 4, 5, 6)), "initial": m0,
+                               "stroke_anchor": keep}, None, step=0,
+                           weights=ScribbleLossWeights(pseudo=0.0, anchor=0.0))
+    assert "anchor" not in off
+
+
+def test_stroke_anchor_map_frees_the_neighbourhood_of_contradicting_strokes():
+    import numpy as np
+
+    from SCORERefineLib.refiner.modes.scribble import stroke_anchor_map
+
+    m0 = np.zeros((9, 20, 20), np.uint8)
+    m0[:, 5:15, 5:15] = 1
+    scr = np.zeros_like(m0)
+    scr[4, 10, 8:12] = FOREGROUND          # inside M0: agrees with it
+    scr[4, 2, 2:6] = BACKGROUND            # outside M0: agrees
+    scr[4, 16, 8:12] = FOREGROUND          # outside M0: M0 missed this
+    keep = stroke_anchor_map(m0, scr, (1.0, 1.0, 1.0), exclusion_mm=3.0)
+    assert keep[scr > 0].sum() == 0                      # never on a stroke
+    assert keep[4, 16, 13] == 0 and keep[4, 18, 10] == 0   # near the contradicting stroke
+    assert keep[4, 12, 10] == 1 and keep[4, 2, 8] == 1     # near agreeing strokes: anchored
+    assert keep[0, 10, 10] == 1                           # far from every stroke

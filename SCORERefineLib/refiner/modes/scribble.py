@@ -2,7 +2,9 @@
 
 Loss (:func:`..scribble_losses.scribble_loss`): partial CE on the stroke voxels plus, ramped up,
 competitive pseudo-labels on confident unscribbled voxels (student vs an EMA teacher, whichever
-agrees better with the item's strokes). The mode owns the :class:`~..scribble_losses.EMATeacher`:
+agrees better with the item's strokes), plus a hinge anchor to the initial mask away from the
+strokes that contradict it (:func:`stroke_anchor_map`; ScribbleVS segments from scratch, a
+refiner's strokes mark errors only). The mode owns the :class:`~..scribble_losses.EMATeacher`:
 the trainer's :meth:`attach` hook makes it, :meth:`after_step` updates it, and its weights go into
 the checkpoint (``extra["mode_state"]``) so ``--resume`` continues with the same teacher.
 """
@@ -22,6 +24,22 @@ from .score import BOUNDARY_FRACTION
 
 #: half-width (mm) of the band around the initial surface where extra patch centres are drawn
 BAND_MM = 3.0
+#: no anchor to M0 within this distance (mm) of a stroke that contradicts M0
+ANCHOR_EXCLUSION_MM = 3.0
+
+
+def stroke_anchor_map(initial: np.ndarray, scribbles: np.ndarray, spacing_zyx,
+                      exclusion_mm: float = ANCHOR_EXCLUSION_MM) -> np.ndarray:
+    """float32 (z, y, x): 1 where training holds the network to the initial mask, 0 on the
+    strokes and within ``exclusion_mm`` of a stroke voxel that contradicts M0 (a foreground
+    stroke outside it, a background stroke inside it: there M0 is wrong, and its error may reach
+    further than the stroke)."""
+    m = initial.astype(bool)
+    wrong = ((scribbles == 1) & ~m) | ((scribbles == 2) & m)
+    keep = scribbles == 0
+    if wrong.any():
+        keep &= ndimage.distance_transform_edt(~wrong, sampling=spacing_zyx) > float(exclusion_mm)
+    return keep.astype(np.float32)
 
 
 def boundary_band(initial: np.ndarray, spacing_zyx, mm: float = BAND_MM) -> np.ndarray:
@@ -38,6 +56,7 @@ class ScribbleConfig(ModeConfig):
     itself, the ``scribble-student-only`` ablation) and the band share of patch centres."""
 
     weights: ScribbleLossWeights = field(default_factory=ScribbleLossWeights)
+    anchor_exclusion_mm: float = ANCHOR_EXCLUSION_MM
     ema_decay: float = 0.99
     teacher: bool = True
     boundary_fraction: float = BOUNDARY_FRACTION
@@ -112,7 +131,10 @@ class ScribbleMode(TrainingMode):
         band = boundary_band(initial.array, image.geometry.spacing_zyx)
         from ...scribbles import strokes
         return CaseTargets(case.case_id, x, initial.array.astype(np.uint8), image.geometry.spacing_zyx,
-                           maps={"scribbles": scr.astype(np.uint8), "band": band},
+                           maps={"scribbles": scr.astype(np.uint8), "band": band,
+                                 "stroke_anchor": stroke_anchor_map(
+                                     initial.array, scr, image.geometry.spacing_zyx,
+                                     self.config.anchor_exclusion_mm)},
                            info={"n_strokes": len(strokes(scr)), "fg_voxels": int((scr == 1).sum()),
                                  "bg_voxels": int((scr == 2).sum()), "n_rated_regions": 0})
 
