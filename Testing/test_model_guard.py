@@ -176,3 +176,14 @@ def test_cli_refuses_an_ensemble_with_a_built_in(tmp_path, checkpoint, capsys):
                  "--dataset", str(tmp_path)])
     assert code == 2
     assert "--also-model averages trained checkpoints" in capsys.readouterr().err
+
+
+def test_the_slicer_in_process_refiner_is_guarded_too(checkpoint, bad_network):
+    """``mrml.model_refiner`` (the module logic's ``refine``, run in Slicer's own process) goes
+    through the same guard as the CLI: it once called the network alone."""
+    from SCORERefineLib.mrml.refine import model_refiner
+
+    init = _initial()
+    image = Volume(np.where(init > 0, 900.0, 0.0).astype(np.float32), GEOM)
+    out = model_refiner(checkpoint, "cpu")(image, Volume(init, GEOM))
+    np.testing.assert_array_equal(out.array, init)

@@ -118,16 +118,14 @@ def undo_refinement(segmentation_node, segment_id: str) -> bool:
 RefineFunction = Callable[[Volume, Volume], Volume]
 
 
-def model_refiner(model_path, device: str = "auto") -> RefineFunction:
-    """A refine function backed by a trained checkpoint (loaded once)."""
-    from ..refiner.inference import load_model, refine_volume, resolve_device
+def model_refiner(model_path, device: str = "auto", also=()) -> RefineFunction:
+    """A refine function backed by a trained checkpoint (loaded once), with the same do-no-harm
+    guard and fragment rule as ``scorerefine refine`` (:class:`~..refiners.ModelRefiner`; this
+    path once called the network alone, so a refinement run in Slicer's process was not
+    guarded). ``also``: more checkpoints of the same setting, averaged (an ensemble)."""
+    from ..refiners import ModelRefiner
 
-    dev = resolve_device(device)
-    model, metadata = load_model(model_path, dev)
-
-    def refine(image: Volume, initial: Volume) -> Volume:
-        return refine_volume(model, metadata, image, initial, device=dev)
-    return refine
+    return ModelRefiner(model_path, device=device, also=also)
 
 
 def refine_segment(volume_node, segmentation_node, segment_id: str, refine: RefineFunction) -> RefineResult:
