@@ -35,8 +35,9 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -339,7 +340,8 @@ def reusable_model(path: Path, config, fingerprint: str | None = None) -> TrainR
 def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: str = "bar",
                   cancel: CancelToken | None = None, rows: Sequence[str] | None = None,
                   log: Callable[[str], None] = print, steps: int | None = None,
-                  efficiency: Sequence[float] | None = None, reuse_models: bool = False) -> dict:
+                  efficiency: Sequence[float] | None = None, reuse_models: bool = False,
+                  seeds: int = 1) -> dict:
     """Run every row of ``preset``.
 
     Args:
@@ -356,10 +358,20 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         reuse_models: use a row's model from an earlier run in ``workdir/models`` when it was
             trained with the same settings (:func:`reusable_model`) instead of training again;
             the report lists the reused rows.
+        seeds: training seeds per trained row (the preset's seed and the next ``seeds - 1``);
+            above 1 each row is also evaluated as the ensemble of its seeds' models (their mean
+            probability, :class:`~.refiners.ModelRefiner` ``also=``), reported as the row
+            ``<row>_x<seeds>`` with its own targets, and each member alone in the report's
+            "seeds" table.
 
     Returns:
         The report as a JSON-serialisable dict.
     """
+    if int(seeds) < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    if int(seeds) > 1 and efficiency:
+        raise ValueError("--seeds applies to the benchmark rows, not to the --efficiency budgets; "
+                         "run the two separately")
     cfg = PRESETS[preset]
     if steps is not None:
         if int(steps) < 1:
@@ -403,26 +415,50 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
     fingerprints: dict[str, str] = {}
     reused: list[str] = []
     by_row: dict[str, EvalResult] = {}
+    ensemble_of: dict[str, str] = {}          # ensemble row -> its row
+    seed_runs: dict[str, list[dict]] = {}     # row -> per seed {"seed", "name", "result"}
+
+    def train_or_reuse(name: str, spec, config, data: str) -> TrainResult:
+        path = workdir / "models" / f"{name}.pt"
+        earlier = reusable_model(path, config, data) if reuse_models else None
+        if earlier is not None:
+            log(f"[benchmark] reusing '{name}' from {path} (trained with the same settings on "
+                f"the same data)")
+            reused.append(name)
+            return earlier
+        log(f"[benchmark] training '{name}' ({spec.mode} mode, {cfg.steps} steps, seed "
+            f"{config.seed})")
+        done = train_model(datasets[spec.dataset], path, config, progress=progress, cancel=cancel)
+        atomic_write_text(_fingerprint_path(path), json.dumps({"training_data": data}))
+        return done
+
     for row in rows:
         spec = ROW_TRAINING[row]
-        path, config = workdir / "models" / f"{row}.pt", row_config(row, cfg, device)
+        config = row_config(row, cfg, device)
         if spec.dataset not in fingerprints:   # rows sharing a training set read it once
             fingerprints[spec.dataset] = training_data_fingerprint(datasets[spec.dataset])
         data = fingerprints[spec.dataset]
-        earlier = reusable_model(path, config, data) if reuse_models else None
-        if earlier is not None:
-            log(f"[benchmark] reusing '{row}' from {path} (trained with the same settings on "
-                f"the same data)")
-            trainings[row] = earlier
-            reused.append(row)
-        else:
-            log(f"[benchmark] training '{row}' ({spec.mode} mode, {cfg.steps} steps)")
-            trainings[row] = train_model(datasets[spec.dataset], path, config, progress=progress,
-                                         cancel=cancel)
-            atomic_write_text(_fingerprint_path(path), json.dumps({"training_data": data}))
+        trainings[row] = train_or_reuse(row, spec, config, data)
         results.append(evaluate_masks(split.test, row, make_refiner(trainings[row].model, device),
                                       cancel=cancel))
         by_row[row] = results[-1]
+        if seeds > 1:
+            members = [trainings[row]]
+            seed_runs[row] = [{"seed": config.seed, "name": row, "result": results[-1]}]
+            for k in range(1, int(seeds)):
+                s_cfg = replace(config, seed=config.seed + k)
+                name = f"{row}_seed{s_cfg.seed}"
+                members.append(train_or_reuse(name, spec, s_cfg, data))
+                seed_runs[row].append({"seed": s_cfg.seed, "name": name, "result": evaluate_masks(
+                    split.test, name, make_refiner(members[-1].model, device), cancel=cancel)})
+            ens = ensemble_row(row, seeds)
+            log(f"[benchmark] evaluating '{ens}' (the mean probability of {seeds} seeds' models)")
+            results.append(evaluate_masks(
+                split.test, ens, make_refiner(members[0].model, device,
+                                              also=[m.model for m in members[1:]]), cancel=cancel))
+            trainings[ens] = TrainResult(members[0].model, float(sum(m.seconds for m in members)),
+                                         members[0].config)
+            ensemble_of[ens] = row
     from .regions import dataset_coverage
     cov = dataset_coverage(split.train, extend=False)   # the rated regions as training saw them
     coverage = {"pooled": cov["pooled"], "min": cov["min"], "n_cases": len(cov["cases"])}
@@ -435,17 +471,18 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
     base = _with_case_id(results[0].rows)
     comparisons = {res.name: compare(base, _with_case_id(res.rows)) for res in results}
     for entry in table:
-        row = entry["method"]
-        worse = comparisons[row]["worse_than_initial"]
+        name = entry["method"]
+        row = ensemble_of.get(name, name)
+        worse = comparisons[name]["worse_than_initial"]
         entry["worse_than_initial"] = int(worse["n"])
         entry["worse_cases"] = list(worse["cases"])
-        comps = [r["components"] for res in results if res.name == row for r in res.rows
+        comps = [r["components"] for res in results if res.name == name for r in res.rows
                  if r.get("components") is not None]
         entry["components_mean"] = float(np.mean(comps)) if comps else float("nan")
         entry["detached_components"] = int(sum(r.get("detached", 0) for res in results
-                                               if res.name == row for r in res.rows))
-        entry["label"] = ROW_LABELS[row]
-        entry["train_seconds"] = trainings[row].seconds if row in trainings else 0.0
+                                               if res.name == name for r in res.rows))
+        entry["label"] = row_label(name)
+        entry["train_seconds"] = trainings[name].seconds if name in trainings else 0.0
         if row in ("initial", "classical"):
             entry["feedback"] = "none"
             entry["feedback_seconds"] = 0.0
@@ -466,12 +503,21 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
             entry["feedback_seconds"] = n_ratings * SECONDS_PER_RATING
     by = {e["method"]: e for e in table}
     targets = evaluate_targets(by) + do_no_harm_targets(by)
+    for ens, row in ensemble_of.items():
+        targets += evaluate_targets(by, ens, full=f"full_x{seeds}") + do_no_harm_targets(by, (ens,))
     report = {"preset": preset, "config": asdict(cfg), "machine": machine_description(),
               "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "rows": table, "targets": targets, "n_ratings": n_ratings,
               "per_case": {res.name: res.rows for res in results},
               "structures": structures, "pseudo_labels": pseudo, "coverage": coverage,
-              "reused_models": reused}
+              "reused_models": reused,
+              "seeds": {"n": int(seeds), "rows": {row: [
+                  {"seed": r["seed"], "name": r["name"],
+                   **seed_summary(results[0].rows, r["result"].rows)} for r in runs]
+                  + [{"seed": "ensemble", "name": ensemble_row(row, seeds),
+                      **seed_summary(results[0].rows, next(
+                          res for res in results if res.name == ensemble_row(row, seeds)).rows)}]
+                  for row, runs in seed_runs.items()}}}
     if efficiency:
         report["efficiency"] = eff.run_budgets(
             split, cfg, efficiency, device=device, progress=progress, cancel=cancel, log=log,
@@ -512,18 +558,53 @@ def per_structure_rows(report: dict) -> list[dict]:
     return out
 
 
-def evaluate_targets(by: dict) -> list[dict]:
-    """The issue's targets, each with the measured value and whether it was met."""
+def ensemble_row(row: str, seeds: int) -> str:
+    """The report name of ``row``'s ensemble of ``seeds`` seeds, e.g. ``score_x3``."""
+    return f"{row}_x{int(seeds)}"
+
+
+def row_label(name: str) -> str:
+    """The table label of a row, an ensemble row (``<row>_x<K>``) or one seed's run
+    (``<row>_seed<S>``)."""
+    if name in ROW_LABELS:
+        return ROW_LABELS[name]
+    m = re.fullmatch(r"(.+)_x(\d+)", name)
+    if m and m.group(1) in ROW_LABELS:
+        return f"{ROW_LABELS[m.group(1)]}, mean of {m.group(2)} seeds"
+    m = re.fullmatch(r"(.+)_seed(\d+)", name)
+    if m and m.group(1) in ROW_LABELS:
+        return f"{ROW_LABELS[m.group(1)]}, seed {m.group(2)}"
+    return name
+
+
+def seed_summary(initial_rows: list[dict], rows: list[dict]) -> dict:
+    """One run's figures against the initial masks: ``{"dice_gain", "improved" (share),
+    "worse" (cases), "worse_cases", "hd95_mean"}``."""
+    cmp = compare(_with_case_id(initial_rows), _with_case_id(rows))
+    dice = [r["dice"] for r in rows]
+    return {"dice_gain": float(np.mean(dice) - np.mean([r["dice"] for r in initial_rows])),
+            "improved": float(cmp["summary"]["dice"]["improved"]),
+            "worse": int(cmp["worse_than_initial"]["n"]),
+            "worse_cases": list(cmp["worse_than_initial"]["cases"]),
+            "hd95_mean": float(np.nanmean([r["hd95"] for r in rows]))}
+
+
+def evaluate_targets(by: dict, row: str = "score", full: str = "full") -> list[dict]:
+    """The issue's targets, each with the measured value and whether it was met, for the SCORE
+    row ``row`` (``score``, or its ensemble ``score_x<K>``) against the full supervision row
+    ``full``."""
     out = []
-    if "score" in by and "initial" in by:
-        gain = by["score"]["dice_mean"] - by["initial"]["dice_mean"]
-        out.append({"target": f"SCORE mean Dice gain >= {TARGET_DICE_GAIN}", "value": gain,
+    if row in by and "initial" in by:
+        m = re.fullmatch(r"score_x(\d+)", row)
+        what = f"SCORE (mean of {m.group(1)} seeds)" if m else "SCORE"
+        gain = by[row]["dice_mean"] - by["initial"]["dice_mean"]
+        out.append({"target": f"{what} mean Dice gain >= {TARGET_DICE_GAIN}", "value": gain,
                     "met": bool(gain >= TARGET_DICE_GAIN)})
-        out.append({"target": f"SCORE improves >= {TARGET_IMPROVED:.0%} of test cases",
-                    "value": by["score"]["improved"],
-                    "met": bool(by["score"]["improved"] >= TARGET_IMPROVED)})
-        if "full" in by:
-            full_gain = by["full"]["dice_mean"] - by["initial"]["dice_mean"]
+        out.append({"target": f"{what} improves >= {TARGET_IMPROVED:.0%} of test cases",
+                    "value": by[row]["improved"],
+                    "met": bool(by[row]["improved"] >= TARGET_IMPROVED)})
+        if full in by:
+            full_gain = by[full]["dice_mean"] - by["initial"]["dice_mean"]
             recovery = gain / full_gain if full_gain > 0 else float("nan")
             out.append({"target": f"SCORE recovers >= {TARGET_RECOVERY:.0%} of the fully supervised "
                                   f"Dice gain", "value": recovery,
@@ -531,15 +612,16 @@ def evaluate_targets(by: dict) -> list[dict]:
     return out
 
 
-def do_no_harm_targets(by: dict) -> list[dict]:
-    """Issue 8's do-no-harm targets for each trained refinement row present (SCORE and full
-    supervision): no test case loses more than 0.005 Dice, mean HD95 not above the initial
-    masks', no component detached from the initial structure's neighbourhood."""
+def do_no_harm_targets(by: dict, rows: Sequence[str] = ("score", "full")) -> list[dict]:
+    """Issue 8's do-no-harm targets for each trained refinement row of ``rows`` present (SCORE
+    and full supervision, or their ensembles): no test case loses more than 0.005 Dice, mean
+    HD95 not above the initial masks', no component detached from the initial structure's
+    neighbourhood."""
     out = []
     if "initial" not in by:
         return out
     hd0 = by["initial"]["hd95_mean"]
-    for row in ("score", "full"):
+    for row in rows:
         if row not in by:
             continue
         e = by[row]
@@ -662,9 +744,10 @@ def render_markdown(report: dict, command: str) -> str:
                   "| structure | group | row | Dice | HD95 mm | components | worse than initial |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in per_structure_rows(report):
-            lines.append(f"| {r['structure']} | {r['group']} | {ROW_LABELS.get(r['method'], r['method'])} "
+            lines.append(f"| {r['structure']} | {r['group']} | {row_label(r['method'])} "
                          f"| {r['dice']:.4f} | {r['hd95']:.2f} | {r['components']} "
                          f"| {'**yes**' if r['worse_than_initial'] else 'no'} |")
+    lines += _seeds_section(report)
     cov = report.get("coverage") or {}
     if cov:
         lines += ["", f"Regions reach the errors: the rated (and, after rating, extended) regions "
@@ -710,9 +793,33 @@ def render_markdown(report: dict, command: str) -> str:
               "edge-prior input channel. See docs/score-loss.md.",
               f"- GPU figures: {gpu_note(m)}",
               "- Rerun: the command above (as `.venv/bin/scorerefine ...`) from the repository root after `make test` or `make demo` "
-              "(`make benchmark` runs the full preset). Single seed; differences below about 0.005 "
-              "Dice are within run-to-run noise.", ""]
+              "(`make benchmark` runs the full preset). "
+              + (f"Each trained row at {report['seeds']['n']} seeds (table 'Seeds'); the rows "
+                 f"marked 'mean of {report['seeds']['n']} seeds' refine with the mean probability "
+                 f"of the seeds' models (`scorerefine refine --also-model`)."
+                 if (report.get("seeds") or {}).get("n", 1) > 1 else
+                 "Single seed; differences below about 0.005 Dice are within run-to-run noise "
+                 "(`--seeds 3` trains each row at three seeds and adds their ensemble)."), ""]
     return "\n".join(lines)
+
+
+def _seeds_section(report: dict) -> list[str]:
+    """The 'Seeds' table of a ``--seeds K`` run: each seed's model alone and their ensemble."""
+    seeds = report.get("seeds") or {}
+    if seeds.get("n", 1) <= 1 or not seeds.get("rows"):
+        return []
+    lines = ["", f"## Seeds", "",
+             f"Each trained row was trained at {seeds['n']} seeds; every model alone on the "
+             f"test cases, and the mean probability of the {seeds['n']} (the ensemble row above). "
+             f"A run is a draw: one seed's 'worse than initial' count says little about the next.",
+             "", "| row | seed | ΔDice | cases improved | worse than initial | HD95 mm |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row, runs in seeds["rows"].items():
+        for r in runs:
+            worse = f"{r['worse']}" + (f" ({', '.join(r['worse_cases'])})" if r["worse_cases"] else "")
+            lines.append(f"| {ROW_LABELS.get(row, row)} | {r['seed']} | {r['dice_gain']:+.4f} "
+                         f"| {r['improved']:.0%} | {worse} | {r['hd95_mean']:.2f} |")
+    return lines
 
 
 def gpu_note(machine: dict) -> str:

@@ -228,6 +228,22 @@ BUILTIN: dict[str, type] = {
 }
 
 
+def checkpoint_list(text: str) -> list[Path]:
+    """The checkpoints of a ``;``-separated list (the panel's "Also average" field; blanks
+    ignored), each checked to exist.
+
+    Raises:
+        InputError: a listed file does not exist (named, with the fix).
+    """
+    paths = [Path(p.strip()) for p in str(text or "").split(";") if p.strip()]
+    for p in paths:
+        if not p.is_file():
+            raise InputError(f"no checkpoint at {p} (in the list of models to average with); "
+                             f"give the .pt files of the same setting trained with other seeds, "
+                             f"separated by ';', or clear the field.")
+    return paths
+
+
 def make_refiner(name_or_path: str | os.PathLike, device: str = "auto", **settings) -> Refiner:
     """A refiner from a built-in name or a checkpoint path.
 

@@ -6,12 +6,14 @@ evaluated on the held-out split, and that the report states the command, machine
 
 import json
 
+import numpy as np
 import pytest
 
 from SCORERefineLib.benchmark import (ROW_LABELS, evaluate_targets, render_markdown, run_benchmark,
                                       write_report)
 from SCORERefineLib.case import list_cases
 from SCORERefineLib.cli import main
+from SCORERefineLib.refiners import make_refiner
 
 pytestmark = pytest.mark.slow
 
@@ -173,3 +175,42 @@ def test_reuse_models_skips_training_only_for_the_same_settings(tmp_path):
     assert training_data_fingerprint(work / "train") != data
     (work / "models" / "score.data.json").unlink()   # a model from before the record: retrained
     assert reusable_model(model, row_config("score", cfg, "cpu"), data) is None
+
+
+def test_seeds_train_each_row_per_seed_and_report_their_ensemble(tmp_path):
+    """``seeds=2``: the second seed's model is trained with seed + 1 (its checkpoint records it),
+    the ensemble row refines with both models' mean probability (the same predictions as
+    `refine --model ... --also-model ...`), gets its own targets, and the seeds table lists each
+    model alone; a rerun with reuse trains nothing."""
+    from SCORERefineLib.refiner.checkpoint import load_checkpoint
+
+    work = tmp_path / "work"
+    report = run_benchmark("smoke", work, device="cpu", progress="none", rows=["score"],
+                           log=lambda *_: None, seeds=2)
+    first, second = work / "models" / "score.pt", work / "models" / "score_seed1.pt"
+    seeds = [load_checkpoint(p, map_location="cpu")["metadata"]["training"]["seed"]
+             for p in (first, second)]
+    assert seeds == [0, 1]
+    by = {r["method"]: r for r in report["rows"]}
+    assert "score_x2" in by and by["score_x2"]["label"].endswith("mean of 2 seeds")
+    assert by["score_x2"]["train_seconds"] >= by["score"]["train_seconds"]
+    # the ensemble's predictions are those of the product's ensemble refiner
+    refiner = make_refiner(first, "cpu", also=[second])
+    case = list_cases(work / "test")[0]
+    expected = refiner(case.load_image(), case.load_initial()).array
+    got = case.load_prediction("score_x2").array
+    assert np.array_equal(expected != 0, got != 0)
+    names = [t["target"] for t in report["targets"]]
+    assert any(n.startswith("SCORE (mean of 2 seeds) mean Dice gain") for n in names)
+    assert any(n.startswith("score_x2: no test case loses") for n in names)
+    runs = report["seeds"]["rows"]["score"]
+    assert [r["seed"] for r in runs] == [0, 1, "ensemble"]
+    assert runs[0]["dice_gain"] == pytest.approx(by["score"]["dice_gain"])
+    assert runs[2]["dice_gain"] == pytest.approx(by["score_x2"]["dice_gain"])
+    md = render_markdown(report, "cmd")
+    assert "## Seeds" in md and "mean of 2 seeds" in md
+    again = run_benchmark("smoke", work, device="cpu", progress="none", rows=["score"],
+                          log=lambda *_: None, seeds=2, reuse_models=True)
+    assert sorted(again["reused_models"]) == ["score", "score_seed1"]
+    with pytest.raises(ValueError, match="--seeds"):
+        run_benchmark("smoke", work, device="cpu", progress="none", rows=["score"], seeds=0)

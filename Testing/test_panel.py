@@ -343,3 +343,49 @@ def test_quality_predictor_trains_in_the_background_from_the_panel(panel, tmp_pa
     assert (tmp_path / "ds" / "quality.pt").exists()
     assert widget.qualityModelLineEdit.text == str(tmp_path / "ds" / "quality.pt")
     assert widget.trainQualityButton.enabled
+
+
+def _tiny_checkpoint(path, seed):
+    import torch
+
+    from SCORERefineLib.refiner.checkpoint import save_checkpoint
+    from SCORERefineLib.refiner.inputs import CHANNELS, NORMALISATION
+    from SCORERefineLib.refiner.network import build_network, network_config
+
+    torch.manual_seed(seed)
+    cfg = network_config("tiny")
+    meta = {"channels": list(CHANNELS), "network": cfg.to_dict(), "normalisation": NORMALISATION,
+            "patch_size": [16, 16, 16]}
+    return save_checkpoint(path, build_network(cfg), meta)
+
+
+def test_apply_averages_the_listed_checkpoints_and_names_bad_entries(panel, tmp_path):
+    """'Also average' (an ensemble): the background refine gets every listed checkpoint as
+    --also-model and finishes; a missing file or a built-in model is refused with a message and
+    no job starts."""
+    slicer, module, widget, parent = panel
+    u = widget.ui
+    volume, seg, sid, other = _select_case(slicer, module, u)
+    a = _tiny_checkpoint(tmp_path / "a.pt", 0)
+    b = _tiny_checkpoint(tmp_path / "b.pt", 1)
+    u.modelPathLineEdit.currentPath = str(a)
+    widget.alsoModelsLineEdit.text = f"{tmp_path / 'missing.pt'}"
+    u.applyButton.click()
+    assert widget.logic.refineJob is None and "missing.pt" in u.applyStatusLabel.text
+    u.modelPathLineEdit.currentPath = "classical"
+    widget.alsoModelsLineEdit.text = str(b)
+    u.applyButton.click()
+    assert widget.logic.refineJob is None and "built-in" in u.applyStatusLabel.text
+    u.modelPathLineEdit.currentPath = str(a)
+    widget.alsoModelsLineEdit.text = f" {b} ;"
+    u.applyButton.click()
+    job = widget.logic.refineJob
+    assert job is not None, u.applyStatusLabel.text
+    command = widget.logic._refinePrepared.command
+    assert command[command.index("--also-model") + 1] == str(b) and command.count("--also-model") == 1
+    deadline = time.monotonic() + 120
+    while (job.running or widget._applyTimer.isActive()) and time.monotonic() < deadline:
+        H.pump(50)
+    assert job.state == "finished", job.error_message
+    from SCORERefineLib import mrml as bridge
+    assert bridge.has_backup(seg, sid)

@@ -32,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "with the same settings on the same training data (its fingerprint, "
                         "recorded beside the model as <row>.data.json), e.g. after a change to "
                         "refinement or the guard; the report says which rows were reused")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="train each row at this many seeds (the preset's and the next ones) and "
+                        "add each row's ensemble (the mean probability of its seeds' models, as "
+                        "`scorerefine refine --also-model`) with its own targets; default 1")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps of every row (default: the preset's); recorded in the report")
     p.add_argument("--with-report", type=Path, action="append", default=None, metavar="JSON",
@@ -66,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
     steps = getattr(args, "steps", None)
     if steps is not None and steps < 1:
         raise InputError(f"--steps must be at least 1, got {steps}.")
+    seeds = getattr(args, "seeds", 1) or 1
+    if seeds < 1:
+        raise InputError(f"--seeds must be at least 1, got {seeds}.")
+    if seeds > 1 and efficiency is not None:
+        raise InputError("--seeds applies to the benchmark rows, not to the --efficiency budgets; "
+                         "run the two separately.")
     rows = args.rows or (EFFICIENCY_ROWS if efficiency else None)
     others = [other_report_summary(p) for p in getattr(args, "with_report", None) or []]
     if args.out is None:
@@ -74,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     cancel.install_signal_handlers()
     report = run_benchmark(args.preset, args.workdir, device=args.device, progress=args.progress,
                            cancel=cancel, rows=rows, steps=steps, efficiency=efficiency,
-                           reuse_models=getattr(args, "reuse_models", False))
+                           reuse_models=getattr(args, "reuse_models", False), seeds=seeds)
     if others:
         report["other_reports"] = others
     command = "scorerefine " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
@@ -94,6 +104,8 @@ def _command_of(args, rows, steps, efficiency) -> str:
     parts = ["scorerefine", "benchmark", "--preset", args.preset]
     if steps is not None:
         parts += ["--steps", str(steps)]
+    if (getattr(args, "seeds", 1) or 1) > 1:
+        parts += ["--seeds", str(args.seeds)]
     if efficiency:
         parts += ["--efficiency", *(f"{f:g}" for f in efficiency)]
     if args.rows:

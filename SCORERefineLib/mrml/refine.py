@@ -164,8 +164,9 @@ class PreparedRefine:
 
 
 def prepare_refine(volume_node, segmentation_node, segment_id: str, model, device: str = "auto",
-                   workdir=None) -> PreparedRefine:
-    """Write the CT and the initial segment (its backup when refined before) for the refine command.
+                   workdir=None, also=()) -> PreparedRefine:
+    """Write the CT and the initial segment (its backup when refined before) for the refine command
+    (``also``: more checkpoints averaged with ``model``, ``--also-model``).
 
     Uncompressed NIfTI: writing is what the GUI thread waits for, the refinement runs elsewhere.
     """
@@ -187,7 +188,7 @@ def prepare_refine(volume_node, segmentation_node, segment_id: str, model, devic
     ct = write_volume(image, work / "ct.nii", dtype=np.float32)
     mask = write_volume(initial.mask, work / "initial.nii", dtype=np.uint8)
     out = work / "refined.nii"
-    command = refine_command(ct, mask, out, model, device)
+    command = refine_command(ct, mask, out, model, device, also=also)
     return PreparedRefine(command, work, out, image.geometry, initial.mask.array.copy(), initial.message)
 
 
