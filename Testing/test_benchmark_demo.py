@@ -185,7 +185,7 @@ def test_seeds_train_each_row_per_seed_and_report_their_ensemble(tmp_path):
     from SCORERefineLib.refiner.checkpoint import load_checkpoint
 
     work = tmp_path / "work"
-    report = run_benchmark("smoke", work, device="cpu", progress="none", rows=["score"],
+    report = run_benchmark("smoke", work, device="cpu", progress="none", rows=["score", "full"],
                            log=lambda *_: None, seeds=2)
     first, second = work / "models" / "score.pt", work / "models" / "score_seed1.pt"
     seeds = [load_checkpoint(p, map_location="cpu")["metadata"]["training"]["seed"]
@@ -203,14 +203,19 @@ def test_seeds_train_each_row_per_seed_and_report_their_ensemble(tmp_path):
     names = [t["target"] for t in report["targets"]]
     assert any(n.startswith("SCORE (mean of 2 seeds) mean Dice gain") for n in names)
     assert any(n.startswith("score_x2: no test case loses") for n in names)
+    assert any(n.startswith("full_x2: no test case loses") for n in names)
+    # the SCORE targets once per SCORE row, never for a full supervision row
+    assert sum("mean Dice gain" in n for n in names) == 2
+    assert any(n.startswith("SCORE (mean of 2 seeds) recovers") and n.endswith("(its mean of seeds)")
+               for n in names)
     runs = report["seeds"]["rows"]["score"]
     assert [r["seed"] for r in runs] == [0, 1, "ensemble"]
     assert runs[0]["dice_gain"] == pytest.approx(by["score"]["dice_gain"])
     assert runs[2]["dice_gain"] == pytest.approx(by["score_x2"]["dice_gain"])
     md = render_markdown(report, "cmd")
     assert "## Seeds" in md and "mean of 2 seeds" in md
-    again = run_benchmark("smoke", work, device="cpu", progress="none", rows=["score"],
+    again = run_benchmark("smoke", work, device="cpu", progress="none", rows=["score", "full"],
                           log=lambda *_: None, seeds=2, reuse_models=True)
-    assert sorted(again["reused_models"]) == ["score", "score_seed1"]
+    assert sorted(again["reused_models"]) == ["full", "full_seed1", "score", "score_seed1"]
     with pytest.raises(ValueError, match="--seeds"):
         run_benchmark("smoke", work, device="cpu", progress="none", rows=["score"], seeds=0)
