@@ -23,7 +23,8 @@ anchor (:func:`stroke_anchor_loss`)
     contradicts M0 and nothing in the strokes says where M0 is right; trained on them alone the
     network learns "flip the boundary" and applies it everywhere (measured on the real-CT
     preset at 1800 steps: five of six held-out cases worse, a vertebra from Dice 0.94 to 0.64;
-    with the anchor +0.025, none worse; docs/modes-scribble-hybrid.md). The anchor is the squared hinge of
+    with the anchor +0.023 to +0.031 over three seeds, one rib worse at two of them;
+    docs/modes-scribble-hybrid.md). The anchor is the squared hinge of
     the SCORE loss's (``relu(margin - (2 M0 - 1) z)^2``, zero for the untrained residual network)
     on the voxels farther than ``anchor_exclusion_mm`` from every stroke that contradicts M0
     (the ``stroke_anchor`` map of :class:`~.modes.scribble.ScribbleMode`): it resists changes
