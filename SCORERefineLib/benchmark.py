@@ -416,7 +416,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
     reused: list[str] = []
     by_row: dict[str, EvalResult] = {}
     ensemble_of: dict[str, str] = {}          # ensemble row -> its row
-    seed_runs: dict[str, list[dict]] = {}     # row -> per seed {"seed", "name", "result"}
+    seed_runs: dict[str, list[dict]] = {}     # row -> per seed and the ensemble {"seed", "name", "result"}
 
     def train_or_reuse(name: str, spec, config, data: str) -> TrainResult:
         path = workdir / "models" / f"{name}.pt"
@@ -456,6 +456,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
             results.append(evaluate_masks(
                 split.test, ens, make_refiner(members[0].model, device,
                                               also=[m.model for m in members[1:]]), cancel=cancel))
+            seed_runs[row].append({"seed": "ensemble", "name": ens, "result": results[-1]})
             trainings[ens] = TrainResult(members[0].model, float(sum(m.seconds for m in members)),
                                          members[0].config)
             ensemble_of[ens] = row
@@ -516,9 +517,6 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
               "seeds": {"n": int(seeds), "rows": {row: [
                   {"seed": r["seed"], "name": r["name"],
                    **seed_summary(results[0].rows, r["result"].rows)} for r in runs]
-                  + [{"seed": "ensemble", "name": ensemble_row(row, seeds),
-                      **seed_summary(results[0].rows, next(
-                          res for res in results if res.name == ensemble_row(row, seeds)).rows)}]
                   for row, runs in seed_runs.items()}}}
     if efficiency:
         report["efficiency"] = eff.run_budgets(
@@ -820,7 +818,7 @@ def _seeds_section(report: dict) -> list[str]:
     for row, runs in seeds["rows"].items():
         for r in runs:
             worse = f"{r['worse']}" + (f" ({', '.join(r['worse_cases'])})" if r["worse_cases"] else "")
-            lines.append(f"| {ROW_LABELS.get(row, row)} | {r['seed']} | {r['dice_gain']:+.4f} "
+            lines.append(f"| {row_label(row)} | {r['seed']} | {r['dice_gain']:+.4f} "
                          f"| {r['improved']:.0%} | {worse} | {r['hd95_mean']:.2f} |")
     return lines
 

@@ -155,10 +155,12 @@ def stroke_anchor_loss(logits: torch.Tensor, initial: torch.Tensor, weight: torc
                        valid: Optional[torch.Tensor] = None, margin: float = 2.0) -> torch.Tensor:
     """Squared hinge ``relu(margin - (2 M0 - 1) z)^2`` averaged over ``weight`` (all
     ``(B, 1, z, y, x)``; ``weight``: the ``stroke_anchor`` map, 1 far from contradicting strokes):
-    the logit must stay on M0's side by ``margin``. 0 for an empty selection."""
+    the logit must stay on M0's side by ``margin`` (the SCORE anchor's hinge,
+    :func:`.losses._follow_initial`). 0 for an empty selection."""
+    from .losses import _follow_initial
+
     sel = weight.float() if valid is None else weight.float() * valid.float()
-    per = F.relu(float(margin) - (2.0 * initial.float() - 1.0) * logits.float()) ** 2
-    return (per * sel).sum() / sel.sum().clamp_min(1.0)
+    return _follow_initial(logits.float(), initial.float(), sel, float(margin))
 
 
 class EMATeacher:
