@@ -337,6 +337,32 @@ def test_pseudo_label_loss_moves_the_right_voxels():
     assert bool((p[(reg == 2) & (m0 == 1)] > 0.5).all())
 
 
+
+def test_pseudo_label_additions_weigh_their_own_weight():
+    """``add_weight`` scales the BCE of pseudo-label additions only (removals keep
+    ``flip_weight``); without it additions weigh ``flip_weight`` like every flip."""
+    m0, reg = toy()
+    depth = _depth(m0)
+    agreement, rated, error = tables({1: (3, OVER), 2: (3, UNDER)})
+    z0 = (2.0 * (2 * m0 - 1)).requires_grad_(True)
+    target, _ = pseudo_labels(z0.detach(), m0, reg, agreement, rated, error, depth)
+    added = (target == 1) & (m0 == 0)
+    dropped = (target == 0) & (m0 == 1)
+    assert bool(added.any()) and bool(dropped.any())
+
+    def grads(**kw):
+        z = z0.detach().clone().requires_grad_(True)
+        loss = pseudo_label_loss(z, m0, reg, agreement, rated, error, depth, **kw)
+        loss.backward()
+        # the normalisation (sum of weights) differs between settings: compare within one
+        return float(z.grad[added].abs().mean()), float(z.grad[dropped].abs().mean())
+
+    a3, r3 = grads(flip_weight=3.0)
+    a12, r12 = grads(flip_weight=3.0, add_weight=12.0)
+    assert abs(a3 / r3 - 1.0) < 1e-4                     # same logit distance, same weight
+    assert abs(a12 / r12 - 4.0) < 1e-4                   # 12 against 3
+    assert grads(flip_weight=3.0, add_weight=0.0) == (a3, r3)   # <= 0: flip_weight
+
 def test_volume_and_sharpness_terms():
     m0, reg = toy()
     agreement, rated, error = tables({1: (2, OVER), 2: (5, NONE)})

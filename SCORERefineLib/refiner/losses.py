@@ -61,6 +61,11 @@ class ScoreLossWeights:
     pseudo_depth_per_mm: float = 1.0  # ranking prior: logit units per mm of depth
     use_error_type: bool = True   # False: pseudo-labels ignore over/under (the no-direction ablation)
     pseudo_flip_weight: float = 3.0   # BCE weight of voxels whose pseudo-label differs from M0
+    # BCE weight of pseudo-label additions (outside M0, target 1); <= 0: pseudo_flip_weight.
+    # Rated bands hold more outside voxels than inside ones, and most outside voxels are labelled
+    # "stay background", so at the removals' weight a network never learnt to add (real CT: not one
+    # voxel added on 15 cases; docs/score-loss.md, stop 24)
+    pseudo_add_weight: float = 12.0
     pseudo_fraction: float = 0.6  # share of the implied number of changed voxels actually labelled
     pseudo_ignore: float = 0.0    # next share of the implied count, after the labelled one, left unlabelled
 
@@ -322,17 +327,27 @@ def pseudo_label_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torc
                       depth: torch.Tensor, valid: torch.Tensor | None = None,
                       depth_per_mm: float = 1.0, use_error_type: bool = True,
                       flip_weight: float = 1.0, fraction: float = 1.0,
-                      trust: torch.Tensor | None = None, ignore: float = 0.0) -> torch.Tensor:
+                      trust: torch.Tensor | None = None, ignore: float = 0.0,
+                      add_weight: float | None = None) -> torch.Tensor:
     """BCE(logits, :func:`pseudo_labels`) over rated region voxels: the amount and the direction
     as dense per-voxel targets, chosen by the network's own ranking (learning from label
     proportions, top-k). A per-voxel target gives every voxel a full-strength gradient, where
     the region-level soft Dice spreads one number thinly over the region and can be met by
-    blurring P instead of moving the boundary."""
+    blurring P instead of moving the boundary.
+
+    Voxels whose target differs from M0 weigh ``flip_weight``; additions (M0 = 0, target 1)
+    weigh ``add_weight`` instead when it is given and positive. Without it the additions were
+    never learnt on real CT: in the rated bands the outside voxels labelled "stay background"
+    outnumbered the additions 16 to 1 (the removals 3.5 to 1), so the network's best guess for
+    an outside voxel stayed below 0.5 (docs/score-loss.md, stop 24)."""
     target, weight = pseudo_labels(logits, initial, regions, agreement, rated, error, depth, valid,
                                    depth_per_mm, use_error_type, fraction, ignore)
-    if flip_weight != 1.0:
-        weight = weight * torch.where((target - initial).abs() > 0.5,
-                                      torch.full_like(weight, float(flip_weight)), torch.ones_like(weight))
+    add_w = float(flip_weight) if add_weight is None or add_weight <= 0 else float(add_weight)
+    if flip_weight != 1.0 or add_w != 1.0:
+        flip = (target - initial).abs() > 0.5
+        weight = weight * torch.where(
+            flip & (initial < 0.5), torch.full_like(weight, add_w),
+            torch.where(flip, torch.full_like(weight, float(flip_weight)), torch.ones_like(weight)))
     bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
     tv = _voxel_trust(trust, regions, bce)
     if tv is not None:
@@ -464,7 +479,8 @@ def _pseudo_term(logits, prob, b: Batch, w):
     return pseudo_label_loss(logits, b.initial, b.regions, b.agreement, b.rated, b.error, b.depth,
                              b.valid, w.pseudo_depth_per_mm, use_error_type=bool(w.use_error_type),
                              flip_weight=w.pseudo_flip_weight, fraction=w.pseudo_fraction,
-                             trust=b.trust, ignore=w.pseudo_ignore)
+                             trust=b.trust, ignore=w.pseudo_ignore,
+                             add_weight=w.pseudo_add_weight)
 
 
 @register_term("pin")
