@@ -95,6 +95,11 @@ class ModelRefiner:
             are smaller than this share of its largest piece are dropped
             (:func:`~SCORERefineLib.refiner.fragments.drop_cut_fragments`: a cut leak's body that
             lies beyond the zone); 0 keeps them. Reported in ``last_info["fragments"]``.
+        veto: the appearance veto (:func:`~SCORERefineLib.refiner.veto.appearance_veto`) after
+            the guard and the fragment rule (then the guard once more): added voxels that look like the surroundings and structure-like layers
+            peeled off the boundary (by the case's own intensity statistics, learnt from the
+            initial mask in this image) are taken back. ``False`` switches it off; skipped with
+            ``guard=False`` (the raw network output). Reported in ``last_info["veto"]``.
         also: more checkpoints of the same setting (e.g. ``scorerefine train --seed 1``, ``2``):
             the proposal is then the mean foreground probability of all the models, thresholded
             (an ensemble: ``model`` is then a
@@ -120,7 +125,8 @@ class ModelRefiner:
                  cancel: CancelToken | None = None,
                  progress: Callable[[int, int], None] | None = None, guard: bool = True,
                  fragment_share: float | None = None,
-                 also: Sequence[str | os.PathLike] = ()):
+                 also: Sequence[str | os.PathLike] = (),
+                 veto: bool = True):
         from .refiner.inference import MeanProbability, load_model, resolve_device
 
         self.path = Path(path)
@@ -137,7 +143,8 @@ class ModelRefiner:
         self.settings = {"method": self.name, "model": str(self.path), "device": str(self.device),
                          "margin_mm": float(margin_mm), "threshold": float(threshold),
                          "overlap": float(overlap), "sw_batch_size": int(sw_batch_size),
-                         "guard": bool(guard), "fragment_share": _fragment_share(fragment_share)}
+                         "guard": bool(guard), "fragment_share": _fragment_share(fragment_share),
+                         "veto": bool(veto)}
         if also:
             self.settings["ensemble"] = [str(self.path)] + [str(Path(p)) for p in also]
         self.last_info: dict = {}
@@ -187,6 +194,27 @@ class ModelRefiner:
             kept, frag = drop_cut_fragments(initial.array, out.array, s["fragment_share"])
             out = initial.with_array(kept)
             self.last_info["fragments"] = frag
+        if s["veto"]:
+            out = self._veto(image, initial, out, limits, regions, feedback)
+        return out
+
+    def _veto(self, image: Volume, initial: Volume, guarded: Volume, limits, regions,
+              feedback) -> Volume:
+        """The appearance veto on the guarded result, then the guard once more: taking an added
+        voxel back can leave added voxels beyond it detached, which the guard removes (counted
+        in the report's ``guard_after``)."""
+        from .refiner.guard import guard_volume
+        from .refiner.veto import appearance_veto
+
+        kept, veto = appearance_veto(image.array, initial.array, guarded.array,
+                                     image.geometry.spacing_zyx,
+                                     normalisation=(self.metadata or {}).get("normalisation"))
+        out = initial.with_array(kept)
+        if veto["vetoed_added"] or veto["vetoed_removed"]:
+            out, again = guard_volume(initial, out, limits=limits, regions=regions,
+                                      feedback=feedback)
+            veto["guard_after"] = int(again.get("clipped_total", 0))
+        self.last_info["veto"] = veto
         return out
 
 

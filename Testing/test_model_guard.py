@@ -136,8 +136,9 @@ def test_an_ensemble_thresholds_the_mean_probability(tmp_path, checkpoint):
     image, initial = Volume(ct, GEOM), Volume(init, GEOM)
     extra = [shutil.copy(checkpoint, tmp_path / f"seed{k}.pt") for k in (1, 2)]
 
-    def added(members):
-        refiner = make_refiner(checkpoint, device="cpu", also=extra[:len(members) - 1])
+    def added(members):   # the veto off: a two-voxel line is partial volume to the evidence
+        refiner = make_refiner(checkpoint, device="cpu", also=extra[:len(members) - 1],
+                               veto=False)
         if len(members) == 1:
             refiner.model = members[0]
         else:
@@ -187,3 +188,42 @@ def test_the_slicer_in_process_refiner_is_guarded_too(checkpoint, bad_network):
     image = Volume(np.where(init > 0, 900.0, 0.0).astype(np.float32), GEOM)
     out = model_refiner(checkpoint, "cpu")(image, Volume(init, GEOM))
     np.testing.assert_array_equal(out.array, init)
+
+
+def _dark_shell_proposal(model, metadata, image, initial, *a, **k):
+    """A network that grows the structure by one voxel of dark surroundings all round."""
+    from scipy import ndimage
+    return initial.with_array(ndimage.binary_dilation(initial.array > 0).astype(np.uint8))
+
+
+def test_model_refiner_takes_back_what_the_image_contradicts(tmp_path, checkpoint, monkeypatch):
+    """The appearance veto runs by default (after the guard) and is reported; ``--no-veto``
+    keeps the proposal."""
+    import argparse
+
+    from SCORERefineLib.commands import refine as refine_cmd
+    from SCORERefineLib.refiner import inference
+    from SCORERefineLib.refiners import make_refiner
+
+    monkeypatch.setattr(inference, "refine_volume", _dark_shell_proposal)
+    init = _initial()
+    image = Volume(np.where(init > 0, 900.0, 0.0).astype(np.float32), GEOM)
+    refiner = make_refiner(checkpoint, device="cpu")
+    assert refiner.settings["veto"] is True
+    out = refiner(image, Volume(init, GEOM))
+    shell = int(_dark_shell_proposal(None, None, None, Volume(init, GEOM)).array.sum() - init.sum())
+    kept = int(out.array.sum() - init.sum())
+    assert (out.array >= init).all() and 0 <= kept < 0.2 * shell   # dark: taken back (a few
+    rep = refiner.last_info["veto"]                                 # partial-volume voxels stay)
+    assert rep["proposed_added"] == shell and rep["vetoed_added"] >= shell - kept - rep.get(
+        "guard_after", 0)
+    write_case(tmp_path / "ds", "c1", image, Volume(init, GEOM))
+    parser = argparse.ArgumentParser()
+    refine_cmd.add_arguments(parser)
+    args = parser.parse_args(["--model", str(checkpoint), "--dataset", str(tmp_path / "ds"),
+                              "--device", "cpu", "--progress", "none", "--no-veto"])
+    assert refine_cmd.run(args) == 0
+    info = json.loads(get_case(tmp_path / "ds", "c1").prediction_path("refined")
+                      .with_name("refined.json").read_text())
+    assert info["veto"] is False and "veto" not in info.get("guard", {})
+    assert info["voxels_added"] == shell

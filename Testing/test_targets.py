@@ -116,7 +116,10 @@ def _train_and_refine(root, tmp_path, steps: int = 40):
     case = get_case(root, "c0")
     image = case.load_image()
     initial = case.load_initial(like=image)
-    refined = make_refiner(out, device="cpu")(image, initial)
+    # what training learnt, without the appearance veto: on this toy the partial-volume voxels
+    # just outside the sphere look like it, so the veto takes most of a 2 mm shrink back
+    # (118 of 165 voxels after 40 steps; Testing/test_veto.py tests the veto)
+    refined = make_refiner(out, device="cpu", veto=False)(image, initial)
     band = case.load_regions(like=image).array > 0
     return int(initial.array[band].sum()), int(refined.array[band].sum()), initial.array, refined.array
 

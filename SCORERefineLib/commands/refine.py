@@ -68,6 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="after the guard, drop pieces the refinement cut off an initial component "
                           "that are smaller than this share of its largest piece (default 0.2; 0 "
                           "keeps them): the body of a cut leak that lies beyond the guard's zone")
+    net.add_argument("--no-veto", dest="veto", action="store_false",
+                     help="skip the appearance veto (ablations; the guard still runs). By default "
+                          "added voxels that look like the surroundings, and structure-like layers "
+                          "peeled off the boundary, are taken back (the case's own intensity "
+                          "statistics; reported in the sidecar's 'veto')")
     cls = parser.add_argument_group("classical baseline")
     cls.add_argument("--closing-mm", type=float, default=2.0,
                      help="radius of the closing ball in mm (default 2)")
@@ -141,7 +146,8 @@ def _make(args: argparse.Namespace, classical: bool, mode: str, cancel):
                            sw_batch_size=args.sw_batch_size, cancel=cancel, progress=callback,
                            guard=getattr(args, "guard", True),
                            fragment_share=getattr(args, "fragment_share", None),
-                           also=getattr(args, "also_model", None) or ())
+                           also=getattr(args, "also_model", None) or (),
+                           veto=getattr(args, "veto", True))
     return refiner, close
 
 

@@ -1,0 +1,117 @@
+"""The appearance veto: changes the case's own image contradicts are taken back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from SCORERefineLib.refiner.inputs import NORMALISATION, appearance_evidence
+from SCORERefineLib.refiner.veto import VetoLimits, appearance_veto, removed_layers
+from conftest import ellipsoid
+
+SHAPE = (24, 40, 40)
+SPACING = (1.0, 1.0, 1.0)
+
+
+def _case():
+    """A bright structure (300 HU) whose initial mask misses its right end (bright voxels
+    outside) and leaks into dark surroundings on the left (dark voxels inside)."""
+    truth = ellipsoid(SHAPE, (6, 8, 8), centre=(12, 20, 20)).astype(bool)
+    rng = np.random.default_rng(0)
+    hu = np.where(truth, 300.0, 0.0) + rng.normal(0.0, 10.0, SHAPE)
+    initial = truth.copy()
+    initial[:, :, 25:] = False                        # missed: bright, outside the mask
+    initial[10:14, 18:22, 8:12] = True                # leak: dark, inside the mask
+    return hu.astype(np.float32), truth, initial
+
+
+def _llr(hu, initial):
+    p = NORMALISATION["appearance"]
+    return appearance_evidence(hu, initial, SPACING, ring_mm=p["ring_mm"], bins=p["bins"],
+                               clip=p["clip"], sigma_mm=p["sigma_mm"])
+
+
+def test_adds_only_what_looks_like_the_structure():
+    hu, truth, initial = _case()
+    right_add = truth & ~initial                      # bright voxels outside
+    ring = np.zeros(SHAPE, bool)
+    ring[:, :, 31:34] = True
+    wrong_add = ring & ~truth & ~initial              # dark voxels outside
+    out, report = appearance_veto(hu, initial, initial | right_add | wrong_add, SPACING)
+    out = out.astype(bool)
+    assert out[right_add].all() and not out[wrong_add].any()
+    assert report["vetoed_added"] == int(wrong_add.sum()) > 0
+    assert report["proposed_added"] == int((right_add | wrong_add).sum())
+    assert report["vetoed_removed"] == 0
+
+
+def test_a_peeled_layer_that_looks_like_structure_comes_back_a_cut_leak_goes():
+    hu, truth, initial = _case()
+    layer = initial & ~ndimage.binary_erosion(initial) & truth
+    layer &= np.indices(SHAPE)[0] < 8                         # the bottom face: bright, a layer
+    leak = initial & ~truth                                    # dark: goes in any case
+    proposal = initial & ~layer & ~leak
+    out, report = appearance_veto(hu, initial, proposal, SPACING)
+    out = out.astype(bool)
+    bright_layer = layer & (_llr(hu, initial) > 0.5)
+    assert bright_layer.sum() > 20
+    assert out[bright_layer].all() and not out[leak].any()
+    assert report["vetoed_removed"] == int(bright_layer.sum())
+
+
+def test_a_structure_like_protrusion_may_be_cut_off():
+    """A leak into a neighbour of the structure's own intensity: removed as a piece that
+    touches the rest only at its neck, so the veto lets it go."""
+    truth = ellipsoid(SHAPE, (6, 8, 8), centre=(12, 20, 14)).astype(bool)
+    neighbour = ellipsoid(SHAPE, (6, 6, 6), centre=(12, 20, 31)).astype(bool)
+    hu = np.where(truth | neighbour, 300.0, 0.0).astype(np.float32)
+    leak = neighbour & (np.indices(SHAPE)[2] <= 30)
+    neck = np.zeros(SHAPE, bool)
+    neck[11:13, 19:21, 21:27] = True
+    initial = truth | leak | neck
+    proposal = truth.copy()
+    removed = initial & ~proposal
+    layers = removed_layers(initial, proposal, 0.5)
+    assert not layers[leak].any()                              # a protrusion, not a layer
+    out, report = appearance_veto(hu, initial, proposal, SPACING)
+    assert not out.astype(bool)[leak].any()
+    assert report["vetoed_removed"] < 0.2 * removed.sum()
+
+
+def test_the_cropped_evidence_is_the_whole_volume_evidence():
+    """The veto works in a box around the masks; what it keeps must be what the whole-volume
+    evidence keeps."""
+    hu, truth, initial = _case()
+    rng = np.random.default_rng(1)
+    near = np.abs(np.indices(SHAPE)[2] - 25) <= 2
+    proposal = initial ^ (near & (rng.random(SHAPE) < 0.5))
+    limits = VetoLimits(add_margin=0.25, remove_margin=0.25)
+    out, _ = appearance_veto(hu, initial, proposal, SPACING, limits)
+    llr = _llr(hu, initial)
+    want = proposal.copy()
+    want[(proposal & ~initial) & (llr < -0.25)] = False
+    want[removed_layers(initial, proposal, 0.5) & (llr > 0.25)] = True
+    np.testing.assert_array_equal(out.astype(bool), want)
+
+
+def test_wide_margins_veto_nothing_and_no_change_is_left_alone():
+    hu, truth, initial = _case()
+    proposal = truth.copy()
+    proposal[:8] = False                                       # a wrong erosion of the body too
+    loose, r3 = appearance_veto(hu, initial, proposal, SPACING, VetoLimits(3.0, 3.0))
+    assert r3["vetoed_added"] + r3["vetoed_removed"] == 0      # the ratio is clipped to +-3
+    np.testing.assert_array_equal(loose.astype(bool), proposal)
+    same, rep = appearance_veto(hu, initial, initial, SPACING)
+    np.testing.assert_array_equal(same.astype(bool), initial)
+    assert rep["proposed_added"] == rep["proposed_removed"] == 0
+
+
+def test_bad_input_is_named():
+    hu, truth, initial = _case()
+    with pytest.raises(ValueError, match="one grid"):
+        appearance_veto(hu[:-1], initial, truth, SPACING)
+    with pytest.raises(ValueError, match="remove_margin must be >= 0"):
+        VetoLimits(remove_margin=-1.0)
+    with pytest.raises(ValueError, match="layer_share"):
+        VetoLimits(layer_share=2.0)
