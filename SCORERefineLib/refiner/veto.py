@@ -20,8 +20,8 @@ to +-3; 0 where the image gives no evidence) that its intensity belongs inside.
   it looks like.
 
 Measured on the presets' held-out cases (docs/score-loss.md, stop 24; the SCORE models of that
-section): real CT +0.011 to +0.015 Dice for every model, and the worst case (the lumbar column)
-from -0.07 to -0.02 or better; phantoms -0.003 (leak removals kept). Without the layer rule,
+section): real CT +0.005 to +0.018 Dice for each of four models, and the worst case (the lumbar
+column) from -0.095 to -0.016 or better; phantoms -0.002 to -0.004 (leak removals kept). Without the layer rule,
 vetoing every structure-like removal cost the phantoms half their gain and made their HD95 worse
 than the initial masks'. A veto only takes changes back (the output lies between the initial mask
 and the proposal).
