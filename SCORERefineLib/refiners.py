@@ -96,9 +96,10 @@ class ModelRefiner:
             (:func:`~SCORERefineLib.refiner.fragments.drop_cut_fragments`: a cut leak's body that
             lies beyond the zone); 0 keeps them. Reported in ``last_info["fragments"]``.
         veto: the appearance veto (:func:`~SCORERefineLib.refiner.veto.appearance_veto`) after
-            the guard and the fragment rule (then the guard once more): added voxels that look like the surroundings and structure-like layers
-            peeled off the boundary (by the case's own intensity statistics, learnt from the
-            initial mask in this image) are taken back. ``False`` switches it off; skipped with
+            the guard and the fragment rule (then the guard once more): added voxels that look
+            like the surroundings and structure-like layers peeled off the boundary (by the
+            case's own intensity statistics, learnt from the initial mask in this image) are
+            taken back. ``False`` switches it off; skipped with
             ``guard=False`` (the raw network output). Reported in ``last_info["veto"]``.
         also: more checkpoints of the same setting (e.g. ``scorerefine train --seed 1``, ``2``):
             the proposal is then the mean foreground probability of all the models, thresholded

@@ -21,10 +21,10 @@ to +-3; 0 where the image gives no evidence) that its intensity belongs inside.
 
 Measured on the presets' held-out cases (docs/score-loss.md, stop 24; the SCORE models of that
 section): real CT +0.005 to +0.018 Dice for each of four models, and the worst case (the lumbar
-column) from -0.095 to -0.016 or better; phantoms -0.002 to -0.004 (leak removals kept). Without the layer rule,
-vetoing every structure-like removal cost the phantoms half their gain and made their HD95 worse
-than the initial masks'. A veto only takes changes back (the output lies between the initial mask
-and the proposal).
+column) from -0.095 to -0.016 or better; phantoms -0.002 to -0.004 (leak removals kept). Without
+the layer rule, vetoing every structure-like removal cost the phantoms half their gain and made
+their HD95 worse than the initial masks'. A veto only takes changes back (the output lies
+between the initial mask and the proposal).
 
 Pure numpy/scipy; runs on the exact input grid, inside the bounding box of the initial mask and
 the proposal grown by the evidence's ring and smoothing reach (the same result as on the whole
@@ -39,7 +39,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .inputs import NORMALISATION, appearance_evidence
+from .guard import _crop_box
+from .inputs import NORMALISATION, appearance_llr
 
 #: report format version (the dict returned by :func:`appearance_veto`)
 REPORT_VERSION = 1
@@ -63,18 +64,6 @@ class VetoLimits:
         if not 0.0 <= self.layer_share <= 1.0:
             raise ValueError(f"appearance veto: layer_share must be in [0, 1], got "
                              f"{self.layer_share}")
-
-
-def _crop(mask: np.ndarray, spacing_zyx: Sequence[float], reach_mm: float) -> tuple[slice, ...]:
-    """The bounding box of ``mask`` grown by ``reach_mm`` (plus one voxel), clipped to the
-    volume."""
-    idx = np.nonzero(mask)
-    out = []
-    for axis, ax_idx in enumerate(idx):
-        grow = int(np.ceil(reach_mm / float(spacing_zyx[axis]))) + 1
-        out.append(slice(max(int(ax_idx.min()) - grow, 0),
-                         min(int(ax_idx.max()) + grow + 1, mask.shape[axis])))
-    return tuple(out)
 
 
 def removed_layers(initial: np.ndarray, proposal: np.ndarray, layer_share: float) -> np.ndarray:
@@ -127,9 +116,10 @@ def appearance_veto(hu: np.ndarray, initial: np.ndarray, proposal: np.ndarray,
     if not (add.any() or rem.any()) or not m0.any():
         return out.astype(np.uint8), report
     p = (normalisation or NORMALISATION).get("appearance", NORMALISATION["appearance"])
-    box = _crop(m0 | prop, spacing_zyx, float(p["ring_mm"]) + 4.0 * float(p["sigma_mm"]))
-    llr = appearance_evidence(hu[box], m0[box], spacing_zyx, ring_mm=p["ring_mm"],
-                              bins=p["bins"], clip=p["clip"], sigma_mm=p["sigma_mm"])
+    reach_mm = float(p["ring_mm"]) + 4.0 * float(p["sigma_mm"])     # the ring plus the smoothing
+    pad = np.ceil(reach_mm / np.asarray(spacing_zyx, float)).astype(int) + 1
+    box = _crop_box(m0 | prop, pad)
+    llr = appearance_llr(hu[box], m0[box], spacing_zyx, normalisation)
     veto_add = add[box] & (llr < -limits.add_margin)
     veto_rem = (removed_layers(m0[box], prop[box], limits.layer_share)
                 & (llr > limits.remove_margin))
