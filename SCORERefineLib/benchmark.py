@@ -788,6 +788,10 @@ def render_markdown(report: dict, command: str) -> str:
                       f"same training settings, same training data by its fingerprint); their "
                       f"training seconds are that run's. Refinement and evaluation ran anew."]
     lines += ["", "## Notes", "",
+              "- Trained rows refine as `scorerefine refine` does by default: each sliding "
+              "window's probability is the mean over its eight flips (test-time flips), then "
+              "the do-no-harm guard, the cut-fragment rule and the appearance veto; what each "
+              "took back is in the predictions' sidecars (docs/architecture.md).",
               "- Ablations (settings of the score mode's config; flags of `scorerefine train`): `--no-direction` drops every use of the "
               "over/under label; `--no-amount` drops every use of the score's size (the pseudo-label, "
               "amount and volume terms; regions rated 5 still pin the mask); `--no-edge` removes the "

@@ -7,6 +7,8 @@ reports is that process's own high-water mark, ``VmHWM`` of /proc/self/status):
   (:func:`synthetic_ct`), at 1 and 2 CPU threads and on CUDA when present, with the time split
   into stages and beside the forward-pass floor (one network pass over each ROI's input crop,
   no sliding-window overlap);
+* the same one and two humeri without test-time flips (``tta=False``, one network pass per
+  window instead of eight: what ``scorerefine refine --no-tta`` costs);
 * how refine time grows with the volume size (three sizes, one humerus);
 * the region split (:func:`SCORERefineLib.regions.make_regions`) on the full volume;
 * training steps per second of the existing trainer (default network preset, a short run on two
@@ -276,7 +278,8 @@ def run_perf(workdir, preset: str = "full", device: str = "auto",
               "load_before": list(os.getloadavg()), "shape_zyx": list(p["shape"]),
               "spacing_zyx": list(p["spacing_zyx"]), "network": p["network"],
               "patch": list(p["patch"]), "refine_kwargs": dict(refine_kwargs or {}),
-              "refine": [], "refine_trained_spacing": [], "scaling": [], "train": [],
+              "refine": [], "refine_no_tta": [], "refine_trained_spacing": [], "scaling": [],
+              "train": [],
               "targets": []}
 
     def volume(shape, n):
@@ -307,6 +310,14 @@ def run_perf(workdir, preset: str = "full", device: str = "auto",
                                           "split": bool(p["split"]) and n == 1 and dev == "cpu",
                                           "refine_kwargs": refine_kwargs or {}})
                 report["refine"].append(dict(r, device=dev, threads=t, n_humeri=n))
+    # the default runs eight flips per window (test-time flips); one pass is the fast option
+    for n in (1, 2):
+        t = max(threads)
+        say(f"perf: refine {n} humerus/humeri without test-time flips, cpu, {t} thread(s)")
+        r = _child("refine", {"volume": str(volume(p["shape"], n)), "model": str(model),
+                              "device": "cpu", "threads": t, "floor": False, "split": False,
+                              "refine_kwargs": {**(refine_kwargs or {}), "tta": False}})
+        report["refine_no_tta"].append(dict(r, device="cpu", threads=t, n_humeri=n))
     # a checkpoint trained on the default phantoms records their spacing; refine then infers at
     # it and resamples the change back (the "inference at the training resolution")
     trained = make_timing_checkpoint(work / "trained_spacing.pt", p["network"], p["patch"],
@@ -371,6 +382,10 @@ def evaluate_targets(report: dict) -> list[dict]:
     gpu1 = _pick(report["refine"], device="cuda", n_humeri=1)
     add("refine one humerus, 512x512x220, 2 CPU threads <= 5 s",
         cpu2[0]["seconds"] if cpu2 else None, TARGETS["refine_one_cpu2_s"])
+    no_tta = _pick(report.get("refine_no_tta", []), threads=2, n_humeri=1)
+    add("the same without test-time flips (`--no-tta`) <= 5 s",
+        no_tta[0]["seconds"] if no_tta else None, TARGETS["refine_one_cpu2_s"],
+        "one network pass per window instead of eight")
     add("refine one humerus on CUDA (H100) <= 0.5 s", gpu1[0]["seconds"] if gpu1 else None,
         TARGETS["refine_one_cuda_s"])
     for dev in ("cpu", "cuda"):
@@ -446,6 +461,21 @@ def render_markdown(report: dict, command: str) -> str:
             f"{t.get('windows_total')} | {_fmt(t.get('input_s'))} | {_fmt(t.get('network_s'))} | "
             f"{_fmt(t.get('paste_s'))} | {r['peak_rss_mb']:.0f} | {r['baseline_rss_mb']:.0f} | "
             f"{_fmt(r.get('split_s'))} |")
+    if report.get("refine_no_tta"):
+        lines += ["", "## Refine without test-time flips", "",
+                  "The rows above run the default: each sliding window's probability is the mean "
+                  "over its eight flips (`inference.flip_mean_probability`, eight network passes "
+                  "per window; on real CT it turned a single model's harm to one test case into a "
+                  "gain, docs/score-loss.md stop 25). These rows run one pass per window "
+                  "(`scorerefine refine --no-tta`).", "",
+                  "| device | threads | humeri | refine s | windows run / total | input s | network s "
+                  "| peak RSS MB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in report["refine_no_tta"]:
+            t = r["timings"]
+            lines.append(f"| {r['device']} | {r['threads']} | {r['n_humeri']} | {r['seconds']:.2f} "
+                         f"| {t.get('windows_run')} / {t.get('windows_total')} "
+                         f"| {_fmt(t.get('input_s'))} | {_fmt(t.get('network_s'))} "
+                         f"| {r['peak_rss_mb']:.0f} |")
     if report.get("refine_trained_spacing"):
         lines += ["", "## Refine at the training spacing", "",
                   "The same volumes with a checkpoint that records the spacing it was trained at "

@@ -101,6 +101,10 @@ class ModelRefiner:
             case's own intensity statistics, learnt from the initial mask in this image) are
             taken back. ``False`` switches it off; skipped with
             ``guard=False`` (the raw network output). Reported in ``last_info["veto"]``.
+        tta: test-time flips: each sliding window's probability is the mean over its eight
+            flips (:func:`~SCORERefineLib.refiner.inference.flip_mean_probability`; eight
+            network passes per window). ``False``: one pass. ``settings["tta"]`` records what
+            ran (False for a checkpoint trained without flips).
         also: more checkpoints of the same setting (e.g. ``scorerefine train --seed 1``, ``2``):
             the proposal is then the mean foreground probability of all the models, thresholded
             (an ensemble: ``model`` is then a
@@ -127,8 +131,8 @@ class ModelRefiner:
                  progress: Callable[[int, int], None] | None = None, guard: bool = True,
                  fragment_share: float | None = None,
                  also: Sequence[str | os.PathLike] = (),
-                 veto: bool = True):
-        from .refiner.inference import MeanProbability, load_model, resolve_device
+                 veto: bool = True, tta: bool = True):
+        from .refiner.inference import MeanProbability, load_model, resolve_device, tta_allowed
 
         self.path = Path(path)
         self.device = resolve_device(device)
@@ -145,7 +149,8 @@ class ModelRefiner:
                          "margin_mm": float(margin_mm), "threshold": float(threshold),
                          "overlap": float(overlap), "sw_batch_size": int(sw_batch_size),
                          "guard": bool(guard), "fragment_share": _fragment_share(fragment_share),
-                         "veto": bool(veto)}
+                         "veto": bool(veto),
+                         "tta": bool(tta) and tta_allowed(self.metadata)}
         if also:
             self.settings["ensemble"] = [str(self.path)] + [str(Path(p)) for p in also]
         self.last_info: dict = {}
@@ -176,7 +181,7 @@ class ModelRefiner:
         self.last_info = {}
         proposed = refine_volume(self.model, self.metadata, image, initial, self.device,
                                  s["margin_mm"], s["threshold"], s["overlap"], s["sw_batch_size"],
-                                 progress=self.progress, cancel=self.cancel)
+                                 progress=self.progress, cancel=self.cancel, tta=s["tta"])
         if not s["guard"]:
             return proposed
         from .refiner.guard import guard_volume

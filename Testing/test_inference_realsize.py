@@ -171,15 +171,21 @@ def test_perf_report_on_tiny_volumes(tmp_path):
     assert all(r["timings"]["resampled_to"] == [3.0, 2.0, 2.0] for r in ts)
     assert all(r["timings"]["windows_total"] < n["timings"]["windows_total"]
                for r, n in zip(ts, report["refine"][:2]))
+    no_tta = report["refine_no_tta"]                  # one pass per window, not the default 8
+    assert [r["n_humeri"] for r in no_tta] == [1, 2]
+    assert all(r["timings"]["passes_per_window"] == 1 for r in no_tta)
+    assert all(r["timings"]["passes_per_window"] == 8 for r in report["refine"])
     for r in report["train"]:
         assert r["steps_per_s"] > 0 and r["extrapolated_1800_s"] > 0
     targets = {t["target"]: t for t in report["targets"]}
+    assert any("--no-tta" in k for k in targets)      # 2 threads: not measured by "tiny"
     assert any("CUDA" in k and t["met"] is None for k, t in targets.items())
     assert _positive_numbers({k: report[k] for k in ("refine", "scaling", "train")}) == []
     md, js = write_perf_report(report, tmp_path / "performance.md", "scorerefine benchmark --preset perf")
     text = md.read_text()
     assert "## Targets" in text and "--device cuda" in text and "load average" in text
     assert "## Refine at the training spacing" in text
+    assert "## Refine without test-time flips" in text
     assert json.loads(js.read_text())["preset"] == "tiny"
 
 

@@ -73,6 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "added voxels that look like the surroundings, and structure-like layers "
                           "peeled off the boundary, are taken back (the case's own intensity "
                           "statistics; reported in the sidecar's 'veto')")
+    net.add_argument("--no-tta", dest="tta", action="store_false",
+                     help="one network pass per window instead of the mean over its eight flips "
+                          "(test-time flips, the default: about eight times the network time, "
+                          "and on real CT fewer cases made worse; docs/score-loss.md stop 25)")
     cls = parser.add_argument_group("classical baseline")
     cls.add_argument("--closing-mm", type=float, default=2.0,
                      help="radius of the closing ball in mm (default 2)")
@@ -147,7 +151,7 @@ def _make(args: argparse.Namespace, classical: bool, mode: str, cancel):
                            guard=getattr(args, "guard", True),
                            fragment_share=getattr(args, "fragment_share", None),
                            also=getattr(args, "also_model", None) or (),
-                           veto=getattr(args, "veto", True))
+                           veto=getattr(args, "veto", True), tta=getattr(args, "tta", True))
     return refiner, close
 
 

@@ -8,7 +8,8 @@ needs a few mm beyond the ROI, and the crop is grown to at least one training pa
 volume allows), resamples it to the training spacing when the checkpoint records one
 (``metadata["spacing_mm"]``), runs MONAI sliding-window inference with the training
 ``patch_size`` (windows holding no voxel of the band that may change are not run), applies the
-sigmoid and the threshold, and pastes the ROI back into a copy of the initial mask. Only voxels
+sigmoid (with ``tta``, the mean over the eight flips of the window, :func:`flip_mean_probability`)
+and the threshold, and pastes the ROI back into a copy of the initial mask. Only voxels
 within ``margin_mm`` of the initial mask's surface may change (``band_only``); everything else is
 exactly the initial mask; the result lies on exactly the image grid. :func:`forward_floor` times
 one network pass over each input crop, the floor the sliding-window time is compared with
@@ -20,6 +21,7 @@ wraps :func:`refine_volume` and :mod:`SCORERefineLib.predictions` does the readi
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -38,13 +40,20 @@ from .inputs import make_input
 
 __all__ = ["resolve_device", "load_model", "roi_slices", "context_slices", "crop_geometry", "count_windows",
            "context_mm", "component_rois", "boundary_band", "training_spacing", "default_num_threads",
-           "forward_floor", "refine_volume"]
+           "forward_floor", "refine_volume", "FLIPS", "tta_allowed", "flip_mean_probability"]
 
 #: Least context beyond the ROI for the input (mm); see :func:`context_mm`. The edge prior's
 #: Gaussian (scipy truncates at 4 sigma) then sees real voxels at the ROI border, not a cut.
 CONTEXT_MM = 5.0
 
 ProgressCallback = Callable[[int, int], None]
+
+#: Test-time flips: every combination of flipping the z, y and x axes of a (B, C, z, y, x) window,
+#: as dims to ``torch.flip`` (``()`` is the window as it is). The trainer's augmentation flips
+#: each axis at random (``sampling.build_augmentation``), so each is a view the network was
+#: trained on.
+FLIPS: tuple[tuple[int, ...], ...] = tuple(
+    tuple(2 + a for a in axes) for r in range(4) for axes in itertools.combinations(range(3), r))
 
 
 def roi_slices(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float = 10.0
@@ -147,6 +156,36 @@ def _to_probability(out) -> torch.Tensor:
         return torch.softmax(out.float(), dim=1)[:, 1:2]
     raise CheckpointError(f"the refiner returned {out.shape[1]} output channels; expected 1 "
                           f"(foreground logit) or 2 (background/foreground).")
+
+
+def tta_allowed(metadata: dict) -> bool:
+    """Whether test-time flips suit a checkpoint: its training flipped the patches
+    (``metadata["training"]["augment"]``, True unless recorded False)."""
+    training = (metadata or {}).get("training")
+    return not (isinstance(training, dict) and training.get("augment") is False)
+
+
+def flip_mean_probability(model: torch.nn.Module, x: torch.Tensor,
+                          flips: Sequence[Sequence[int]] = FLIPS) -> torch.Tensor:
+    """The mean foreground probability of ``model`` over flipped copies of ``x``.
+
+    ``x``: (B, C, z, y, x). Each copy is flipped on ``dims`` (one item of ``flips``), passed
+    through ``model``, read as :func:`_to_probability` reads one output and flipped back, so
+    every copy's prediction lies on ``x``'s voxels. Returns (B, 1, z, y, x) in [0, 1]; with
+    ``flips=((),)`` one plain pass. Averaging the views smooths decisions the network takes at
+    random in one orientation (issue 8: on real CT it turned a single model's harm to one test
+    case into a gain, docs/score-loss.md stop 25).
+    """
+    total = None
+    for dims in flips:
+        dims = tuple(int(d) for d in dims)
+        xi = to_memory_format(torch.flip(x, dims), x.device) if dims else x
+        p = _to_probability(model(xi))
+        p = torch.flip(p, dims) if dims else p
+        total = p if total is None else total + p
+    if total is None:
+        raise InputError("flip_mean_probability needs at least one flip (() is the plain pass).")
+    return total / len(flips)
 
 
 class MeanProbability(torch.nn.Module):
@@ -321,8 +360,8 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
                   cancel: Optional[CancelToken] = None, return_probability: bool = False, *,
                   per_component: bool = True, band_only: bool = True,
                   skip_far_windows: bool = True, resample: bool = True,
-                  num_threads: Optional[int] = None, timings: Optional[dict] = None
-                  ) -> Volume | tuple[Volume, Volume]:
+                  num_threads: Optional[int] = None, timings: Optional[dict] = None,
+                  tta: bool = True) -> Volume | tuple[Volume, Volume]:
     """Refine ``initial`` (binary, on ``image``'s grid) with ``model``; a uint8 {0,1} Volume.
 
     ``image``: CT in HU, array (z, y, x). ``metadata``: the checkpoint metadata (``channels``,
@@ -343,10 +382,15 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
     identical. ``resample``: when the checkpoint records its training ``spacing_mm`` and the image's
     differs by more than 5% on an axis, the input crop is resampled to the training spacing
     (SimpleITK, linear), inferred there and the probability resampled back (linear).
+    ``tta``: test-time flips: each window's probability is the mean over the eight flips of the
+    (z, y, x) axes (:data:`FLIPS`, :func:`flip_mean_probability`), eight network passes per
+    window; skipped for a checkpoint trained without flips (:func:`tta_allowed`). False: one
+    pass (about eight times less network time, docs/performance.md).
     ``num_threads``: torch CPU threads for this call (default: the cores available to the process,
     ``os.sched_getaffinity``; 0 leaves torch's setting), restored afterwards. ``timings``: a dict
     filled with the stages' seconds (``input_s``, ``network_s``, ``paste_s``), ``windows_run`` /
-    ``windows_total``, ``n_rois`` and ``input_shapes`` (for :func:`forward_floor`).
+    ``windows_total``, ``n_rois``, ``input_shapes`` (for :func:`forward_floor`) and
+    ``passes_per_window`` (8 with test-time flips, else 1).
     """
     t_start = time.perf_counter()
     check_same_grid(image.geometry, initial.geometry, "image", "initial mask")
@@ -378,7 +422,8 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
         train_sp = None   # close enough: infer on the image grid
     stats = {"input_s": 0.0, "network_s": 0.0, "paste_s": 0.0, "windows_run": 0,
              "windows_total": 0, "n_rois": len(rois), "input_shapes": [],
-             "resampled_to": list(train_sp) if train_sp else None}
+             "resampled_to": list(train_sp) if train_sp else None,
+             "passes_per_window": len(FLIPS) if tta and tta_allowed(metadata) else 1}
 
     threads_before = torch.get_num_threads()
     want = default_num_threads() if num_threads is None else int(num_threads)
@@ -481,9 +526,11 @@ def _refine_roi(model, metadata, channels, patch, image, mask0, roi, ctx, dev, m
     t1 = time.perf_counter()
     stats["input_s"] += t1 - t0
 
+    flips = FLIPS if stats["passes_per_window"] > 1 else ((),)
+
     def run(batch: torch.Tensor) -> torch.Tensor:
         stats["windows_run"] += int(batch.shape[0])
-        return _to_probability(model(to_memory_format(batch, dev)))
+        return flip_mean_probability(model, to_memory_format(batch, dev), flips)
 
     def predictor(batch: torch.Tensor, coords=None) -> torch.Tensor:
         if cancel is not None:

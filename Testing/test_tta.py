@@ -1,0 +1,135 @@
+"""Test-time flips: each sliding window's probability is the mean over its eight flips
+(``inference.flip_mean_probability``), on by default in ``refine_volume``, ``ModelRefiner`` and
+``scorerefine refine`` (``--no-tta``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+from torch import nn
+
+from SCORERefineLib.case import get_case, write_case
+from SCORERefineLib.imageio import Geometry, Volume
+from SCORERefineLib.refiner.inference import (FLIPS, flip_mean_probability, refine_volume,
+                                              tta_allowed)
+from conftest import ellipsoid
+
+CHANNELS = ["ct", "initial", "edge"]
+META = {"channels": CHANNELS, "patch_size": [16, 16, 16], "normalisation": None}
+GEOM = Geometry(size=(24, 24, 20), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+
+
+class ZRampModel(nn.Module):
+    """Logits = a ramp along z of the window, whatever the input: a prediction that depends only
+    on the window's orientation."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(3, 1, 1)
+
+    def forward(self, x):
+        n = x.shape[2]
+        ramp = torch.linspace(-4.0, 4.0, n).view(1, 1, n, 1, 1)
+        return ramp.expand(x.shape[0], 1, *x.shape[2:]).clone()
+
+
+class UpwardGrowthModel(nn.Module):
+    """Returns the initial mask plus one layer on its +z faces (logit +2 there, p = 0.88): a
+    decision taken in one orientation only. Other voxels: +-20 by the initial mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(3, 1, 1)
+
+    def forward(self, x):
+        init = x[:, 1:2]
+        below = torch.zeros_like(init)
+        below[:, :, 1:] = init[:, :, :-1]              # the initial mask one voxel lower in z
+        grow = below * (1.0 - init)
+        return 20.0 * (2.0 * init - 1.0) + 22.0 * grow
+
+
+def _case():
+    mask = ellipsoid(GEOM.shape, (5, 6, 6), centre=(10, 12, 12))
+    hu = np.where(mask > 0, 300.0, 0.0).astype(np.float32)
+    return Volume(hu, GEOM), Volume(mask, GEOM)
+
+
+def test_the_flips_are_the_eight_axis_combinations():
+    assert len(FLIPS) == 8 and len(set(FLIPS)) == 8 and () in FLIPS
+    assert all(set(f) <= {2, 3, 4} for f in FLIPS)
+
+
+def test_flip_mean_probability_reads_every_view_on_the_input_voxels():
+    x = torch.zeros(2, 3, 6, 5, 4)
+    plain = flip_mean_probability(ZRampModel(), x, flips=((),))
+    assert torch.allclose(plain[0, 0, :, 0, 0], torch.sigmoid(torch.linspace(-4.0, 4.0, 6)))
+    # half the views see the ramp reversed once flipped back: sigmoid(r) + sigmoid(-r) = 1
+    mean = flip_mean_probability(ZRampModel(), x)
+    assert mean.shape == (2, 1, 6, 5, 4)
+    assert torch.allclose(mean, torch.full_like(mean, 0.5), atol=1e-6)
+
+
+def test_refine_volume_drops_a_change_made_in_one_orientation_only():
+    image, initial = _case()
+    plain_t, tta_t = {}, {}
+    plain = refine_volume(UpwardGrowthModel(), META, image, initial, margin_mm=3.0, tta=False,
+                          timings=plain_t).array
+    grown = plain > initial.array
+    assert grown.any() and (plain >= initial.array).all()
+    zs = np.argwhere(grown)[:, 0]
+    assert zs.min() > 10                               # the upper faces only
+    tta = refine_volume(UpwardGrowthModel(), META, image, initial, margin_mm=3.0,
+                        timings=tta_t).array           # default: test-time flips
+    np.testing.assert_array_equal(tta, initial.array)  # 4 of 8 views: p = 0.44 < 0.5
+    assert plain_t["passes_per_window"] == 1 and tta_t["passes_per_window"] == 8
+
+
+def test_no_flips_for_a_checkpoint_trained_without_them():
+    image, initial = _case()
+    meta = dict(META, training={"augment": False})
+    assert not tta_allowed(meta) and tta_allowed(META) and tta_allowed({"training": {}})
+    t: dict = {}
+    out = refine_volume(UpwardGrowthModel(), meta, image, initial, margin_mm=3.0, timings=t).array
+    assert t["passes_per_window"] == 1 and (out > initial.array).any()
+
+
+def _checkpoint(path, augment=True):
+    from SCORERefineLib.refiner.checkpoint import save_checkpoint
+    from SCORERefineLib.refiner.inputs import NORMALISATION
+    from SCORERefineLib.refiner.network import build_network, network_config
+
+    cfg = network_config("tiny")
+    meta = {"channels": CHANNELS, "network": cfg.to_dict(), "normalisation": NORMALISATION,
+            "patch_size": [16, 16, 16], "training": {"augment": augment}}
+    return save_checkpoint(path, build_network(cfg), meta)
+
+
+def test_model_refiner_and_cli_run_the_flips_by_default(tmp_path):
+    from SCORERefineLib.commands import refine as refine_cmd
+    from SCORERefineLib.refiners import make_refiner
+
+    ck = _checkpoint(tmp_path / "model.pt")
+    image, initial = _case()
+    refiner = make_refiner(ck, device="cpu", veto=False)
+    assert refiner.settings["tta"] is True
+    refiner.model = UpwardGrowthModel()
+    np.testing.assert_array_equal(refiner(image, initial).array, initial.array)
+    assert make_refiner(ck, device="cpu", tta=False).settings["tta"] is False
+    no_flip = _checkpoint(tmp_path / "noflip.pt", augment=False)
+    assert make_refiner(no_flip, device="cpu").settings["tta"] is False
+
+    write_case(tmp_path / "ds", "c1", image, initial)
+    parser = argparse.ArgumentParser()
+    refine_cmd.add_arguments(parser)
+    for extra, want in (([], True), (["--no-tta"], False)):
+        args = parser.parse_args(["--model", str(ck), "--dataset", str(tmp_path / "ds"),
+                                  "--device", "cpu", "--progress", "none", *extra])
+        assert refine_cmd.run(args) == 0
+        info = json.loads(get_case(tmp_path / "ds", "c1").prediction_path("refined")
+                          .with_name("refined.json").read_text())
+        assert info["tta"] is want
