@@ -63,6 +63,7 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from .bbox import padded_bbox
 from .errors import InputError
 from .imageio import Volume
 
@@ -153,11 +154,7 @@ def _as_spacing(spacing_zyx: Sequence[float]) -> np.ndarray:
 
 def _band_crop(mask: np.ndarray, sp: np.ndarray, band_mm: float) -> tuple[slice, ...]:
     """The mask's bounding box grown by the band width (+1 voxel), clipped to the volume."""
-    nz = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0], \
-        np.nonzero(mask.any(axis=(0, 1)))[0]
-    pad = np.ceil(band_mm / sp).astype(int) + 1
-    return tuple(slice(max(int(idx[0]) - p, 0), min(int(idx[-1]) + p + 1, n))
-                 for idx, p, n in zip(nz, pad, mask.shape))
+    return padded_bbox(mask, np.ceil(band_mm / sp).astype(int) + 1)
 
 
 def _band_in_crop(m: np.ndarray, sp: np.ndarray, band_mm: float) -> tuple[np.ndarray, np.ndarray]:

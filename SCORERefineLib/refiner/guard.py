@@ -47,6 +47,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..bbox import padded_bbox
 from ..calibration import DICE_LOWER_BOUND
 
 _FULL = np.ones((3, 3, 3), dtype=bool)     # 26-connectivity
@@ -107,12 +108,6 @@ def allowed_fraction(score: float, error: str) -> float:
     return 2.0 * (1.0 - d) / (2.0 - d)
 
 
-def _crop_box(a: np.ndarray, pad: Sequence[int]) -> tuple[slice, ...]:
-    idx = np.nonzero(a)
-    return tuple(slice(max(int(i.min()) - p, 0), min(int(i.max()) + p + 1, n))
-                 for i, p, n in zip(idx, pad, a.shape))
-
-
 def apply_guard(initial: np.ndarray, proposed: np.ndarray, spacing_zyx: Sequence[float],
                 limits: Optional[GuardLimits] = None, regions: Optional[np.ndarray] = None,
                 ratings: Optional[Mapping[int, tuple[float, str]]] = None
@@ -158,7 +153,7 @@ def apply_guard(initial: np.ndarray, proposed: np.ndarray, spacing_zyx: Sequence
     # work on a crop holding every change and the initial mask plus the margin
     pad = np.ceil(limits.margin_mm / sp).astype(int) + 2
     box_src = ini | prop | (reg > 0 if reg is not None else False)
-    crop = _crop_box(box_src, pad)
+    crop = padded_bbox(box_src, pad)
     i, p = ini[crop], prop[crop].copy()
     r = reg[crop] if reg is not None else None
 

@@ -31,6 +31,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from ..bbox import padded_bbox
 from ..case import Case
 from ..errors import CheckpointError, InputError, SCORERefineError
 from ..imageio import Geometry, Volume, check_same_grid, read_image, read_mask, write_volume
@@ -66,13 +67,8 @@ def roi_slices(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float 
     if not fg.any():
         raise InputError("the initial mask is empty (no foreground voxel): there is nothing to "
                          "refine. Check that the segmentation ran and the right label was chosen.")
-    out = []
-    for axis, (n, sp) in enumerate(zip(fg.shape, spacing_zyx)):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.nonzero(fg.any(axis=other))[0]
-        pad = int(math.ceil(margin_mm / float(sp) - 1e-9))
-        out.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, n)))
-    return tuple(out)  # type: ignore[return-value]
+    return padded_bbox(fg, [int(math.ceil(margin_mm / float(sp) - 1e-9))
+                            for sp in spacing_zyx])  # type: ignore[return-value]
 
 
 def context_slices(roi: Sequence[slice], shape: Sequence[int], spacing_zyx: Sequence[float],

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..bbox import padded_bbox
 from ..errors import InputError
 
 __all__ = ["ball_structure", "classical_postprocess"]
@@ -38,14 +39,6 @@ def ball_structure(radius_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray
     grids = np.ogrid[tuple(slice(-ri, ri + 1) for ri in r)]
     dist2 = sum((g * s / radius_mm) ** 2 for g, s in zip(grids, sp))
     return dist2 <= 1.0 + 1e-9
-
-
-def _bbox(mask: np.ndarray, pad: Sequence[int]) -> tuple[slice, ...]:
-    """Bounding box of the foreground, grown by ``pad`` voxels per axis and clipped to the array."""
-    idx = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0], \
-        np.nonzero(mask.any(axis=(0, 1)))[0]
-    return tuple(slice(max(int(i[0]) - p, 0), min(int(i[-1]) + 1 + p, n))
-                 for i, p, n in zip(idx, pad, mask.shape))
 
 
 def _fill_holes_2d(mask: np.ndarray) -> np.ndarray:
@@ -81,7 +74,7 @@ def classical_postprocess(mask: np.ndarray, spacing_zyx: Sequence[float], closin
     ball = ball_structure(closing_mm, spacing_zyx)
     radius = [s // 2 for s in ball.shape]
     # Everything below only changes voxels within `radius` of the foreground: work on a crop.
-    roi = _bbox(fg, [r + 1 for r in radius])
+    roi = padded_bbox(fg, [r + 1 for r in radius])
     work = fg[roi]
     if ball.size > 1:
         padded = np.pad(work, [(r + 1, r + 1) for r in radius])

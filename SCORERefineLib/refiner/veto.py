@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .guard import _crop_box
+from ..bbox import padded_bbox
 from .inputs import NORMALISATION, appearance_llr
 
 #: report format version (the dict returned by :func:`appearance_veto`)
@@ -118,7 +118,7 @@ def appearance_veto(hu: np.ndarray, initial: np.ndarray, proposal: np.ndarray,
     p = (normalisation or NORMALISATION).get("appearance", NORMALISATION["appearance"])
     reach_mm = float(p["ring_mm"]) + 4.0 * float(p["sigma_mm"])     # the ring plus the smoothing
     pad = np.ceil(reach_mm / np.asarray(spacing_zyx, float)).astype(int) + 1
-    box = _crop_box(m0 | prop, pad)
+    box = padded_bbox(m0 | prop, pad)
     llr = appearance_llr(hu[box], m0[box], spacing_zyx, normalisation)
     veto_add = add[box] & (llr < -limits.add_margin)
     veto_rem = (removed_layers(m0[box], prop[box], limits.layer_share)
