@@ -190,6 +190,15 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "averages their probabilities with the model's, then applies the guard. On real CT three "
             "seeds averaged made no test case worse where single seeds did (docs/score-loss.md).")
         u.applyCollapsibleButton.layout().insertRow(1, "Also average:", self.alsoModelsLineEdit)
+        self.ttaCheckBox = qt.QCheckBox("Test-time augmentation (safer; several times slower on a CPU)")
+        self.ttaCheckBox.setObjectName("ttaCheckBox")
+        self.ttaCheckBox.setChecked(True)
+        self.ttaCheckBox.toolTip = (
+            "Each window's prediction is the mean over its 16 flipped and turned views, views the "
+            "network was trained on, so a decision only one orientation takes cancels out (on real "
+            "CT this turned single models' harm to a case into gains). Untick for one network "
+            "pass per window (scorerefine refine --no-tta).")
+        u.applyCollapsibleButton.layout().insertRow(2, "", self.ttaCheckBox)
         self.showInitialCheckBox = qt.QCheckBox("Show initial segment as outline")
         self.showInitialCheckBox.setObjectName("showInitialCheckBox")
         self.showInitialCheckBox.setChecked(True)
@@ -737,7 +746,8 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         model = self.modelChoice()
         job = self._run(self.ui.applyStatusLabel, self.logic.start_refine, p.inputVolume, p.segmentation,
-                        p.segmentId, model, p.device, self.alsoModelsLineEdit.text)
+                        p.segmentId, model, p.device, self.alsoModelsLineEdit.text,
+                        self.ttaCheckBox.checked)
         if job is None:
             return
         self.ui.applyButton.setEnabled(False)
@@ -1080,16 +1090,20 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
 
     # ---------------------------------------------------------------- 6 apply
     def refine(self, volumeNode, segmentationNode, segmentId, modelPath, device="auto", refineFunction=None,
-               also=()):
+               also=(), tta=True):
         """Refine the segment in place with the model, guarded as ``scorerefine refine`` (or with
-        ``refineFunction(image, initial)``); ``also``: checkpoints to average with the model."""
-        refine = refineFunction or bridge.model_refiner(modelPath, device or "auto", also=also)
+        ``refineFunction(image, initial)``); ``also``: checkpoints to average with the model;
+        ``tta``: test-time augmentation (False: one network pass per window)."""
+        refine = refineFunction or bridge.model_refiner(modelPath, device or "auto", also=also,
+                                                        tta=tta)
         return bridge.refine_segment(volumeNode, segmentationNode, segmentId, refine)
 
-    def start_refine(self, volumeNode, segmentationNode, segmentId, model, device="auto", also=""):
+    def start_refine(self, volumeNode, segmentationNode, segmentId, model, device="auto", also="",
+                     tta=True):
         """Start ``scorerefine refine`` on the segment in a background process. ``also``: more
         checkpoints of the model's setting (other seeds) to average with it, a list of paths or
-        the panel's ``;``-separated text (:func:`SCORERefineLib.refiners.checkpoint_list`)."""
+        the panel's ``;``-separated text (:func:`SCORERefineLib.refiners.checkpoint_list`);
+        ``tta=False``: one network pass per window (``--no-tta``)."""
         from SCORERefineLib import jobs
         from SCORERefineLib.refiners import checkpoint_list
 
@@ -1103,7 +1117,7 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
             raise SCORERefineError(f"'{model}' is a built-in refiner; only trained checkpoints can be "
                                    f"averaged. Choose a checkpoint as the model or clear 'Also average'.")
         self._refinePrepared = bridge.prepare_refine(volumeNode, segmentationNode, segmentId, model,
-                                                     device or "auto", also=also)
+                                                     device or "auto", also=also, tta=tta)
         self.refineJob = jobs.BackgroundJob(self._refinePrepared.command,
                                             Path(self._refinePrepared.workdir) / "refine.log",
                                             checkpoint=None, what="refinement").start()

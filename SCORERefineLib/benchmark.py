@@ -789,7 +789,8 @@ def render_markdown(report: dict, command: str) -> str:
                       f"training seconds are that run's. Refinement and evaluation ran anew."]
     lines += ["", "## Notes", "",
               "- Trained rows refine as `scorerefine refine` does by default: each sliding "
-              "window's probability is the mean over its eight flips (test-time flips), then "
+              "window's probability is the mean over its 16 flipped and turned views (test-time "
+              "augmentation), then "
               "the do-no-harm guard, the cut-fragment rule and the appearance veto; what each "
               "took back is in the predictions' sidecars (docs/architecture.md).",
               "- Ablations (settings of the score mode's config; flags of `scorerefine train`): `--no-direction` drops every use of the "

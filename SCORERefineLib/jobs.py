@@ -62,10 +62,14 @@ def engine_command(*args: str, python: Optional[Sequence[str]] = None) -> list[s
 def refine_command(image: str | os.PathLike, mask: str | os.PathLike, out: str | os.PathLike,
                    model: str | os.PathLike, device: str = "auto",
                    python: Optional[Sequence[str]] = None,
-                   also: Sequence[str | os.PathLike] = ()) -> list[str]:
+                   also: Sequence[str | os.PathLike] = (), tta: bool = True) -> list[str]:
     """``scorerefine refine --image CT --mask MASK --out OUT --model M [--also-model A ...]
-    --progress json``; ``also``: more checkpoints to average with ``model`` (an ensemble)."""
+    [--no-tta] --progress json``; ``also``: more checkpoints to average with ``model`` (an
+    ensemble); ``tta=False``: one network pass per window instead of the mean over its 16 views
+    (faster, ``--no-tta``)."""
     extra = [a for path in also for a in ("--also-model", str(path))]
+    if not tta:
+        extra.append("--no-tta")
     return engine_command("refine", "--image", str(image), "--mask", str(mask), "--out", str(out),
                           "--model", str(model), *extra, "--device", str(device or "auto"),
                           "--progress", "json", python=python)

@@ -7,8 +7,8 @@ reports is that process's own high-water mark, ``VmHWM`` of /proc/self/status):
   (:func:`synthetic_ct`), at 1 and 2 CPU threads and on CUDA when present, with the time split
   into stages and beside the forward-pass floor (one network pass over each ROI's input crop,
   no sliding-window overlap);
-* the same one and two humeri without test-time flips (``tta=False``, one network pass per
-  window instead of eight: what ``scorerefine refine --no-tta`` costs);
+* the same one and two humeri without test-time augmentation (``tta=False``, one network pass
+  per window instead of 16: what ``scorerefine refine --no-tta`` costs);
 * how refine time grows with the volume size (three sizes, one humerus);
 * the region split (:func:`SCORERefineLib.regions.make_regions`) on the full volume;
 * training steps per second of the existing trainer (default network preset, a short run on two
@@ -310,10 +310,10 @@ def run_perf(workdir, preset: str = "full", device: str = "auto",
                                           "split": bool(p["split"]) and n == 1 and dev == "cpu",
                                           "refine_kwargs": refine_kwargs or {}})
                 report["refine"].append(dict(r, device=dev, threads=t, n_humeri=n))
-    # the default runs eight flips per window (test-time flips); one pass is the fast option
+    # the default runs 16 views per window (test-time augmentation); one pass is the fast option
     for n in (1, 2):
         t = max(threads)
-        say(f"perf: refine {n} humerus/humeri without test-time flips, cpu, {t} thread(s)")
+        say(f"perf: refine {n} humerus/humeri without test-time augmentation, cpu, {t} thread(s)")
         r = _child("refine", {"volume": str(volume(p["shape"], n)), "model": str(model),
                               "device": "cpu", "threads": t, "floor": False, "split": False,
                               "refine_kwargs": {**(refine_kwargs or {}), "tta": False}})
@@ -383,9 +383,9 @@ def evaluate_targets(report: dict) -> list[dict]:
     add("refine one humerus, 512x512x220, 2 CPU threads <= 5 s",
         cpu2[0]["seconds"] if cpu2 else None, TARGETS["refine_one_cpu2_s"])
     no_tta = _pick(report.get("refine_no_tta", []), threads=2, n_humeri=1)
-    add("the same without test-time flips (`--no-tta`) <= 5 s",
+    add("the same without test-time augmentation (`--no-tta`) <= 5 s",
         no_tta[0]["seconds"] if no_tta else None, TARGETS["refine_one_cpu2_s"],
-        "one network pass per window instead of eight")
+        "one network pass per window instead of 16")
     add("refine one humerus on CUDA (H100) <= 0.5 s", gpu1[0]["seconds"] if gpu1 else None,
         TARGETS["refine_one_cuda_s"])
     for dev in ("cpu", "cuda"):
@@ -462,12 +462,12 @@ def render_markdown(report: dict, command: str) -> str:
             f"{_fmt(t.get('paste_s'))} | {r['peak_rss_mb']:.0f} | {r['baseline_rss_mb']:.0f} | "
             f"{_fmt(r.get('split_s'))} |")
     if report.get("refine_no_tta"):
-        lines += ["", "## Refine without test-time flips", "",
+        lines += ["", "## Refine without test-time augmentation", "",
                   "The rows above run the default: each sliding window's probability is the mean "
-                  "over its eight flips (`inference.flip_mean_probability`, eight network passes "
-                  "per window; on real CT it turned a single model's harm to one test case into a "
-                  "gain, docs/score-loss.md stop 25). These rows run one pass per window "
-                  "(`scorerefine refine --no-tta`).", "",
+                  "over its 16 flipped and turned views (`inference.view_mean_probability`, 16 "
+                  "network passes per window; on real CT it turned single models' harm to a test "
+                  "case into gains, docs/score-loss.md stop 25). These rows run one pass per "
+                  "window (`scorerefine refine --no-tta`).", "",
                   "| device | threads | humeri | refine s | windows run / total | input s | network s "
                   "| peak RSS MB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in report["refine_no_tta"]:

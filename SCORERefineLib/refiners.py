@@ -101,10 +101,11 @@ class ModelRefiner:
             case's own intensity statistics, learnt from the initial mask in this image) are
             taken back. ``False`` switches it off; skipped with
             ``guard=False`` (the raw network output). Reported in ``last_info["veto"]``.
-        tta: test-time flips: each sliding window's probability is the mean over its eight
-            flips (:func:`~SCORERefineLib.refiner.inference.flip_mean_probability`; eight
-            network passes per window). ``False``: one pass. ``settings["tta"]`` records what
-            ran (False for a checkpoint trained without flips).
+        tta: test-time augmentation: each sliding window's probability is the mean over its
+            16 flipped and turned views
+            (:func:`~SCORERefineLib.refiner.inference.view_mean_probability`; 16 network passes
+            per window). ``False``: one pass. ``settings["tta"]`` records what ran (False for a
+            checkpoint trained without augmentation).
         also: more checkpoints of the same setting (e.g. ``scorerefine train --seed 1``, ``2``):
             the proposal is then the mean foreground probability of all the models, thresholded
             (an ensemble: ``model`` is then a

@@ -171,10 +171,10 @@ def test_perf_report_on_tiny_volumes(tmp_path):
     assert all(r["timings"]["resampled_to"] == [3.0, 2.0, 2.0] for r in ts)
     assert all(r["timings"]["windows_total"] < n["timings"]["windows_total"]
                for r, n in zip(ts, report["refine"][:2]))
-    no_tta = report["refine_no_tta"]                  # one pass per window, not the default 8
+    no_tta = report["refine_no_tta"]                  # one pass per window, not the default 16
     assert [r["n_humeri"] for r in no_tta] == [1, 2]
     assert all(r["timings"]["passes_per_window"] == 1 for r in no_tta)
-    assert all(r["timings"]["passes_per_window"] == 8 for r in report["refine"])
+    assert all(r["timings"]["passes_per_window"] == 16 for r in report["refine"])
     for r in report["train"]:
         assert r["steps_per_s"] > 0 and r["extrapolated_1800_s"] > 0
     targets = {t["target"]: t for t in report["targets"]}
@@ -185,7 +185,7 @@ def test_perf_report_on_tiny_volumes(tmp_path):
     text = md.read_text()
     assert "## Targets" in text and "--device cuda" in text and "load average" in text
     assert "## Refine at the training spacing" in text
-    assert "## Refine without test-time flips" in text
+    assert "## Refine without test-time augmentation" in text
     assert json.loads(js.read_text())["preset"] == "tiny"
 
 

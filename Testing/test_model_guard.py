@@ -188,6 +188,8 @@ def test_the_slicer_in_process_refiner_is_guarded_too(checkpoint, bad_network):
     image = Volume(np.where(init > 0, 900.0, 0.0).astype(np.float32), GEOM)
     out = model_refiner(checkpoint, "cpu")(image, Volume(init, GEOM))
     np.testing.assert_array_equal(out.array, init)
+    assert model_refiner(checkpoint, "cpu").settings["tta"] is True     # test-time views, as
+    assert model_refiner(checkpoint, "cpu", tta=False).settings["tta"] is False  # the CLI
 
 
 def _dark_shell_proposal(model, metadata, image, initial, *a, **k):

@@ -389,3 +389,13 @@ def test_apply_averages_the_listed_checkpoints_and_names_bad_entries(panel, tmp_
     assert job.state == "finished", job.error_message
     from SCORERefineLib import mrml as bridge
     assert bridge.has_backup(seg, sid)
+    # "Test-time augmentation" (on by default) unticked: one pass per window, --no-tta
+    assert "--no-tta" not in command and widget.ttaCheckBox.checked
+    widget.ttaCheckBox.checked = False
+    u.applyButton.click()
+    job = widget.logic.refineJob
+    assert "--no-tta" in widget.logic._refinePrepared.command, u.applyStatusLabel.text
+    deadline = time.monotonic() + 120
+    while (job.running or widget._applyTimer.isActive()) and time.monotonic() < deadline:
+        H.pump(50)
+    assert job.state == "finished", job.error_message

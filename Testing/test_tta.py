@@ -1,6 +1,6 @@
-"""Test-time flips: each sliding window's probability is the mean over its eight flips
-(``inference.flip_mean_probability``), on by default in ``refine_volume``, ``ModelRefiner`` and
-``scorerefine refine`` (``--no-tta``)."""
+"""Test-time augmentation: each sliding window's probability is the mean over its 16 flipped
+and turned views (``inference.view_mean_probability``), on by default in ``refine_volume``,
+``ModelRefiner`` and ``scorerefine refine`` (``--no-tta``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from torch import nn
 
 from SCORERefineLib.case import get_case, write_case
 from SCORERefineLib.imageio import Geometry, Volume
-from SCORERefineLib.refiner.inference import (FLIPS, flip_mean_probability, refine_volume,
-                                              tta_allowed)
+from SCORERefineLib.refiner.inference import (VIEWS, refine_volume, tta_allowed,
+                                              view_mean_probability)
 from conftest import ellipsoid
 
 CHANNELS = ["ct", "initial", "edge"]
@@ -23,17 +23,20 @@ GEOM = Geometry(size=(24, 24, 20), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.
                 direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
 
 
-class ZRampModel(nn.Module):
-    """Logits = a ramp along z of the window, whatever the input: a prediction that depends only
-    on the window's orientation."""
+class RampModel(nn.Module):
+    """Logits = a ramp along one axis of the window (2: z, 3: y), whatever the input: a
+    prediction that depends only on the window's orientation."""
 
-    def __init__(self):
+    def __init__(self, axis: int = 2):
         super().__init__()
         self.conv = nn.Conv3d(3, 1, 1)
+        self.axis = axis
 
     def forward(self, x):
-        n = x.shape[2]
-        ramp = torch.linspace(-4.0, 4.0, n).view(1, 1, n, 1, 1)
+        n = x.shape[self.axis]
+        shape = [1, 1, 1, 1, 1]
+        shape[self.axis] = n
+        ramp = torch.linspace(-4.0, 4.0, n).view(*shape)
         return ramp.expand(x.shape[0], 1, *x.shape[2:]).clone()
 
 
@@ -59,19 +62,27 @@ def _case():
     return Volume(hu, GEOM), Volume(mask, GEOM)
 
 
-def test_the_flips_are_the_eight_axis_combinations():
-    assert len(FLIPS) == 8 and len(set(FLIPS)) == 8 and () in FLIPS
-    assert all(set(f) <= {2, 3, 4} for f in FLIPS)
+def test_the_views_are_the_sixteen_distinct_augmentations():
+    """A z flip or none times the 8 symmetries of the square in (y, x): 16 different images."""
+    assert len(VIEWS) == 16 and ((), 0) in VIEWS
+    x = torch.arange(3 * 4 * 4, dtype=torch.float32).view(1, 1, 3, 4, 4)
+    seen = {tuple(torch.rot90(torch.flip(x, d) if d else x, k, (3, 4)).flatten().tolist())
+            for d, k in VIEWS}
+    assert len(seen) == 16
 
 
-def test_flip_mean_probability_reads_every_view_on_the_input_voxels():
-    x = torch.zeros(2, 3, 6, 5, 4)
-    plain = flip_mean_probability(ZRampModel(), x, flips=((),))
+def test_view_mean_probability_reads_every_view_on_the_input_voxels():
+    x = torch.zeros(2, 3, 6, 5, 5)
+    plain = view_mean_probability(RampModel(2), x, views=(((), 0),))
     assert torch.allclose(plain[0, 0, :, 0, 0], torch.sigmoid(torch.linspace(-4.0, 4.0, 6)))
-    # half the views see the ramp reversed once flipped back: sigmoid(r) + sigmoid(-r) = 1
-    mean = flip_mean_probability(ZRampModel(), x)
-    assert mean.shape == (2, 1, 6, 5, 4)
-    assert torch.allclose(mean, torch.full_like(mean, 0.5), atol=1e-6)
+    # half the views see each ramp reversed once turned back: sigmoid(r) + sigmoid(-r) = 1
+    for axis in (2, 3):
+        mean = view_mean_probability(RampModel(axis), x)
+        assert mean.shape == (2, 1, 6, 5, 5)
+        assert torch.allclose(mean, torch.full_like(mean, 0.5), atol=1e-6)
+    # a window with y != x is turned to (x, y) and back: the result lies on the input's voxels
+    out = view_mean_probability(nn.Conv3d(3, 1, 3, padding=1), torch.rand(1, 3, 4, 6, 8))
+    assert out.shape == (1, 1, 4, 6, 8)
 
 
 def test_refine_volume_drops_a_change_made_in_one_orientation_only():
@@ -84,12 +95,12 @@ def test_refine_volume_drops_a_change_made_in_one_orientation_only():
     zs = np.argwhere(grown)[:, 0]
     assert zs.min() > 10                               # the upper faces only
     tta = refine_volume(UpwardGrowthModel(), META, image, initial, margin_mm=3.0,
-                        timings=tta_t).array           # default: test-time flips
-    np.testing.assert_array_equal(tta, initial.array)  # 4 of 8 views: p = 0.44 < 0.5
-    assert plain_t["passes_per_window"] == 1 and tta_t["passes_per_window"] == 8
+                        timings=tta_t).array           # default: test-time augmentation
+    np.testing.assert_array_equal(tta, initial.array)  # 8 of 16 views: p = 0.44 < 0.5
+    assert plain_t["passes_per_window"] == 1 and tta_t["passes_per_window"] == 16
 
 
-def test_no_flips_for_a_checkpoint_trained_without_them():
+def test_no_views_for_a_checkpoint_trained_without_augmentation():
     image, initial = _case()
     meta = dict(META, training={"augment": False})
     assert not tta_allowed(meta) and tta_allowed(META) and tta_allowed({"training": {}})
@@ -109,7 +120,7 @@ def _checkpoint(path, augment=True):
     return save_checkpoint(path, build_network(cfg), meta)
 
 
-def test_model_refiner_and_cli_run_the_flips_by_default(tmp_path):
+def test_model_refiner_and_cli_run_the_views_by_default(tmp_path):
     from SCORERefineLib.commands import refine as refine_cmd
     from SCORERefineLib.refiners import make_refiner
 

@@ -74,9 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "peeled off the boundary, are taken back (the case's own intensity "
                           "statistics; reported in the sidecar's 'veto')")
     net.add_argument("--no-tta", dest="tta", action="store_false",
-                     help="one network pass per window instead of the mean over its eight flips "
-                          "(test-time flips, the default: about eight times the network time, "
-                          "and on real CT fewer cases made worse; docs/score-loss.md stop 25)")
+                     help="one network pass per window instead of the mean over its 16 flipped "
+                          "and turned views (test-time augmentation, the default: 16 times the "
+                          "network time, and on real CT fewer cases made worse; "
+                          "docs/score-loss.md stop 25)")
     cls = parser.add_argument_group("classical baseline")
     cls.add_argument("--closing-mm", type=float, default=2.0,
                      help="radius of the closing ball in mm (default 2)")

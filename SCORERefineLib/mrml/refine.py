@@ -118,14 +118,15 @@ def undo_refinement(segmentation_node, segment_id: str) -> bool:
 RefineFunction = Callable[[Volume, Volume], Volume]
 
 
-def model_refiner(model_path, device: str = "auto", also=()) -> RefineFunction:
+def model_refiner(model_path, device: str = "auto", also=(), tta: bool = True) -> RefineFunction:
     """A refine function backed by a trained checkpoint (loaded once), with the same do-no-harm
     guard and fragment rule as ``scorerefine refine`` (:class:`~..refiners.ModelRefiner`; this
     path once called the network alone, so a refinement run in Slicer's process was not
-    guarded). ``also``: more checkpoints of the same setting, averaged (an ensemble)."""
+    guarded). ``also``: more checkpoints of the same setting, averaged (an ensemble); ``tta``:
+    test-time augmentation (the default; False: one network pass per window)."""
     from ..refiners import ModelRefiner
 
-    return ModelRefiner(model_path, device=device, also=also)
+    return ModelRefiner(model_path, device=device, also=also, tta=tta)
 
 
 def refine_segment(volume_node, segmentation_node, segment_id: str, refine: RefineFunction) -> RefineResult:
@@ -164,9 +165,10 @@ class PreparedRefine:
 
 
 def prepare_refine(volume_node, segmentation_node, segment_id: str, model, device: str = "auto",
-                   workdir=None, also=()) -> PreparedRefine:
+                   workdir=None, also=(), tta: bool = True) -> PreparedRefine:
     """Write the CT and the initial segment (its backup when refined before) for the refine command
-    (``also``: more checkpoints averaged with ``model``, ``--also-model``).
+    (``also``: more checkpoints averaged with ``model``, ``--also-model``; ``tta=False``:
+    ``--no-tta``).
 
     Uncompressed NIfTI: writing is what the GUI thread waits for, the refinement runs elsewhere.
     """
@@ -188,7 +190,7 @@ def prepare_refine(volume_node, segmentation_node, segment_id: str, model, devic
     ct = write_volume(image, work / "ct.nii", dtype=np.float32)
     mask = write_volume(initial.mask, work / "initial.nii", dtype=np.uint8)
     out = work / "refined.nii"
-    command = refine_command(ct, mask, out, model, device, also=also)
+    command = refine_command(ct, mask, out, model, device, also=also, tta=tta)
     return PreparedRefine(command, work, out, image.geometry, initial.mask.array.copy(), initial.message)
 
 

@@ -8,7 +8,7 @@ needs a few mm beyond the ROI, and the crop is grown to at least one training pa
 volume allows), resamples it to the training spacing when the checkpoint records one
 (``metadata["spacing_mm"]``), runs MONAI sliding-window inference with the training
 ``patch_size`` (windows holding no voxel of the band that may change are not run), applies the
-sigmoid (with ``tta``, the mean over the eight flips of the window, :func:`flip_mean_probability`)
+sigmoid (with ``tta``, the mean over the window's 16 views, :func:`view_mean_probability`)
 and the threshold, and pastes the ROI back into a copy of the initial mask. Only voxels
 within ``margin_mm`` of the initial mask's surface may change (``band_only``); everything else is
 exactly the initial mask; the result lies on exactly the image grid. :func:`forward_floor` times
@@ -41,7 +41,7 @@ from .inputs import make_input
 
 __all__ = ["resolve_device", "load_model", "roi_slices", "context_slices", "crop_geometry", "count_windows",
            "context_mm", "component_rois", "boundary_band", "training_spacing", "default_num_threads",
-           "forward_floor", "refine_volume", "FLIPS", "tta_allowed", "flip_mean_probability"]
+           "forward_floor", "refine_volume", "VIEWS", "tta_allowed", "view_mean_probability"]
 
 #: Least context beyond the ROI for the input (mm); see :func:`context_mm`. The edge prior's
 #: Gaussian (scipy truncates at 4 sigma) then sees real voxels at the ROI border, not a cut.
@@ -49,12 +49,14 @@ CONTEXT_MM = 5.0
 
 ProgressCallback = Callable[[int, int], None]
 
-#: Test-time flips: every combination of flipping the z, y and x axes of a (B, C, z, y, x) window,
-#: as dims to ``torch.flip`` (``()`` is the window as it is). The trainer's augmentation flips
-#: each axis at random (``sampling.build_augmentation``), so each is a view the network was
-#: trained on.
-FLIPS: tuple[tuple[int, ...], ...] = tuple(
-    tuple(2 + a for a in axes) for r in range(4) for axes in itertools.combinations(range(3), r))
+#: Test-time views of a (B, C, z, y, x) window: ``(flip dims, quarter turns)``, the window flipped
+#: on ``dims`` (``torch.flip``) then turned ``k`` quarter turns in the (y, x) plane
+#: (``torch.rot90``). The 16 are every distinct view the trainer's augmentation draws
+#: (``sampling.build_augmentation``: a random flip of each axis and a random in-plane quarter
+#: turn): a z flip or none, times the 8 symmetries of the square in (y, x). ``((), 0)`` is the
+#: window as it is.
+VIEWS: tuple[tuple[tuple[int, ...], int], ...] = tuple(
+    (z + y, k) for z, y, k in itertools.product(((), (2,)), ((), (3,)), range(4)))
 
 
 def roi_slices(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float = 10.0
@@ -155,33 +157,38 @@ def _to_probability(out) -> torch.Tensor:
 
 
 def tta_allowed(metadata: dict) -> bool:
-    """Whether test-time flips suit a checkpoint: its training flipped the patches
-    (``metadata["training"]["augment"]``, True unless recorded False)."""
+    """Whether the test-time views suit a checkpoint: its training flipped and turned the
+    patches (``metadata["training"]["augment"]``, True unless recorded False)."""
     training = (metadata or {}).get("training")
     return not (isinstance(training, dict) and training.get("augment") is False)
 
 
-def flip_mean_probability(model: torch.nn.Module, x: torch.Tensor,
-                          flips: Sequence[Sequence[int]] = FLIPS) -> torch.Tensor:
-    """The mean foreground probability of ``model`` over flipped copies of ``x``.
+def view_mean_probability(model: torch.nn.Module, x: torch.Tensor,
+                          views: Sequence[tuple[Sequence[int], int]] = VIEWS) -> torch.Tensor:
+    """The mean foreground probability of ``model`` over flipped and turned copies of ``x``.
 
-    ``x``: (B, C, z, y, x). Each copy is flipped on ``dims`` (one item of ``flips``), passed
-    through ``model``, read as :func:`_to_probability` reads one output and flipped back, so
-    every copy's prediction lies on ``x``'s voxels. Returns (B, 1, z, y, x) in [0, 1]; with
-    ``flips=((),)`` one plain pass. Averaging the views smooths decisions the network takes at
-    random in one orientation (issue 8: on real CT it turned a single model's harm to one test
-    case into a gain, docs/score-loss.md stop 25).
+    ``x``: (B, C, z, y, x). Each copy is one item ``(dims, k)`` of ``views`` (:data:`VIEWS`):
+    flipped on ``dims``, turned ``k`` quarter turns in the (y, x) plane, passed through
+    ``model``, read as :func:`_to_probability` reads one output and turned and flipped back, so
+    every copy's prediction lies on ``x``'s voxels (a window with y != x is turned to (x, y) and
+    back: the network is fully convolutional). Returns (B, 1, z, y, x) in [0, 1]; with
+    ``views=(((), 0),)`` one plain pass. Averaging the views removes decisions the network takes
+    in one orientation only (issue 8: on real CT it turned single models' harm to a test case
+    into gains, docs/score-loss.md stop 25).
     """
     total = None
-    for dims in flips:
-        dims = tuple(int(d) for d in dims)
-        xi = to_memory_format(torch.flip(x, dims), x.device) if dims else x
-        p = _to_probability(model(xi))
+    for dims, k in views:
+        dims, k = tuple(int(d) for d in dims), int(k) % 4
+        xi = torch.flip(x, dims) if dims else x
+        xi = torch.rot90(xi, k, (3, 4)) if k else xi
+        p = _to_probability(model(to_memory_format(xi, x.device) if (dims or k) else x))
+        p = torch.rot90(p, -k, (3, 4)) if k else p
         p = torch.flip(p, dims) if dims else p
         total = p if total is None else total + p
     if total is None:
-        raise InputError("flip_mean_probability needs at least one flip (() is the plain pass).")
-    return total / len(flips)
+        raise InputError("view_mean_probability needs at least one view (((), 0) is the plain "
+                         "pass).")
+    return total / len(views)
 
 
 class MeanProbability(torch.nn.Module):
@@ -378,15 +385,15 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
     identical. ``resample``: when the checkpoint records its training ``spacing_mm`` and the image's
     differs by more than 5% on an axis, the input crop is resampled to the training spacing
     (SimpleITK, linear), inferred there and the probability resampled back (linear).
-    ``tta``: test-time flips: each window's probability is the mean over the eight flips of the
-    (z, y, x) axes (:data:`FLIPS`, :func:`flip_mean_probability`), eight network passes per
-    window; skipped for a checkpoint trained without flips (:func:`tta_allowed`). False: one
-    pass (about eight times less network time, docs/performance.md).
+    ``tta``: test-time augmentation: each window's probability is the mean over its 16 views
+    (flips and in-plane quarter turns, :data:`VIEWS`, :func:`view_mean_probability`), 16 network
+    passes per window; skipped for a checkpoint trained without augmentation
+    (:func:`tta_allowed`). False: one pass (far less network time, docs/performance.md).
     ``num_threads``: torch CPU threads for this call (default: the cores available to the process,
     ``os.sched_getaffinity``; 0 leaves torch's setting), restored afterwards. ``timings``: a dict
     filled with the stages' seconds (``input_s``, ``network_s``, ``paste_s``), ``windows_run`` /
     ``windows_total``, ``n_rois``, ``input_shapes`` (for :func:`forward_floor`) and
-    ``passes_per_window`` (8 with test-time flips, else 1).
+    ``passes_per_window`` (16 with test-time augmentation, else 1).
     """
     t_start = time.perf_counter()
     check_same_grid(image.geometry, initial.geometry, "image", "initial mask")
@@ -419,7 +426,7 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
     stats = {"input_s": 0.0, "network_s": 0.0, "paste_s": 0.0, "windows_run": 0,
              "windows_total": 0, "n_rois": len(rois), "input_shapes": [],
              "resampled_to": list(train_sp) if train_sp else None,
-             "passes_per_window": len(FLIPS) if tta and tta_allowed(metadata) else 1}
+             "passes_per_window": len(VIEWS) if tta and tta_allowed(metadata) else 1}
 
     threads_before = torch.get_num_threads()
     want = default_num_threads() if num_threads is None else int(num_threads)
@@ -522,11 +529,11 @@ def _refine_roi(model, metadata, channels, patch, image, mask0, roi, ctx, dev, m
     t1 = time.perf_counter()
     stats["input_s"] += t1 - t0
 
-    flips = FLIPS if stats["passes_per_window"] > 1 else ((),)
+    views = VIEWS if stats["passes_per_window"] > 1 else (((), 0),)
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         stats["windows_run"] += int(batch.shape[0])
-        return flip_mean_probability(model, to_memory_format(batch, dev), flips)
+        return view_mean_probability(model, to_memory_format(batch, dev), views)
 
     def predictor(batch: torch.Tensor, coords=None) -> torch.Tensor:
         if cancel is not None:
