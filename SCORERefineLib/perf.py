@@ -422,6 +422,22 @@ def _fmt(v, nd=2):
     return "-" if v is None else f"{v:.{nd}f}"
 
 
+def _refine_table(rows: Sequence[dict], floor: bool) -> list[str]:
+    """A markdown table of refine measurements: device, threads, humeri, seconds, the forward
+    floor (``floor``), windows, input and network seconds, peak memory."""
+    head = ["device", "threads", "humeri", "refine s"] + (["floor s"] if floor else []) + [
+        "windows run / total", "input s", "network s", "peak RSS MB"]
+    out = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    for r in rows:
+        t = r["timings"]
+        cells = [r["device"], r["threads"], r["n_humeri"], f"{r['seconds']:.2f}"]
+        cells += [_fmt(r.get("floor_s"))] if floor else []
+        cells += [f"{t.get('windows_run')} / {t.get('windows_total')}", _fmt(t.get("input_s")),
+                  _fmt(t.get("network_s")), f"{r['peak_rss_mb']:.0f}"]
+        out.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return out
+
+
 def render_markdown(report: dict, command: str) -> str:
     m = report["machine"]
     busy = report.get("busy")
@@ -467,15 +483,8 @@ def render_markdown(report: dict, command: str) -> str:
                   "over its 16 flipped and turned views (`inference.view_mean_probability`, 16 "
                   "network passes per window; on real CT it turned single models' harm to a test "
                   "case into gains, docs/score-loss.md stop 25). These rows run one pass per "
-                  "window (`scorerefine refine --no-tta`).", "",
-                  "| device | threads | humeri | refine s | windows run / total | input s | network s "
-                  "| peak RSS MB |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in report["refine_no_tta"]:
-            t = r["timings"]
-            lines.append(f"| {r['device']} | {r['threads']} | {r['n_humeri']} | {r['seconds']:.2f} "
-                         f"| {t.get('windows_run')} / {t.get('windows_total')} "
-                         f"| {_fmt(t.get('input_s'))} | {_fmt(t.get('network_s'))} "
-                         f"| {r['peak_rss_mb']:.0f} |")
+                  "window (`scorerefine refine --no-tta`).", ""]
+        lines += _refine_table(report["refine_no_tta"], floor=False)
     if report.get("refine_trained_spacing"):
         lines += ["", "## Refine at the training spacing", "",
                   "The same volumes with a checkpoint that records the spacing it was trained at "
@@ -484,15 +493,8 @@ def render_markdown(report: dict, command: str) -> str:
                   "`scorerefine train` on that cohort writes it): the crop is resampled to it, "
                   "inferred there, and only the network's change is resampled back. The targets "
                   "above are read from the native-spacing rows (the stricter case: a model trained "
-                  "on CT at this CT's own spacing).", "",
-                  "| device | threads | humeri | refine s | floor s | windows run / total | input s "
-                  "| network s | peak RSS MB |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in report["refine_trained_spacing"]:
-            t = r["timings"]
-            lines.append(f"| {r['device']} | {r['threads']} | {r['n_humeri']} | {r['seconds']:.2f} "
-                         f"| {_fmt(r.get('floor_s'))} | {t.get('windows_run')} / "
-                         f"{t.get('windows_total')} | {_fmt(t.get('input_s'))} "
-                         f"| {_fmt(t.get('network_s'))} | {r['peak_rss_mb']:.0f} |")
+                  "on CT at this CT's own spacing).", ""]
+        lines += _refine_table(report["refine_trained_spacing"], floor=True)
     lines += ["", "## Refine time vs. volume size (one humerus)", "",
               "| volume (z, y, x) | voxels (M) | refine s | peak RSS MB |", "| --- | --- | --- | --- |"]
     for r in report["scaling"]:

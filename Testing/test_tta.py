@@ -144,3 +144,14 @@ def test_model_refiner_and_cli_run_the_views_by_default(tmp_path):
         info = json.loads(get_case(tmp_path / "ds", "c1").prediction_path("refined")
                           .with_name("refined.json").read_text())
         assert info["tta"] is want
+
+
+def test_the_background_refine_command_asks_for_one_pass_only_when_told():
+    """``jobs.refine_command`` (the Slicer panel's background refine): the views by default,
+    ``--no-tta`` when the panel's box is unticked (``tta=False``)."""
+    from SCORERefineLib.jobs import refine_command
+
+    on = refine_command("ct.nii", "m.nii", "out.nii", "model.pt")
+    off = refine_command("ct.nii", "m.nii", "out.nii", "model.pt", tta=False)
+    assert "--no-tta" not in on and off.count("--no-tta") == 1
+    assert [a for a in off if a != "--no-tta"] == on
