@@ -423,10 +423,11 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
         rois = [roi_slices(mask0, spacing, margin_mm)]
     if train_sp is not None and all(abs(a - b) <= 0.05 * b for a, b in zip(spacing, train_sp)):
         train_sp = None   # close enough: infer on the image grid
+    views = VIEWS if tta and tta_allowed(metadata) else (((), 0),)
     stats = {"input_s": 0.0, "network_s": 0.0, "paste_s": 0.0, "windows_run": 0,
              "windows_total": 0, "n_rois": len(rois), "input_shapes": [],
              "resampled_to": list(train_sp) if train_sp else None,
-             "passes_per_window": len(VIEWS) if tta and tta_allowed(metadata) else 1}
+             "passes_per_window": len(views)}
 
     threads_before = torch.get_num_threads()
     want = default_num_threads() if num_threads is None else int(num_threads)
@@ -459,7 +460,7 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
             roi_prob = _refine_roi(model, metadata, channels, patch, image, mask0, roi, ctx, dev,
                                    margin_mm, overlap, int(sw_batch_size), band_only,
                                    skip_far_windows, train_sp, progress, cancel, done, total, stats,
-                                   threshold=threshold)
+                                   threshold=threshold, views=views)
             t1 = time.perf_counter()
             new = (roi_prob >= threshold).astype(np.uint8)
             if band_only:
@@ -486,7 +487,8 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
 
 def _refine_roi(model, metadata, channels, patch, image, mask0, roi, ctx, dev, margin_mm, overlap,
                 sw_batch_size, band_only, skip_far_windows, train_sp, progress, cancel, done,
-                total, stats, threshold: float = 0.5) -> np.ndarray:
+                total, stats, threshold: float = 0.5,
+                views: Sequence[tuple[Sequence[int], int]] = (((), 0),)) -> np.ndarray:
     """The foreground probability on ``roi`` (float32 array of the ROI's shape).
 
     With ``train_sp`` only the network's *change* goes back to the image grid: the voxels it adds
@@ -528,8 +530,6 @@ def _refine_roi(model, metadata, channels, patch, image, mask0, roi, ctx, dev, m
     band_t = torch.from_numpy(net_band) if can_skip else None
     t1 = time.perf_counter()
     stats["input_s"] += t1 - t0
-
-    views = VIEWS if stats["passes_per_window"] > 1 else (((), 0),)
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         stats["windows_run"] += int(batch.shape[0])
