@@ -105,7 +105,7 @@ class ModelRefiner:
             16 flipped and turned views
             (:func:`~SCORERefineLib.refiner.inference.view_mean_probability`; 16 network passes
             per window). ``False``: one pass. ``settings["tta"]`` records what ran (False for a
-            checkpoint trained without augmentation).
+            checkpoint trained without augmentation, or an ensemble with such a member).
         also: more checkpoints of the same setting (e.g. ``scorerefine train --seed 1``, ``2``):
             the proposal is then the mean foreground probability of all the models, thresholded
             (an ensemble: ``model`` is then a
@@ -138,12 +138,14 @@ class ModelRefiner:
         self.path = Path(path)
         self.device = resolve_device(device)
         self.model, self.metadata = load_model(self.path, self.device)
+        views_suit = tta_allowed(self.metadata)
         if also:
             members = [self.model]
             for extra in also:
                 model, meta = load_model(Path(extra), self.device)
                 _check_same_setting(self.path, self.metadata, Path(extra), meta)
                 members.append(model)
+                views_suit = views_suit and tta_allowed(meta)   # every member was trained on them
             self.model = MeanProbability(members)
         self.cancel, self.progress = cancel, progress
         self.settings = {"method": self.name, "model": str(self.path), "device": str(self.device),
@@ -151,7 +153,7 @@ class ModelRefiner:
                          "overlap": float(overlap), "sw_batch_size": int(sw_batch_size),
                          "guard": bool(guard), "fragment_share": _fragment_share(fragment_share),
                          "veto": bool(veto),
-                         "tta": bool(tta) and tta_allowed(self.metadata)}
+                         "tta": bool(tta) and views_suit}
         if also:
             self.settings["ensemble"] = [str(self.path)] + [str(Path(p)) for p in also]
         self.last_info: dict = {}

@@ -133,6 +133,10 @@ def test_model_refiner_and_cli_run_the_views_by_default(tmp_path):
     assert make_refiner(ck, device="cpu", tta=False).settings["tta"] is False
     no_flip = _checkpoint(tmp_path / "noflip.pt", augment=False)
     assert make_refiner(no_flip, device="cpu").settings["tta"] is False
+    for first, other in ((ck, no_flip), (no_flip, ck)):   # an ensemble: every member must suit
+        ens = make_refiner(first, device="cpu", also=[other])
+        assert ens.settings["tta"] is False and len(ens.settings["ensemble"]) == 2
+    assert make_refiner(ck, device="cpu", also=[ck]).settings["tta"] is True
 
     write_case(tmp_path / "ds", "c1", image, initial)
     parser = argparse.ArgumentParser()
