@@ -95,6 +95,9 @@ class BenchConfig:
     misplace: float = 0.2
     #: hybrid rows: dense cases (0: a quarter of the training cases, at least 1)
     hybrid_dense: int = 0
+    #: real cohort: each training structure at this many error seeds (``seed``, ``seed + 1``...;
+    #: a case ``<structure>_s<k>`` per further seed); the test cases stay at ``seed``
+    train_error_seeds: int = 1
 
 
 PRESETS = {
@@ -116,6 +119,11 @@ PRESETS = {
     "real_abdomen": BenchConfig(n_train=0, n_test=0, phantom_preset="-", steps=1800,
                                 network="small", patch=(48, 48, 48), cohort="real",
                                 real_abdomen=True),
+    # real_abdomen at the hidden set's size: its 15 training structures at two error seeds
+    # (30 training cases: the trainer's validation split applies from 20), the same 8 test cases
+    "real_abdomen_x2": BenchConfig(n_train=0, n_test=0, phantom_preset="-", steps=1800,
+                                   network="small", patch=(48, 48, 48), cohort="real",
+                                   real_abdomen=True, train_error_seeds=2),
     # for the test suite: three small real structures, 2 steps, the score row only
     "real_smoke": BenchConfig(n_train=0, n_test=0, phantom_preset="-", steps=2, network="tiny",
                               patch=(16, 16, 16), batch=1, cohort="real", rows=("score",),
@@ -244,7 +252,8 @@ def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams
 
     workdir = Path(workdir)
     split = Split(workdir / "train", workdir / "test")
-    for path in (split.train, split.test, workdir / "real_cohort"):
+    for path in (split.train, split.test, workdir / "real_cohort",
+                 *(workdir / f"real_cohort_s{k}" for k in range(1, int(cfg.train_error_seeds)))):
         if path.exists():
             shutil.rmtree(path)
     train, test = make_real_cohort(workdir / "real_cohort", seed=cfg.seed,
@@ -254,6 +263,12 @@ def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams
         cases_dir(dest).mkdir(parents=True, exist_ok=True)
         for case in cases:
             shutil.copytree(case.folder, cases_dir(dest) / case.case_id)
+    for k in range(1, int(cfg.train_error_seeds)):   # the training structures' further errors
+        more, _ = make_real_cohort(workdir / f"real_cohort_s{k}", seed=cfg.seed + k,
+                                   config=RealConfig(include_abdomen=cfg.real_abdomen),
+                                   structures=[c.case_id for c in train])
+        for case in more:
+            shutil.copytree(case.folder, cases_dir(split.train) / f"{case.case_id}_s{k}")
     from .realct import load_manifest
     manifest = load_manifest(workdir / "real_cohort")
     structures = {c["case_id"]: c for c in manifest["cases"]}
@@ -689,6 +704,8 @@ def render_markdown(report: dict, command: str) -> str:
         cohort = (f"- preset `{report['preset']}`: {cfg['n_train']} training and {cfg['n_test']} "
                   f"held-out test cases of the real-CT cohort (one case per structure, split by "
                   f"structure; seed {cfg['seed']}"
+                  + (f"; each training structure at {cfg['train_error_seeds']} error seeds"
+                     if cfg.get("train_error_seeds", 1) > 1 else "")
                   + ("; with the TotalSegmentator CT's upper-abdominal structures, whose "
                      "references are its --fast labels" if cfg.get("real_abdomen") else "")
                   + "); ")

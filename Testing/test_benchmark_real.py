@@ -47,3 +47,30 @@ def test_real_abdomen_preset_adds_the_totalsegmentator_organs(tmp_path):
     assert {c.case_id for c in list_cases(split.train)} == {"inferior_vena_cava"}
     assert {s["source"] for s in structures.values()} == {"totalseg-abdomen"}
     assert {s["reference_kind"] for s in structures.values()} == {"totalsegmentator-fast"}
+
+
+def test_real_abdomen_x2_trains_each_structure_at_two_error_seeds(tmp_path):
+    """``--preset real_abdomen_x2`` (the hidden set's size): each training structure again at the
+    next error seed, as ``<structure>_s1``, rated like the others; the test cases are unchanged."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from SCORERefineLib.benchmark import make_real_split
+    from SCORERefineLib.feedback import load_feedback
+    from SCORERefineLib.imageio import read_image
+    from SCORERefineLib.regions import RegionParams
+
+    assert PRESETS["real_abdomen_x2"].train_error_seeds == 2
+    assert PRESETS["real_abdomen"].train_error_seeds == 1
+    cfg = replace(PRESETS["real_abdomen_x2"], real_abdomen=False,
+                  real_structures=("vertebrae_cervical", "rib_left_1"))
+    split, _ = make_real_split(tmp_path / "w", cfg, RegionParams(n_regions=4, band_mm=3.0, seed=0))
+    assert {c.case_id for c in list_cases(split.test)} == {"rib_left_1"}
+    train = {c.case_id: c for c in list_cases(split.train)}
+    assert set(train) == {"vertebrae_cervical", "vertebrae_cervical_s1"}
+    a, b = train["vertebrae_cervical"], train["vertebrae_cervical_s1"]
+    np.testing.assert_array_equal(read_image(a.reference_path).array,
+                                  read_image(b.reference_path).array)
+    assert (read_image(a.initial_path).array != read_image(b.initial_path).array).any()
+    assert b.has_feedback and load_feedback(b.feedback_path).case_id == "vertebrae_cervical_s1"

@@ -282,7 +282,7 @@ def test_cli_validation_appearance_and_prefetch_flags():
     assert c.val_min_cases == 20
     assert c.make_mode().config.appearance_mm == 0.0
     default = cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt"]))
-    assert default.val_fraction == 0.2 and default.make_mode().config.appearance_mm == 1.0
+    assert default.val_fraction is None and default.make_mode().config.appearance_mm == 1.0
     assert default.prefetch is None                       # auto: 2 on CUDA, 0 on the CPU
     assert default.val_batches == TrainConfig().val_batches
     for bad in (["--val-fraction", "1.0"], ["--val-every", "0"], ["--val-batches", "0"],

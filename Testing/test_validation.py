@@ -90,6 +90,22 @@ def test_trainer_without_validation_trains_on_every_case(tmp_path, settings):
     assert "validation" not in meta and len(meta["cases"]) == 5
 
 
+def test_the_default_split_is_the_modes_none_in_score_mode(tmp_path):
+    """``val_fraction`` None (the default): score mode holds nothing out (its held-out ratings
+    loss did not track held-out Dice), full mode 0.2; an explicit share still splits score mode."""
+    ds = make_tiny_dataset(tmp_path / "ds", n=5, seed=11)
+    base = dict(steps=2, patch_size=(16, 16, 16), batch_size=1, network="tiny", device="cpu",
+                checkpoint_every=0, num_threads=1, val_min_cases=5, val_every=1, val_batches=2)
+    assert TrainConfig().val_fraction is None
+    for mode, fraction, held in (("score", None, 0), ("full", None, 1), ("score", 0.2, 1)):
+        out = tmp_path / f"{mode}{fraction}.pt"
+        train(ds, out, TrainConfig(mode=mode, val_fraction=fraction, **base), progress="none")
+        meta = load_checkpoint(out)["metadata"]
+        assert len(meta["cases"]) == 5 - held
+        assert len(meta.get("validation", {}).get("cases", [])) == held
+        assert meta["val_fraction"] == (0.2 if held else 0.0)
+
+
 
 def test_validation_sees_the_same_patches_at_every_evaluation(tmp_path):
     from SCORERefineLib.case import list_cases

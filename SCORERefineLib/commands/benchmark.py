@@ -16,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="quick: minutes; full: the preset the targets are read from; smoke: tests "
                         "only; real: the real-CT cohort (split by structure) with a per-structure "
                         "table, real_abdomen: plus 8 upper-abdominal structures with TotalSegmentator "
-                        "--fast references, real_smoke: its test-sized version; perf: speed and memory at "
+                        "--fast references, real_abdomen_x2: its training structures at two error "
+                        "seeds (30 cases, the hidden set's size), real_smoke: its test-sized version; perf: speed and memory at "
                         "real sizes -> docs/performance.md")
     p.add_argument("--out", type=Path, default=None,
                    help="markdown report (a JSON twin is written beside it); default "

@@ -72,10 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train every case on its own grid and record no spacing_mm (default: "
                         "cases are resampled to their median spacing, which inference then uses)")
     v = p.add_argument_group("validation and early stopping")
-    v.add_argument("--val-fraction", type=float, default=0.2,
-                   help="share of the cases held out for validation (default 0.2; 0: none; no "
-                        "validation below --val-min-cases cases or in hybrid mode). The checkpoint "
-                        "keeps the best weights by the mode's loss on the held-out cases")
+    v.add_argument("--val-fraction", type=float, default=None,
+                   help="share of the cases held out for validation (default: 0 in score mode, "
+                        "whose held-out ratings loss did not track held-out Dice, 0.2 in full and "
+                        "scribble mode; 0: none; no validation below --val-min-cases cases or in "
+                        "hybrid mode). The checkpoint keeps the best weights by the mode's loss on "
+                        "the held-out cases")
     v.add_argument("--val-min-cases", type=int, default=20,
                    help="the fewest usable cases a validation split is made from (default 20: "
                         "on smaller cohorts holding cases out cost more than it gave)")
@@ -154,7 +156,7 @@ def config_from_args(args):
         device=args.device, seed=args.seed, checkpoint_every=args.checkpoint_every,
         resume=args.resume, amp=not args.no_amp, augment=not args.no_augment,
         num_threads=args.threads, resample=not getattr(args, "native_spacing", False),
-        val_fraction=_fraction(getattr(args, "val_fraction", 0.2)),
+        val_fraction=_fraction(getattr(args, "val_fraction", None)),
         val_every=_positive("--val-every", getattr(args, "val_every", 100)),
         val_batches=(TrainConfig.val_batches if getattr(args, "val_batches", None) is None
                      else _positive("--val-batches", args.val_batches)),
@@ -164,9 +166,11 @@ def config_from_args(args):
                   else max(int(args.prefetch), 0)))
 
 
-def _fraction(value: float) -> float:
+def _fraction(value: float | None) -> float | None:
     from ..errors import InputError
 
+    if value is None:
+        return None   # the mode's default
     if not 0.0 <= float(value) < 1.0:
         raise InputError(f"--val-fraction must be in [0, 1), got {value}.")
     return float(value)

@@ -8,7 +8,8 @@
 * on cancel (:class:`~SCORERefineLib.progress.CancelToken`: SIGINT/SIGTERM in the CLI) the current
   weights and optimizer state are saved, then :class:`~SCORERefineLib.errors.Cancelled` is raised;
 * ``resume=True`` continues from ``out``'s step with its optimizer state.
-* held-out validation (:mod:`.validation`): with ``val_fraction`` > 0 and at least
+* held-out validation (:mod:`.validation`): with ``val_fraction`` > 0 (None, the default: the
+  mode's ``default_val_fraction``, 0 in score mode, 0.2 in the others) and at least
   ``val_min_cases`` (20) usable cases, a share of
   the cases is never trained on; the mode's loss on ``val_batches`` fixed batches of patches of
   them is measured every ``val_every`` steps, the best weights are kept, and training stops early when it stops
@@ -110,7 +111,7 @@ class TrainConfig:
     # off below validation.MIN_CASES_FOR_VALIDATION cases or when the mode does not support it),
     # steps between evaluations, evaluations without improvement before stopping, and the share
     # of the steps before which training never stops
-    val_fraction: float = 0.2
+    val_fraction: float | None = None   # None: the mode's default_val_fraction
     val_every: int = 100
     val_patience: int = 5
     val_min_share: float = 0.3
@@ -292,6 +293,14 @@ class Trainer:
         self.last_saved_step: int | None = None
 
     # ------------------------------------------------------------------ set-up
+    def val_fraction(self) -> float:
+        """The share of cases held out: ``config.val_fraction``, or when that is None the mode's
+        ``default_val_fraction``; 0 for a mode without validation (hybrid)."""
+        if not getattr(self.mode, "supports_validation", True):
+            return 0.0
+        f = self.config.val_fraction
+        return float(self.mode.default_val_fraction if f is None else f)
+
     def _check_config(self, net_cfg) -> None:
         c = self.config
         if c.steps < 1:
@@ -348,6 +357,7 @@ class Trainer:
             "n_cases": len(targets),
             "cases": [t.case_id for t in targets],
             "training": self.config.to_dict(),
+            "val_fraction": self.val_fraction(),   # what ran (training.val_fraction None: the mode's)
             "total_steps": int(total),
             "world_size": self.env.world_size,
             "dataset": str(self.dataset),
@@ -401,8 +411,8 @@ class Trainer:
         targets, spacing = prepare_cases(self.dataset, mode, self.config.resample)
         total = int(c.steps)
         val_targets: list = []
-        if getattr(mode, "supports_validation", True):
-            targets, val_targets = split_validation(targets, float(c.val_fraction), int(c.seed),
+        if self.val_fraction() > 0:
+            targets, val_targets = split_validation(targets, self.val_fraction(), int(c.seed),
                                                     min_cases=int(c.val_min_cases))
 
         set_determinism(seed=int(c.seed))

@@ -83,6 +83,9 @@ class TrainingMode:
     label_maps: ClassVar[tuple[str, ...]] = ()  # keys of CaseTargets.maps that are integer labels
     #: the trainer may hold out cases for validation and early stopping (refiner/validation.py)
     supports_validation: ClassVar[bool] = True
+    #: the share of cases held out when ``TrainConfig.val_fraction`` is None (the default);
+    #: a mode whose held-out loss does not track held-out quality sets 0 (score mode)
+    default_val_fraction: ClassVar[float] = 0.2
     Config: ClassVar[type[ModeConfig]] = ModeConfig
 
     def __init__(self, config: ModeConfig | None = None):
