@@ -357,7 +357,9 @@ class Trainer:
             "n_cases": len(targets),
             "cases": [t.case_id for t in targets],
             "training": self.config.to_dict(),
-            "val_fraction": self.val_fraction(),   # what ran (training.val_fraction None: the mode's)
+            # the share asked for (training.val_fraction, or the mode's when that is None);
+            # "validation" below is present only when a split was made (>= val_min_cases)
+            "val_fraction": self.val_fraction(),
             "total_steps": int(total),
             "world_size": self.env.world_size,
             "dataset": str(self.dataset),
@@ -411,8 +413,9 @@ class Trainer:
         targets, spacing = prepare_cases(self.dataset, mode, self.config.resample)
         total = int(c.steps)
         val_targets: list = []
-        if self.val_fraction() > 0:
-            targets, val_targets = split_validation(targets, self.val_fraction(), int(c.seed),
+        share = self.val_fraction()
+        if share > 0:
+            targets, val_targets = split_validation(targets, share, int(c.seed),
                                                     min_cases=int(c.val_min_cases))
 
         set_determinism(seed=int(c.seed))
