@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 Testing $(PYTEST_ARGS)
 
 benchmark: $(STAMP)
-	$(VENV)/bin/scorerefine benchmark --preset full --with-report docs/benchmark-real.json --with-report docs/benchmark-real-abdomen.json --with-report docs/benchmark-real-abdomen-x2.json
+	$(VENV)/bin/scorerefine benchmark --preset full --with-report docs/benchmark-real.json --with-report docs/benchmark-real-abdomen.json --with-report docs/benchmark-real-abdomen-x2.json --with-report docs/benchmark-real-abdomen-seen.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_output

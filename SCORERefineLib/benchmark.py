@@ -98,6 +98,11 @@ class BenchConfig:
     #: real cohort: each training structure at this many error seeds (``seed``, ``seed + 1``...;
     #: a case ``<structure>_s<k>`` per further seed); the test cases stay at ``seed``
     train_error_seeds: int = 1
+    #: real cohort, > 0: split by error draw instead of by structure. Every structure is built
+    #: at ``train_error_seeds + test_error_seeds`` error seeds (cases ``<structure>_s<k>``, k from
+    #: 0); the first ``train_error_seeds`` go to training, the rest to testing, so the test
+    #: anatomy is seen in training (with other errors), as in a set whose organs all train
+    test_error_seeds: int = 0
 
 
 PRESETS = {
@@ -124,6 +129,14 @@ PRESETS = {
     "real_abdomen_x2": BenchConfig(n_train=0, n_test=0, phantom_preset="-", steps=1800,
                                    network="small", patch=(48, 48, 48), cohort="real",
                                    real_abdomen=True, train_error_seeds=2),
+    # the hidden set's shape: 4 abdominal structures (3 solid organs and a vessel) of the
+    # TotalSegmentator CT, each at 6 training and 4 test error draws (24 / 16 cases); the same
+    # anatomy in both splits (one CT), split by error draw (real_abdomen tests unseen structures)
+    "real_abdomen_seen": BenchConfig(n_train=0, n_test=0, phantom_preset="-", steps=1800,
+                                     network="small", patch=(48, 48, 48), cohort="real",
+                                     real_abdomen=True,
+                                     real_structures=("liver", "spleen", "stomach", "aorta"),
+                                     train_error_seeds=6, test_error_seeds=4),
     # for the test suite: three small real structures, 2 steps, the score row only
     "real_smoke": BenchConfig(n_train=0, n_test=0, phantom_preset="-", steps=2, network="tiny",
                               patch=(16, 16, 16), batch=1, cohort="real", rows=("score",),
@@ -252,10 +265,17 @@ def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams
 
     workdir = Path(workdir)
     split = Split(workdir / "train", workdir / "test")
+    n_seeds = int(cfg.train_error_seeds) + int(cfg.test_error_seeds)
     for path in (split.train, split.test, workdir / "real_cohort",
-                 *(workdir / f"real_cohort_s{k}" for k in range(1, int(cfg.train_error_seeds)))):
+                 *(workdir / f"real_cohort_s{k}" for k in range(n_seeds))):
         if path.exists():
             shutil.rmtree(path)
+    if int(cfg.test_error_seeds) > 0:
+        structures = _split_by_error_draw(workdir, split, cfg)
+        prepare_regions(list_cases(split.train), params)
+        prepare_regions(list_cases(split.test), params)
+        rate_cases(list_cases(split.train), params, noise=0.0, seed=cfg.seed)
+        return split, structures
     train, test = make_real_cohort(workdir / "real_cohort", seed=cfg.seed,
                                    config=RealConfig(include_abdomen=cfg.real_abdomen),
                                    structures=cfg.real_structures)
@@ -276,6 +296,34 @@ def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams
     prepare_regions(list_cases(split.test), params)
     rate_cases(list_cases(split.train), params, noise=0.0, seed=cfg.seed)
     return split, structures
+
+
+def _split_by_error_draw(workdir: Path, split: Split, cfg: BenchConfig) -> dict:
+    """:attr:`BenchConfig.test_error_seeds` > 0: every structure at error seeds ``seed + k``,
+    k < ``train_error_seeds`` to ``split.train``, the next ``test_error_seeds`` to ``split.test``,
+    as cases ``<structure>_s<k>`` (cohorts under ``<workdir>/real_cohort_s<k>``). Returns case id
+    -> manifest entry."""
+    import shutil
+
+    from .case import cases_dir
+    from .realct import RealConfig, load_manifest, make_real_cohort
+
+    structures = {}
+    n_train = int(cfg.train_error_seeds)
+    for k in range(n_train + int(cfg.test_error_seeds)):
+        out = workdir / f"real_cohort_s{k}"
+        train, test = make_real_cohort(out, seed=cfg.seed + k,
+                                       config=RealConfig(include_abdomen=cfg.real_abdomen),
+                                       structures=cfg.real_structures)
+        dest = cases_dir(split.train if k < n_train else split.test)
+        dest.mkdir(parents=True, exist_ok=True)
+        for case in train + test:
+            shutil.copytree(case.folder, dest / f"{case.case_id}_s{k}")
+        for entry in load_manifest(out)["cases"]:
+            cid = f"{entry['case_id']}_s{k}"
+            structures[cid] = {**entry, "case_id": cid, "error_seed": cfg.seed + k,
+                               "split": "train" if k < n_train else "test"}
+    return structures
 
 
 def _with_case_id(rows):
@@ -345,11 +393,31 @@ def reusable_model(path: Path, config, fingerprint: str | None = None) -> TrainR
         meta = load_checkpoint(path, map_location="cpu")["metadata"]
     except Exception:
         return None
-    had = {k: v for k, v in (meta.get("training") or {}).items() if k not in _RUN_ONLY_SETTINGS}
-    want = {k: v for k, v in config.to_dict().items() if k not in _RUN_ONLY_SETTINGS}
+    had = {k: v for k, v in (meta.get("training") or {}).items()
+           if k not in _RUN_ONLY_SETTINGS + ("val_fraction",)}
+    want = {k: v for k, v in config.to_dict().items()
+            if k not in _RUN_ONLY_SETTINGS + ("val_fraction",)}
     if not meta.get("complete") or json.loads(json.dumps(had)) != json.loads(json.dumps(want)):
         return None
+    if not _same_split(meta, config):
+        return None
     return TrainResult(Path(path), float((meta.get("training") or {}).get("seconds", 0.0)), config)
+
+
+def _same_split(meta: dict, config) -> bool:
+    """Whether training with ``config`` on the model's own data would hold out what the model's
+    training held out. The validation share is compared as it ran, not as it was written: None
+    (the mode's default) and the share it stands for are one setting, and a share asked for on
+    too few cases (no split made) trains like any other share there, but not like 0 elsewhere."""
+    from .refiner.trainer import val_share
+
+    want = val_share(config)
+    had = meta.get("val_fraction", (meta.get("training") or {}).get("val_fraction"))
+    if had is None:
+        return False
+    if "validation" in meta:        # a split was made: the same share makes the same split
+        return abs(float(had) - want) < 1e-9
+    return want == 0.0 or float(had) > 0.0
 
 
 def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: str = "bar",
@@ -698,9 +766,20 @@ def _targets_table(targets: Sequence[dict]) -> list[str]:
     return lines
 
 
-def render_markdown(report: dict, command: str) -> str:
-    m, cfg = report["machine"], report["config"]
-    if cfg.get("cohort", "phantoms") == "real":
+def cohort_line(report: dict) -> str:
+    """The report's first preset line: which cases, and how they were split."""
+    cfg = report["config"]
+    if cfg.get("cohort", "phantoms") == "real" and cfg.get("test_error_seeds", 0) > 0:
+        cohort = (f"- preset `{report['preset']}`: {cfg['n_train']} training and {cfg['n_test']} "
+                  f"test cases of the real-CT cohort, split by error draw, not by structure: each "
+                  f"of {', '.join(cfg.get('real_structures') or ())} at "
+                  f"{cfg['train_error_seeds']} training and {cfg['test_error_seeds']} test error "
+                  f"seeds (seed {cfg['seed']} on), so the test anatomy is seen in training with "
+                  f"other errors"
+                  + ("; references are TotalSegmentator's --fast labels"
+                     if cfg.get("real_abdomen") else "")
+                  + "; ")
+    elif cfg.get("cohort", "phantoms") == "real":
         cohort = (f"- preset `{report['preset']}`: {cfg['n_train']} training and {cfg['n_test']} "
                   f"held-out test cases of the real-CT cohort (one case per structure, split by "
                   f"structure; seed {cfg['seed']}"
@@ -713,6 +792,12 @@ def render_markdown(report: dict, command: str) -> str:
         cohort = (f"- preset `{report['preset']}`: {cfg['n_train']} training and {cfg['n_test']} "
                   f"held-out test cases of the `{cfg['phantom_preset']}` synthetic humerus cohort "
                   f"(seed {cfg['seed']}); ")
+    return cohort
+
+
+def render_markdown(report: dict, command: str) -> str:
+    m, cfg = report["machine"], report["config"]
+    cohort = cohort_line(report)
     lines = [
         "# SCORERefine benchmark",
         "",
@@ -758,11 +843,14 @@ def render_markdown(report: dict, command: str) -> str:
               "components (over all test cases) that do not touch the initial mask's "
               "neighbourhood (one voxel)."]
     if report.get("structures"):
-        lines += ["", "## Per structure (held-out test structures)", "",
+        by_draw = cfg.get("test_error_seeds", 0) > 0
+        lines += ["", "## Per test case (each structure at its test error seeds)" if by_draw
+                  else "## Per structure (held-out test structures)", "",
                   "| structure | group | row | Dice | HD95 mm | components | worse than initial |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for r in per_structure_rows(report):
-            lines.append(f"| {r['structure']} | {r['group']} | {row_label(r['method'])} "
+            name = r["case"] if by_draw else r["structure"]
+            lines.append(f"| {name} | {r['group']} | {row_label(r['method'])} "
                          f"| {r['dice']:.4f} | {r['hd95']:.2f} | {r['components']} "
                          f"| {'**yes**' if r['worse_than_initial'] else 'no'} |")
     lines += _seeds_section(report)
@@ -790,6 +878,16 @@ def render_markdown(report: dict, command: str) -> str:
                   f"| {summ.get('precision_before', float('nan')):.1%} "
                   f"| {summ.get('precision_after', float('nan')):.1%} "
                   f"| {summ.get('changed_before', 0)} | {summ.get('changed_after', 0)} |"]
+        if "removed_before" in summ:
+            nan = float("nan")
+            lines += ["", "| side | flips before | right before | flips after | right after |",
+                      "| --- | --- | --- | --- | --- |"]
+            for side, label in (("removed", "removals (inside the initial mask)"),
+                                ("added", "additions (outside it)")):
+                lines.append(f"| {label} | {summ.get(side + '_before', 0)} "
+                             f"| {summ.get(side + '_precision_before', nan):.1%} "
+                             f"| {summ.get(side + '_after', 0)} "
+                             f"| {summ.get(side + '_precision_after', nan):.1%} |")
     from .efficiency import markdown_sections
     lines += markdown_sections(report)
     lines += ["", "## Targets", ""] + _targets_table(report["targets"])

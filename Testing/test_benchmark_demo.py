@@ -159,6 +159,13 @@ def test_reuse_models_skips_training_only_for_the_same_settings(tmp_path):
     assert reusable_model(model, row_config("score", replace(cfg, steps=3), "cpu")) is None
     assert reusable_model(model, row_config("score_no_edge", cfg, "cpu")) is None
     assert reusable_model(work / "models" / "missing.pt", row_config("score", cfg, "cpu")) is None
+    # the validation share as it ran: None (the mode's default, 0) and an explicit 0 are one
+    # setting; smoke's 3 cases make no split, so a share asked for there would not either,
+    # but a model trained with no share asked is not one trained with a split
+    def with_share(share):
+        return replace(row_config("score", cfg, "cpu"), val_fraction=share)
+    assert reusable_model(model, with_share(0.0)) is not None
+    assert reusable_model(model, with_share(0.2)) is None
     # ... and only on the same training data: the benchmark records it beside the model
     from SCORERefineLib.benchmark import training_data_fingerprint
     data = training_data_fingerprint(work / "train")

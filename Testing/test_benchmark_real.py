@@ -74,3 +74,46 @@ def test_real_abdomen_x2_trains_each_structure_at_two_error_seeds(tmp_path):
                                   read_image(b.reference_path).array)
     assert (read_image(a.initial_path).array != read_image(b.initial_path).array).any()
     assert b.has_feedback and load_feedback(b.feedback_path).case_id == "vertebrae_cervical_s1"
+
+
+def test_real_abdomen_seen_splits_by_error_draw(tmp_path):
+    """``--preset real_abdomen_seen`` (the hidden set's shape): every structure at training and
+    test error seeds, ``<structure>_s<k>``; the test cases are the same anatomy as training ones
+    with other errors, only the training cases are rated, and the report says it is split by
+    error draw."""
+    from dataclasses import asdict, replace
+
+    import numpy as np
+
+    from SCORERefineLib.benchmark import cohort_line, make_real_split
+    from SCORERefineLib.imageio import read_image
+    from SCORERefineLib.regions import RegionParams
+
+    seen = PRESETS["real_abdomen_seen"]
+    assert (seen.train_error_seeds, seen.test_error_seeds) == (6, 4)
+    assert seen.real_structures == ("liver", "spleen", "stomach", "aorta")
+    cfg = replace(seen, real_abdomen=False, real_structures=("vertebrae_cervical", "rib_left_1"),
+                  train_error_seeds=2, test_error_seeds=1)
+    split, structures = make_real_split(tmp_path / "w", cfg,
+                                        RegionParams(n_regions=4, band_mm=3.0, seed=0))
+    train = {c.case_id: c for c in list_cases(split.train)}
+    test = {c.case_id: c for c in list_cases(split.test)}
+    assert set(train) == {"vertebrae_cervical_s0", "vertebrae_cervical_s1", "rib_left_1_s0",
+                          "rib_left_1_s1"}
+    assert set(test) == {"vertebrae_cervical_s2", "rib_left_1_s2"}
+    a, b = train["rib_left_1_s0"], test["rib_left_1_s2"]
+    np.testing.assert_array_equal(read_image(a.reference_path).array,
+                                  read_image(b.reference_path).array)
+    assert (read_image(a.initial_path).array != read_image(b.initial_path).array).any()
+    assert all(c.has_feedback for c in train.values())
+    assert not any(c.has_feedback for c in test.values())
+    assert structures["rib_left_1_s2"]["structure"] == "rib_left_1"
+    assert structures["rib_left_1_s2"]["split"] == "test"
+    assert structures["rib_left_1_s2"]["error_seed"] == 2
+    line = cohort_line({"preset": "real_abdomen_seen",
+                        "config": {**asdict(cfg), "n_train": 4, "n_test": 2}})
+    assert "4 training and 2 test cases" in line and "split by error draw" in line
+    assert "2 training and 1 test error seeds" in line
+    assert "split by error draw" not in cohort_line(
+        {"preset": "real_abdomen_x2", "config": {**asdict(PRESETS["real_abdomen_x2"]),
+                                                 "n_train": 30, "n_test": 8}})

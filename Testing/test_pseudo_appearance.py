@@ -76,6 +76,13 @@ def test_pseudo_label_check_reports_before_figures_on_rated_cases(tmp_path):
         assert r["rated_voxels"] > 0 and r["changed_before"] >= 0
     summary = summarise_check(rows)
     assert summary["n_cases"] == 2 and "precision_before" in summary
+    # each side's flips and their precision add up to the pooled figures
+    for r in rows:
+        assert r["removed_before"] + r["added_before"] == r["changed_before"]
+    assert summary["removed_before"] + summary["added_before"] == summary["changed_before"]
+    right = sum(summary[f"{s}_before"] * summary[f"{s}_precision_before"]
+                for s in ("removed", "added") if summary[f"{s}_before"])
+    assert right == pytest.approx(summary["changed_before"] * summary["precision_before"])
 
 
 def test_opt_in_appearance_channel_gives_the_ranking_the_same_evidence(tmp_path):

@@ -90,14 +90,16 @@ def test_trainer_without_validation_trains_on_every_case(tmp_path, settings):
     assert "validation" not in meta and len(meta["cases"]) == 5
 
 
-def test_the_default_split_is_the_modes_none_in_score_mode(tmp_path):
-    """``val_fraction`` None (the default): score mode holds nothing out (its held-out ratings
-    loss did not track held-out Dice), full mode 0.2; an explicit share still splits score mode."""
+def test_the_default_split_is_none_and_an_explicit_share_still_splits(tmp_path):
+    """``val_fraction`` None (the default): no mode holds anything out (at the hidden set's size
+    the split cost SCORE and full supervision their gain); an explicit share still splits, in
+    score and full mode, and the checkpoint records the share that ran."""
     ds = make_tiny_dataset(tmp_path / "ds", n=5, seed=11)
     base = dict(steps=2, patch_size=(16, 16, 16), batch_size=1, network="tiny", device="cpu",
                 checkpoint_every=0, num_threads=1, val_min_cases=5, val_every=1, val_batches=2)
     assert TrainConfig().val_fraction is None
-    for mode, fraction, held in (("score", None, 0), ("full", None, 1), ("score", 0.2, 1)):
+    for mode, fraction, held in (("score", None, 0), ("full", None, 0), ("score", 0.2, 1),
+                                 ("full", 0.2, 1)):
         out = tmp_path / f"{mode}{fraction}.pt"
         train(ds, out, TrainConfig(mode=mode, val_fraction=fraction, **base), progress="none")
         meta = load_checkpoint(out)["metadata"]
@@ -126,3 +128,23 @@ def test_validation_sees_the_same_patches_at_every_evaluation(tmp_path):
     assert stop.loss(net, mode, "cpu", torch.contiguous_format) == pytest.approx(
         stop.loss(net, mode, "cpu", torch.contiguous_format))
     assert not EarlyStopping().prepare(targets, mode, (16, 16, 16), 2, n_batches=0)
+
+
+def test_a_model_is_reused_only_for_the_split_that_ran(tmp_path):
+    """The benchmark compares the validation share as it ran: a model trained with a split is
+    reused for that share only, one asked for a share on too few cases (no split made) for any
+    share, one trained with none for none (None, the default, included)."""
+    from dataclasses import replace
+
+    from SCORERefineLib.benchmark import _same_split
+
+    cfg = TrainConfig(mode="full")
+    split = {"val_fraction": 0.2, "validation": {"cases": ["a"]}}
+    assert _same_split(split, replace(cfg, val_fraction=0.2))
+    assert not _same_split(split, cfg) and not _same_split(split, replace(cfg, val_fraction=0.1))
+    asked_no_split = {"val_fraction": 0.2}
+    assert _same_split(asked_no_split, cfg) and _same_split(asked_no_split, replace(cfg, val_fraction=0.3))
+    none = {"val_fraction": 0.0}
+    assert _same_split(none, cfg) and _same_split(none, replace(cfg, val_fraction=0.0))
+    assert not _same_split(none, replace(cfg, val_fraction=0.2))
+    assert not _same_split({}, cfg)

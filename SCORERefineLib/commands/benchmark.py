@@ -17,7 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "only; real: the real-CT cohort (split by structure) with a per-structure "
                         "table, real_abdomen: plus 8 upper-abdominal structures with TotalSegmentator "
                         "--fast references, real_abdomen_x2: its training structures at two error "
-                        "seeds (30 cases, the hidden set's size), real_smoke: its test-sized version; perf: speed and memory at "
+                        "seeds (30 cases, the hidden set's size), real_abdomen_seen: the hidden "
+                        "set's shape (liver, spleen, stomach, aorta at 6 training and 4 test error "
+                        "draws: 24 / 16 cases, the test anatomy seen in training), real_smoke: its "
+                        "test-sized version; perf: speed and memory at "
                         "real sizes -> docs/performance.md")
     p.add_argument("--out", type=Path, default=None,
                    help="markdown report (a JSON twin is written beside it); default "

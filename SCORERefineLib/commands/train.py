@@ -73,11 +73,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cases are resampled to their median spacing, which inference then uses)")
     v = p.add_argument_group("validation and early stopping")
     v.add_argument("--val-fraction", type=float, default=None,
-                   help="share of the cases held out for validation (default: 0 in score mode, "
-                        "whose held-out ratings loss did not track held-out Dice, 0.2 in full and "
-                        "scribble mode; 0: none; no validation below --val-min-cases cases or in "
-                        "hybrid mode). The checkpoint keeps the best weights by the mode's loss on "
-                        "the held-out cases")
+                   help="share of the cases held out for validation (default: none in every "
+                        "mode: at 24-30 real-CT cases the split cost SCORE and full supervision "
+                        "their gain; e.g. 0.2 asks for it; no validation below --val-min-cases "
+                        "cases or in hybrid mode). The checkpoint keeps the best weights by the "
+                        "mode's loss on the held-out cases")
     v.add_argument("--val-min-cases", type=int, default=20,
                    help="the fewest usable cases a validation split is made from (default 20: "
                         "on smaller cohorts holding cases out cost more than it gave)")

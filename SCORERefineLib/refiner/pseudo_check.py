@@ -11,7 +11,10 @@ cases; never read by training) this module measures, inside the rated regions:
 * ``pseudo_dice_before`` / ``pseudo_dice_after``: Dice of the pseudo-label target to the reference;
 * ``changed_before`` / ``changed_after``: voxels the target flips from the initial mask, and
   ``precision_before`` / ``precision_after``: the share of those flips that agree with the
-  reference (a flip is right when the reference has the target's value there).
+  reference (a flip is right when the reference has the target's value there);
+  ``removed_*`` / ``removed_precision_*`` and ``added_*`` / ``added_precision_*``: the same for
+  each side (on the abdominal organs the removals were right half the time, the additions 69%:
+  docs/score-loss.md, stop 27).
 
 If the pseudo-labels are worse than the initial mask on real texture, training is pushed the wrong
 way whatever the network; if they are right but the network does not learn them, the fault is
@@ -114,6 +117,10 @@ def pseudo_label_check(case: Case, model=None, metadata: dict | None = None,
         out[f"changed_{name}"] = int(flips.sum())
         out[f"precision_{name}"] = (float((tgt[flips] == ref[flips]).mean()) if flips.any()
                                     else float("nan"))
+        for side, sel in (("removed", flips & m0), ("added", flips & ~m0)):
+            out[f"{side}_{name}"] = int(sel.sum())
+            out[f"{side}_precision_{name}"] = (float((tgt[sel] == ref[sel]).mean()) if sel.any()
+                                               else float("nan"))
     return out
 
 
@@ -144,13 +151,15 @@ def summarise_check(rows: Sequence[dict]) -> dict:
         if all(v is not None for v in vals):
             out[key] = float(np.average(vals, weights=np.maximum(w, 1)))
     for name in ("before", "after"):
-        if all(f"changed_{name}" in r for r in rows):
-            n = np.array([r[f"changed_{name}"] for r in rows], float)
-            prec = np.array([r[f"precision_{name}"] for r in rows], float)
-            ok = n > 0
-            out[f"changed_{name}"] = int(n.sum())
-            out[f"precision_{name}"] = (float(np.sum(prec[ok] * n[ok]) / n[ok].sum())
-                                        if ok.any() else float("nan"))
+        for count, precision in (("changed", "precision"), ("removed", "removed_precision"),
+                                 ("added", "added_precision")):
+            if all(f"{count}_{name}" in r for r in rows):
+                n = np.array([r[f"{count}_{name}"] for r in rows], float)
+                prec = np.array([r[f"{precision}_{name}"] for r in rows], float)
+                ok = n > 0
+                out[f"{count}_{name}"] = int(n.sum())
+                out[f"{precision}_{name}"] = (float(np.sum(prec[ok] * n[ok]) / n[ok].sum())
+                                              if ok.any() else float("nan"))
     return out
 
 

@@ -9,7 +9,7 @@
   weights and optimizer state are saved, then :class:`~SCORERefineLib.errors.Cancelled` is raised;
 * ``resume=True`` continues from ``out``'s step with its optimizer state.
 * held-out validation (:mod:`.validation`): with ``val_fraction`` > 0 (None, the default: the
-  mode's ``default_val_fraction``, 0 in score mode, 0.2 in the others) and at least
+  mode's ``default_val_fraction``, 0 in every mode: no split unless asked for) and at least
   ``val_min_cases`` (20) usable cases, a share of
   the cases is never trained on; the mode's loss on ``val_batches`` fixed batches of patches of
   them is measured every ``val_every`` steps, the best weights are kept, and training stops early when it stops
@@ -141,6 +141,18 @@ def _default_num_threads() -> int:
         return max(len(os.sched_getaffinity(0)), 1)
     except (AttributeError, OSError):
         return max(os.cpu_count() or 1, 1)
+
+
+def val_share(config: "TrainConfig", mode=None) -> float:
+    """The share of cases a training with ``config`` holds out for validation:
+    ``config.val_fraction``, or when that is None the mode's ``default_val_fraction``; 0 for a
+    mode without validation (hybrid). ``mode``: the built mode (default ``config.make_mode()``).
+    A split is made only from ``config.val_min_cases`` usable cases on."""
+    mode = config.make_mode() if mode is None else mode
+    if not getattr(mode, "supports_validation", True):
+        return 0.0
+    f = config.val_fraction
+    return float(mode.default_val_fraction if f is None else f)
 
 
 def lr_at(step: int, total: int, lr: float) -> float:
@@ -294,12 +306,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def val_fraction(self) -> float:
-        """The share of cases held out: ``config.val_fraction``, or when that is None the mode's
-        ``default_val_fraction``; 0 for a mode without validation (hybrid)."""
-        if not getattr(self.mode, "supports_validation", True):
-            return 0.0
-        f = self.config.val_fraction
-        return float(self.mode.default_val_fraction if f is None else f)
+        """The share of cases held out (:func:`val_share`)."""
+        return val_share(self.config, self.mode)
 
     def _check_config(self, net_cfg) -> None:
         c = self.config

@@ -88,10 +88,11 @@ class ScoreMode(TrainingMode):
     requires = ("regions", "feedback")
     label_maps = ("regions",)
     Config = ScoreConfig
-    #: no held-out split unless asked for (``--val-fraction``): the held-out ratings loss does not
-    #: track held-out Dice. On real_abdomen's 15 training structures at two error seeds (30 cases,
-    #: the hidden set's size) it wandered 0.84-1.06 with no trend from step 100 to 1400, stopped
-    #: training at a chance minimum and cost two thirds of the gain (docs/score-loss.md, stop 26)
+    #: no held-out split unless asked for (``--val-fraction``; the base default): the held-out
+    #: ratings loss does not track held-out Dice. On real_abdomen's 15 training structures at two
+    #: error seeds (30 cases, the hidden set's size) it wandered 0.84-1.06 with no trend from step
+    #: 100 to 1400, stopped training at a chance minimum and cost two thirds of the gain
+    #: (docs/score-loss.md, stop 26)
     default_val_fraction = 0.0
 
     def __init__(self, config: ScoreConfig | None = None):
