@@ -254,14 +254,13 @@ def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams
                     ) -> tuple[Split, dict]:
     """Build the real-CT cohort (:func:`~.realct.make_real_cohort`) under
     ``<workdir>/real_cohort``, copy its cases into ``<workdir>/train`` and ``<workdir>/test``
-    by the manifest's split (by structure), split regions and rate the training cases.
+    by the manifest's split (by structure, :func:`_split_by_structure`) or, with
+    ``test_error_seeds``, by error draw (:func:`_split_by_error_draw`), split regions and rate
+    the training cases.
 
     Returns ``(split, structures)``, ``structures``: case id -> manifest entry (structure,
     group, split, initial Dice...)."""
     import shutil
-
-    from .case import cases_dir
-    from .realct import RealConfig, make_real_cohort
 
     workdir = Path(workdir)
     split = Split(workdir / "train", workdir / "test")
@@ -272,10 +271,23 @@ def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams
             shutil.rmtree(path)
     if int(cfg.test_error_seeds) > 0:
         structures = _split_by_error_draw(workdir, split, cfg)
-        prepare_regions(list_cases(split.train), params)
-        prepare_regions(list_cases(split.test), params)
-        rate_cases(list_cases(split.train), params, noise=0.0, seed=cfg.seed)
-        return split, structures
+    else:
+        structures = _split_by_structure(workdir, split, cfg)
+    prepare_regions(list_cases(split.train), params)
+    prepare_regions(list_cases(split.test), params)
+    rate_cases(list_cases(split.train), params, noise=0.0, seed=cfg.seed)
+    return split, structures
+
+
+def _split_by_structure(workdir: Path, split: Split, cfg: BenchConfig) -> dict:
+    """The real cohort at ``cfg.seed``, split by the manifest's split (by structure), the
+    training structures again at ``train_error_seeds - 1`` further error seeds as
+    ``<structure>_s<k>``. Returns case id -> manifest entry (seed ``cfg.seed``)."""
+    import shutil
+
+    from .case import cases_dir
+    from .realct import RealConfig, load_manifest, make_real_cohort
+
     train, test = make_real_cohort(workdir / "real_cohort", seed=cfg.seed,
                                    config=RealConfig(include_abdomen=cfg.real_abdomen),
                                    structures=cfg.real_structures)
@@ -289,13 +301,8 @@ def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams
                                    structures=[c.case_id for c in train])
         for case in more:
             shutil.copytree(case.folder, cases_dir(split.train) / f"{case.case_id}_s{k}")
-    from .realct import load_manifest
     manifest = load_manifest(workdir / "real_cohort")
-    structures = {c["case_id"]: c for c in manifest["cases"]}
-    prepare_regions(list_cases(split.train), params)
-    prepare_regions(list_cases(split.test), params)
-    rate_cases(list_cases(split.train), params, noise=0.0, seed=cfg.seed)
-    return split, structures
+    return {c["case_id"]: c for c in manifest["cases"]}
 
 
 def _split_by_error_draw(workdir: Path, split: Split, cfg: BenchConfig) -> dict:
