@@ -576,6 +576,51 @@ def region_sizes(regions: np.ndarray) -> dict[int, int]:
     return {int(lab): int(counts[lab]) for lab in np.nonzero(counts)[0]}
 
 
+def subdivide_regions(regions: np.ndarray, spacing_zyx: Sequence[float], labels: Sequence[int],
+                      parts: int = 4, seed: int = 0) -> np.ndarray:
+    """Split each region of ``labels`` into up to ``parts`` compact pieces: a finer rating where a
+    coarse one said the region is wrong (docs/score-loss.md, stop 29: on abdominal organs the
+    SCORE targets of regions rated <= 3 cut in 4 were about as right as those of a uniform split
+    in 4x as many regions, for 55% of its ratings).
+
+    Args:
+        regions: int ``(z, y, x)`` label map, 0 = no region.
+        spacing_zyx: voxel spacing (mm); the pieces are seeded k-means clusters of the region's
+            voxel centres in mm.
+        labels: the regions to split (each must be present).
+        parts: pieces per split region (a region of fewer voxels gets fewer).
+        seed: k-means seed.
+
+    Returns:
+        int16 ``(z, y, x)``: labels renumbered ``1..K`` in the old order, a split region's pieces
+        taking consecutive labels at its place; every other region keeps its voxels.
+    """
+    regions = np.asarray(regions)
+    if isinstance(parts, bool) or int(parts) != parts or parts < 1:
+        raise InputError(f"parts must be a whole number >= 1, got {parts!r}.")
+    present = set(region_sizes(regions))
+    split = {int(v) for v in labels}
+    missing = sorted(split - present)
+    if missing:
+        raise InputError(f"cannot subdivide regions {missing}: the label map has no such region "
+                         f"(it has {sorted(present)}).")
+    sp = _as_spacing(spacing_zyx)
+    rng = np.random.default_rng(seed)
+    out = np.zeros(regions.shape, dtype=np.int16)
+    nxt = 1
+    for lab in sorted(present):
+        sel = regions == lab
+        if lab not in split:
+            out[sel] = nxt
+            nxt += 1
+            continue
+        idx = np.argwhere(sel)
+        group, _ = _kmeans(idx * sp, int(parts), rng)
+        out[tuple(idx.T)] = nxt + group
+        nxt += int(group.max()) + 1
+    return out
+
+
 def make_regions(initial: Volume, params: Optional[RegionParams] = None,
                  image: Optional[Volume] = None) -> Volume:
     """:func:`split_regions` on a mask volume at its own spacing; int16 on the same grid.

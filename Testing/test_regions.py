@@ -16,7 +16,7 @@ from SCORERefineLib.errors import InputError
 from SCORERefineLib.imageio import Geometry, Volume, read_mask
 from SCORERefineLib.regions import (METHODS, RegionParams, boundary_band, error_coverage,
                                     extend_regions, extension_depth, make_regions, region_band, region_centres,
-                                    region_sizes, split_regions)
+                                    region_sizes, split_regions, subdivide_regions)
 
 FACE = ndi.generate_binary_structure(3, 1)
 
@@ -389,3 +389,33 @@ def test_dataset_coverage_reads_cases(tmp_path):
                                                            regions.array))
     assert row["coverage_extended"] >= row["coverage"] and got["pooled_extended"] >= 0.95
     assert row["region_voxels_extended"] >= row["region_voxels"]
+
+
+def test_subdivide_splits_only_the_named_regions_into_compact_pieces():
+    mask = ellipsoid((28, 28, 32), (10, 10, 12))
+    spacing = (2.0, 1.0, 1.0)
+    regions = split_regions(mask, spacing, RegionParams("patches", 6, 2.0))
+    out = subdivide_regions(regions, spacing, [2, 5], parts=4, seed=3)
+    assert out.dtype == np.int16
+    assert np.array_equal(out > 0, regions > 0)            # the band is unchanged
+    assert sorted(region_sizes(out)) == list(range(1, 13))  # 6 - 2 + 2 * 4 labels, no gap
+    # the others keep their voxels, renumbered in order: 1 -> 1, 3 -> 6, 4 -> 7, 6 -> 12
+    for old, new in ((1, 1), (3, 6), (4, 7), (6, 12)):
+        assert np.array_equal(out == new, regions == old)
+    # each split region's pieces are consecutive labels inside it, smaller and compact
+    for old, first in ((2, 2), (5, 8)):
+        pieces = range(first, first + 4)
+        assert np.array_equal(np.isin(out, pieces), regions == old)
+        span = lambda sel: np.linalg.norm(np.ptp(np.argwhere(sel), axis=0) * np.array(spacing))
+        assert all(span(out == p) < span(regions == old) for p in pieces)
+    assert np.array_equal(out, subdivide_regions(regions, spacing, [2, 5], parts=4, seed=3))
+    assert np.array_equal(subdivide_regions(regions, spacing, [2], parts=1), regions)
+    assert np.array_equal(subdivide_regions(regions, spacing, []), regions)
+
+
+def test_subdivide_refuses_a_missing_region_and_a_bad_count():
+    regions = split_regions(ellipsoid(), (1, 1, 1), RegionParams("patches", 4, 2.0))
+    with pytest.raises(InputError, match=r"no such region"):
+        subdivide_regions(regions, (1, 1, 1), [9])
+    with pytest.raises(InputError, match="parts"):
+        subdivide_regions(regions, (1, 1, 1), [1], parts=0)
