@@ -48,3 +48,28 @@ def test_rate_command_extends_unless_told_not_to(tmp_path, capsys):
     if rec["regions_grown"]:
         assert "extended (+" in capsys.readouterr().out
         assert case.regions_path.read_bytes() != split
+
+
+def test_second_finer_rating_of_the_badly_rated_regions(tmp_path):
+    """scripts/target_ceiling.py --subdivide: regions rated <= 3 are cut and rated again; the
+    count is what a person rates (the first round plus the pieces)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "target_ceiling.py"
+    spec = importlib.util.spec_from_file_location("target_ceiling_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    make_cohort(tmp_path, 1, 7, preset="tiny")
+    params = RegionParams(n_regions=6)
+    case = list_cases(tmp_path)[0]
+    prepare_regions([case], params)
+    rate_cases([case], params, extend=False)
+    bad = [r.region for r in load_feedback(case.feedback_path).ratings("simulated") if r.score <= 3]
+    assert bad, "the tiny phantom at seed 7 should have a badly rated region"
+    case.feedback_path.unlink()
+    n = script.subdivide_badly_rated([case], params, 3, 2)
+    labels = load_feedback(case.feedback_path).rated_regions()
+    assert len(labels) == 6 + len(bad)                  # each bad region became two pieces
+    assert sorted(np.unique(case.load_regions().array[case.load_regions().array > 0])) == labels
+    assert n == 6 + 2 * len(bad)
