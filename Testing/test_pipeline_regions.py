@@ -71,5 +71,6 @@ def test_second_finer_rating_of_the_badly_rated_regions(tmp_path):
     n = script.subdivide_badly_rated([case], params, 3, 2)
     labels = load_feedback(case.feedback_path).rated_regions()
     assert len(labels) == 6 + len(bad)                  # each bad region became two pieces
-    assert sorted(np.unique(case.load_regions().array[case.load_regions().array > 0])) == labels
+    regions = case.load_regions().array
+    assert sorted(np.unique(regions[regions > 0])) == labels
     assert n == 6 + 2 * len(bad)

@@ -36,7 +36,7 @@ from SCORERefineLib.pipeline import prepare_regions, rate_cases
 from SCORERefineLib.feedback import load_feedback
 from SCORERefineLib.refiner.pseudo_check import (dataset_pseudo_label_check, summarise_check,
                                                  target_ceiling)
-from SCORERefineLib.regions import RegionParams, make_regions, subdivide_regions
+from SCORERefineLib.regions import RegionParams, subdivide_regions
 from SCORERefineLib.imageio import write_volume
 
 
@@ -46,9 +46,9 @@ def subdivide_badly_rated(cases, params: RegionParams, max_score: int, parts: in
     the benchmark does. Returns the ratings given in both rounds."""
     n = 0
     for case in cases:
+        prepare_regions([case], params)
         image = case.load_image()
-        regions = make_regions(case.load_initial(like=image), params)
-        write_volume(regions, case.regions_path, dtype=np.int16)
+        regions = case.load_regions(like=image)
         first = rate_cases([case], params, extend=False)
         bad = [r.region for r in load_feedback(case.feedback_path).ratings("simulated")
                if r.score <= max_score]
@@ -56,8 +56,9 @@ def subdivide_badly_rated(cases, params: RegionParams, max_score: int, parts: in
         finer = subdivide_regions(regions.array, image.geometry.spacing_zyx, bad, parts,
                                   params.seed)
         write_volume(regions.with_array(finer), case.regions_path, dtype=np.int16)
-        # a person rates the pieces only: the regions left whole keep their first rating
-        n += first + rate_cases([case], params) - (first - len(bad))
+        second = rate_cases([case], params)   # the simulated rater rates every region again,
+        pieces = second - (first - len(bad))   # a person only the pieces: the rest keep theirs
+        n += first + pieces
     return n
 
 
@@ -66,7 +67,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("dataset", type=Path, help="a benchmark split with references, e.g. W/train")
     ap.add_argument("--regions", type=int, default=0, help="re-make N regions per case first")
     ap.add_argument("--preset", default="real", choices=sorted(B.PRESETS))
-    ap.add_argument("--copy", type=Path, help="where --regions works (never the dataset itself)")
+    ap.add_argument("--copy", type=Path, help="where --regions / --subdivide work (never the dataset itself)")
     ap.add_argument("--subdivide", metavar="S:P", help="cut regions rated <= S into P pieces and "
                     "rate them again (a second, finer rating)")
     ap.add_argument("--precision", action="store_true", help="also print the pseudo-label figures")
