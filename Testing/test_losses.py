@@ -373,3 +373,43 @@ def test_volume_and_sharpness_terms():
     assert float(ratio) == pytest.approx(0.6 / 1.4, abs=0.05)
     assert float(sharpness_loss(torch.full_like(m0, 0.5), reg)) == pytest.approx(1.0)
     assert float(sharpness_loss(torch.sigmoid(hard(m0)), reg)) < 0.01
+
+
+def test_pseudo_labels_flip_only_in_regions_rated_at_most_the_limits():
+    """A region whose score is above its side's limit flips nothing: labelled as M0, or left
+    unlabelled with ``above_max_unlabelled``; regions within the limits are as before."""
+    from SCORERefineLib.refiner.losses import flip_limits
+
+    m0, reg = toy()
+    depth = _depth(m0)
+    z = 4.0 * (2 * m0 - 1)
+    agreement, rated, error = tables({1: (2, OVER), 2: (3, UNDER)})
+    free, w_free = pseudo_labels(z, m0, reg, agreement, rated, error, depth)
+    assert bool((free != m0).any())
+    # removals only up to score 1: the over region rated 2 keeps M0; the under region still adds
+    lim = flip_limits(ScoreLossWeights(pseudo_remove_max_score=1))
+    t, w = pseudo_labels(z, m0, reg, agreement, rated, error, depth, **lim)
+    assert bool((t[reg == 1] == m0[reg == 1]).all()) and bool((w[reg == 1] == 1).all())
+    assert bool((t[reg == 2] == free[reg == 2]).all())
+    # additions only up to score 2: the under region rated 3 is left unlabelled when asked
+    lim = flip_limits(ScoreLossWeights(pseudo_add_max_score=2, pseudo_above_max_unlabelled=True))
+    t, w = pseudo_labels(z, m0, reg, agreement, rated, error, depth, **lim)
+    assert bool((w[reg == 2] == 0).all()) and bool((t[reg == 2] == m0[reg == 2]).all())
+    assert bool((t[reg == 1] == free[reg == 1]).all()) and bool((w[reg == 1] == 1).all())
+    # the defaults (4 and 4) flip every rated error region; limits at a region's own score flip it
+    assert flip_limits(ScoreLossWeights()) == {"remove_max_agreement": flip_limits(
+        ScoreLossWeights(pseudo_remove_max_score=4))["remove_max_agreement"],
+        "add_max_agreement": flip_limits(ScoreLossWeights(pseudo_add_max_score=4))["add_max_agreement"],
+        "above_max_unlabelled": False}
+    t, _ = pseudo_labels(z, m0, reg, agreement, rated, error, depth, **flip_limits(
+        ScoreLossWeights(pseudo_remove_max_score=2, pseudo_add_max_score=3)))
+    assert bool((t == free).all())
+    with pytest.raises(ValueError, match="pseudo_add_max_score"):
+        flip_limits(ScoreLossWeights(pseudo_add_max_score=2.5))
+    # and the loss uses them: with both sides limited below the ratings nothing is asked to move
+    zz = (2.0 * (2 * m0 - 1)).requires_grad_(True)
+    pseudo_label_loss(zz, m0, reg, agreement, rated, error, depth, **flip_limits(
+        ScoreLossWeights(pseudo_remove_max_score=1, pseudo_add_max_score=2))).backward()
+    assert bool((zz.grad * (2 * m0 - 1) <= 0).all())        # every voxel pushed towards M0
+    moved = zz.detach() - 0.1 * zz.grad.sign() * (zz.grad != 0)
+    assert bool(((moved > 0) == (m0 > 0.5)).all())

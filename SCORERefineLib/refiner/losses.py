@@ -68,6 +68,13 @@ class ScoreLossWeights:
     pseudo_add_weight: float = 12.0
     pseudo_fraction: float = 0.6  # share of the implied number of changed voxels actually labelled
     pseudo_ignore: float = 0.0    # next share of the implied count, after the labelled one, left unlabelled
+    # regions rated above these scores get no flips on that side (removals for "over", additions
+    # for "under"): a 4's count is within a rating's noise, and on real CT its flips were mostly
+    # wrong (docs/score-loss.md, stop 30); 4 = every rated error region flips
+    pseudo_remove_max_score: int = 4
+    pseudo_add_max_score: int = 4
+    # what such a region's voxels are labelled: False "as M0" (weight 1), True unlabelled (weight 0)
+    pseudo_above_max_unlabelled: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -250,7 +257,9 @@ def pseudo_labels(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Te
                   agreement: torch.Tensor, rated: torch.Tensor, error: torch.Tensor,
                   depth: torch.Tensor, valid: torch.Tensor | None = None,
                   depth_per_mm: float = 1.0, use_error_type: bool = True,
-                  fraction: float = 1.0, ignore: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                  fraction: float = 1.0, ignore: float = 0.0,
+                  remove_max_agreement: float = 1.0, add_max_agreement: float = 1.0,
+                  above_max_unlabelled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-voxel targets implied by each rated region's score and error type (no gradient).
 
     Over region R: the truth is M0 minus a share ``1 - rho(c)`` of M0&R (:func:`target_volume_ratio`);
@@ -266,6 +275,9 @@ def pseudo_labels(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Te
     just after the labelled ones) unlabelled (weight 0) instead of labelling them "as M0": they
     are as likely wrong in M0 as the labelled flips, so asking the network to keep them would
     teach it to under-correct.
+    ``remove_max_agreement`` / ``add_max_agreement``: an over / under region whose agreement c
+    is above it flips nothing; its voxels are labelled as M0, or left unlabelled (weight 0) with
+    ``above_max_unlabelled``.
     ``use_error_type=False`` (ablation): the type is not used; the ``(1 - rho_over) |M0&R|`` voxels
     of R that agree least with M0 (inside: lowest key; outside: highest) flip. Returns
     ``(target, weight)`` (B,1,z,y,x), weight 1 on rated region voxels inside the image.
@@ -292,6 +304,12 @@ def pseudo_labels(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Te
                 outside = sel & (m <= 0.5)
                 n_in = int(inside.sum())
                 e = int(error[b, r])
+                c_r = float(agreement[b, r])
+                if use_error_type and ((e == OVER and c_r > remove_max_agreement)
+                                       or (e == UNDER and c_r > add_max_agreement)):
+                    if above_max_unlabelled:
+                        weight[b, 0][sel] = 0.0
+                    continue
                 if not use_error_type:
                     if e == NONE:
                         continue
@@ -328,7 +346,9 @@ def pseudo_label_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torc
                       depth_per_mm: float = 1.0, use_error_type: bool = True,
                       flip_weight: float = 1.0, fraction: float = 1.0,
                       trust: torch.Tensor | None = None, ignore: float = 0.0,
-                      add_weight: float | None = None) -> torch.Tensor:
+                      add_weight: float | None = None, remove_max_agreement: float = 1.0,
+                      add_max_agreement: float = 1.0,
+                      above_max_unlabelled: bool = False) -> torch.Tensor:
     """BCE(logits, :func:`pseudo_labels`) over rated region voxels: the amount and the direction
     as dense per-voxel targets, chosen by the network's own ranking (learning from label
     proportions, top-k). A per-voxel target gives every voxel a full-strength gradient, where
@@ -341,7 +361,8 @@ def pseudo_label_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torc
     outnumbered the additions 16 to 1 (the removals 3.5 to 1), so the network's best guess for
     an outside voxel stayed below 0.5 (docs/score-loss.md, stop 24)."""
     target, weight = pseudo_labels(logits, initial, regions, agreement, rated, error, depth, valid,
-                                   depth_per_mm, use_error_type, fraction, ignore)
+                                   depth_per_mm, use_error_type, fraction, ignore,
+                                   remove_max_agreement, add_max_agreement, above_max_unlabelled)
     add_w = float(flip_weight) if add_weight is None or add_weight <= 0 else float(add_weight)
     if flip_weight != 1.0 or add_w != 1.0:
         flip = (target - initial).abs() > 0.5
@@ -480,7 +501,22 @@ def _pseudo_term(logits, prob, b: Batch, w):
                              b.valid, w.pseudo_depth_per_mm, use_error_type=bool(w.use_error_type),
                              flip_weight=w.pseudo_flip_weight, fraction=w.pseudo_fraction,
                              trust=b.trust, ignore=w.pseudo_ignore,
-                             add_weight=w.pseudo_add_weight)
+                             add_weight=w.pseudo_add_weight,
+                             **flip_limits(w))
+
+
+def flip_limits(w: ScoreLossWeights) -> dict:
+    """:func:`pseudo_labels`' per-side score limits from the weights, as agreements c(s)."""
+    from ..calibration import score_to_agreement
+
+    def limit(name: str) -> float:
+        score = getattr(w, name)
+        if float(score) != int(score) or not 1 <= int(score) <= 5:
+            raise ValueError(f"{name} must be a whole score from 1 to 5, got {score!r}")
+        return 1.0 if int(score) == 5 else score_to_agreement(int(score)) + 1e-6
+    return {"remove_max_agreement": limit("pseudo_remove_max_score"),
+            "add_max_agreement": limit("pseudo_add_max_score"),
+            "above_max_unlabelled": bool(w.pseudo_above_max_unlabelled)}
 
 
 @register_term("pin")

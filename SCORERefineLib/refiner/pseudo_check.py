@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..case import Case
-from .losses import ScoreLossWeights, pseudo_labels
+from .losses import ScoreLossWeights, flip_limits, pseudo_labels
 
 __all__ = ["pseudo_label_check", "dataset_pseudo_label_check", "summarise_check", "target_ceiling",
            "CEILING_VARIANTS"]
@@ -49,9 +49,12 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def _targets(logits: np.ndarray, targets, weights: ScoreLossWeights, agreement=None, key=None,
              fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The pseudo-labels of one prepared case; ``agreement`` / ``key`` / ``fraction`` replace the
-    rating's c(s) table, the ranking key (``maps["depth"]``) and the labelled share."""
+    rating's c(s) table, the ranking key (``maps["depth"]``) and the labelled share. The weights'
+    per-side score limits (:func:`~.losses.flip_limits`) hold for the rating's own table only: a
+    replaced table (the reference's counts) flips every region it says is wrong."""
     t = torch.from_numpy
     tab = targets.tables
+    limits = flip_limits(weights) if agreement is None else {}
     agreement = tab.agreement if agreement is None else agreement
     key = targets.maps["depth"] if key is None else key
     target, weight = pseudo_labels(
@@ -61,7 +64,8 @@ def _targets(logits: np.ndarray, targets, weights: ScoreLossWeights, agreement=N
         t(np.asarray(agreement, np.float32))[None], t(np.asarray(tab.rated, bool))[None],
         t(np.asarray(tab.error, np.int64))[None], t(np.asarray(key, np.float32))[None, None],
         None, weights.pseudo_depth_per_mm, use_error_type=bool(weights.use_error_type),
-        fraction=weights.pseudo_fraction if fraction is None else fraction)
+        fraction=weights.pseudo_fraction if fraction is None else fraction,
+        **limits)
     return target[0, 0].numpy() > 0.5, weight[0, 0].numpy() > 0
 
 
