@@ -406,6 +406,10 @@ def test_pseudo_labels_flip_only_in_regions_rated_at_most_the_limits():
     assert bool((t == free).all())
     with pytest.raises(ValueError, match="pseudo_add_max_score"):
         flip_limits(ScoreLossWeights(pseudo_add_max_score=2.5))
+    with pytest.raises(ValueError, match="pseudo_remove_max_score"):
+        ScoreLossWeights.parse("pseudo_remove_max_score=7")
+    assert flip_limits(ScoreLossWeights.parse("pseudo_remove_max_score=2"))["remove_max_agreement"] \
+        == pytest.approx(score_to_agreement(2), abs=1e-5)
     # and the loss uses them: with both sides limited below the ratings nothing is asked to move
     zz = (2.0 * (2 * m0 - 1)).requires_grad_(True)
     pseudo_label_loss(zz, m0, reg, agreement, rated, error, depth, **flip_limits(

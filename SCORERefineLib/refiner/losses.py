@@ -107,6 +107,7 @@ class ScoreLossWeights:
                 setattr(w, k, v.lower() in ("1", "true", "yes", "on"))
             else:
                 setattr(w, k, float(v))
+        flip_limits(w)      # the per-side score limits are whole scores 1-5
         return w
 
 
