@@ -39,6 +39,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..calibration import score_to_agreement
 from .targets import ERROR_CODES, NONE, OVER, UNDER, Batch, target_volume_ratio  # noqa: F401
 
 _EPS = 1e-6
@@ -314,8 +315,7 @@ def pseudo_labels(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Te
                 if not use_error_type:
                     if e == NONE:
                         continue
-                    c = float(agreement[b, r])
-                    n_flip = int(round(fraction * (1.0 - c / (2.0 - c)) * n_in))
+                    n_flip = int(round(fraction * (1.0 - c_r / (2.0 - c_r)) * n_in))
                     idx = torch.nonzero(sel.reshape(-1)).squeeze(1)
                     sign = 2.0 * m.reshape(-1)[idx] - 1.0
                     order = torch.argsort(sign * key[b, 0].reshape(-1)[idx])
@@ -508,8 +508,6 @@ def _pseudo_term(logits, prob, b: Batch, w):
 
 def flip_limits(w: ScoreLossWeights) -> dict:
     """:func:`pseudo_labels`' per-side score limits from the weights, as agreements c(s)."""
-    from ..calibration import score_to_agreement
-
     def limit(name: str) -> float:
         score = getattr(w, name)
         if float(score) != int(score) or not 1 <= int(score) <= 5:
