@@ -416,3 +416,73 @@ def test_pseudo_labels_flip_only_in_regions_rated_at_most_the_limits():
     assert bool((zz.grad * (2 * m0 - 1) <= 0).all())        # every voxel pushed towards M0
     moved = zz.detach() - 0.1 * zz.grad.sign() * (zz.grad != 0)
     assert bool(((moved > 0) == (m0 > 0.5)).all())
+
+
+def _block_and_slab():
+    """A thick block (half-thickness 10 mm) and a thin slab (2 mm) in one mask, 1 mm voxels;
+    region 1 = the band around the block, region 2 = the band around the slab."""
+    from scipy import ndimage
+
+    m0 = np.zeros((28, 28, 64), bool)
+    m0[4:24, 4:24, 2:22] = True        # the block: 20 mm thick
+    m0[12:16, 4:24, 40:60] = True      # the slab: 4 mm thick
+    band = ndimage.binary_dilation(m0, iterations=2) & ~ndimage.binary_erosion(m0, iterations=2)
+    regions = np.zeros(m0.shape, np.int64)
+    xx = np.indices(m0.shape)[2]
+    regions[band & (xx < 31)] = 1
+    regions[band & (xx >= 31)] = 2
+    return m0, regions
+
+
+def test_thin_regions_mark_the_bands_of_thin_parts_only():
+    from SCORERefineLib.refiner.inputs import signed_depth
+    from SCORERefineLib.refiner.modes.score import thin_regions
+
+    m0, regions = _block_and_slab()
+    depth = signed_depth(m0, (1.0, 1.0, 1.0))
+    thin = thin_regions(depth, regions, (1.0, 1.0, 1.0), thin_mm=5.0)
+    assert thin.dtype == np.uint8
+    assert bool((thin[regions == 2] == 1).all())          # the slab's band, inside and out
+    assert not thin[regions == 1].any()                    # the block's band
+    assert not thin[regions == 0].any()
+    # a limit below the slab's half-thickness: nothing is thin; above the block's: all is
+    assert not thin_regions(depth, regions, (1.0, 1.0, 1.0), thin_mm=1.5).any()
+    assert bool((thin_regions(depth, regions, (1.0, 1.0, 1.0), 12.0)[regions > 0] == 1).all())
+    # the box is in mm: at 2 mm voxels along x the same mask is still judged by depth in mm
+    depth2 = signed_depth(m0, (1.0, 1.0, 2.0))
+    thin2 = thin_regions(depth2, regions, (1.0, 1.0, 2.0), thin_mm=5.0)
+    assert bool((thin2[regions == 2] == 1).all()) and not thin2[regions == 1].any()
+
+
+def test_thin_regions_keep_the_default_removal_rule_under_flip_limits():
+    """With ``thin``, regions on thin parts ignore the flip limits and their removals weigh
+    ``thin_flip_weight``; regions elsewhere follow the limits and ``flip_weight``."""
+    from SCORERefineLib.refiner.inputs import signed_depth
+    from SCORERefineLib.refiner.losses import flip_limits
+    from SCORERefineLib.refiner.modes.score import thin_regions
+
+    m0_np, reg_np = _block_and_slab()
+    depth_np = signed_depth(m0_np, (1.0, 1.0, 1.0))
+    thin = torch.as_tensor(thin_regions(depth_np, reg_np, (1.0, 1.0, 1.0), 5.0))[None, None]
+    m0 = torch.as_tensor(m0_np, dtype=torch.float32)[None, None]
+    reg = torch.as_tensor(reg_np)[None, None]
+    depth = torch.as_tensor(depth_np)[None, None]
+    z = 4.0 * (2 * m0 - 1)
+    agreement, rated, error = tables({1: (4, OVER), 2: (4, OVER)})
+    free, _ = pseudo_labels(z, m0, reg, agreement, rated, error, depth)
+    assert bool((free[reg == 1] != m0[reg == 1]).any()) and bool((free[reg == 2] != m0[reg == 2]).any())
+    lim = flip_limits(ScoreLossWeights(pseudo_remove_max_score=2))
+    limited, _ = pseudo_labels(z, m0, reg, agreement, rated, error, depth, **lim)
+    assert bool((limited == m0).all())                     # both 4s above the limit
+    t, w = pseudo_labels(z, m0, reg, agreement, rated, error, depth, **lim, thin=thin)
+    assert bool((t[reg == 1] == m0[reg == 1]).all())       # the block keeps the limit
+    assert bool((t[reg == 2] == free[reg == 2]).all())     # the slab removes as without limits
+    # the loss: the slab's removals weigh thin_flip_weight, the rest flip_weight
+    removed = (t < 0.5) & (m0 > 0.5)
+    zz = torch.zeros_like(z, requires_grad=True)
+    pseudo_label_loss(zz, m0, reg, agreement, rated, error, depth, flip_weight=12.0, **lim,
+                      thin=thin, thin_flip_weight=3.0).backward()
+    kept_in = (reg == 2) & (m0 > 0.5) & ~removed
+    # BCE gradient at logit 0 is +-0.5 * weight / total: a removal weighs 3 (not 12) voxels' worth
+    ratio = zz.grad[removed].abs().mean() / zz.grad[kept_in].abs().mean()
+    assert float(ratio) == pytest.approx(3.0, rel=1e-4)

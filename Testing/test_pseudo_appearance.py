@@ -131,3 +131,39 @@ def test_target_ceiling_separates_the_count_from_the_ranking(tmp_path):
         assert out["oracle_both"] == pytest.approx(dice(fixed) - dice(m0), abs=1e-9)
         assert out["oracle_both"] > 0.0
         assert out["initial_dice"] == pytest.approx(dice(m0))
+
+
+def test_score_mode_prepares_the_thin_map_only_when_asked(tmp_path):
+    """``pseudo_thin_mm`` > 0: the prepared case holds a ``thin`` label map painted per region
+    (each region wholly thin or not); the default prepares none (the batches are unchanged)."""
+    from SCORERefineLib.refiner.losses import ScoreLossWeights
+    from SCORERefineLib.refiner.modes.score import ScoreConfig, ScoreMode
+
+    case = list_cases(make_tiny_dataset(tmp_path / "ds", n=1, seed=3))[0]
+    assert "thin" not in ScoreMode().prepare_case(case).maps
+    big = ScoreMode(ScoreConfig(weights=ScoreLossWeights(pseudo_thin_mm=100.0))).prepare_case(case)
+    small = ScoreMode(ScoreConfig(weights=ScoreLossWeights(pseudo_thin_mm=0.5))).prepare_case(case)
+    regions = big.maps["regions"]
+    assert "thin" in ScoreMode.label_maps
+    assert bool((big.maps["thin"][regions > 0] == 1).all()) and not big.maps["thin"][regions == 0].any()
+    assert not small.maps["thin"].any()
+    mid = ScoreMode(ScoreConfig(weights=ScoreLossWeights(pseudo_thin_mm=2.0))).prepare_case(case)
+    for r in np.unique(regions[regions > 0]):
+        assert len(np.unique(mid.maps["thin"][regions == r])) == 1
+
+
+def test_pseudo_label_check_lifts_the_flip_limits_on_thin_regions(tmp_path):
+    """The check labels as training does: limits at score 1 on both sides take flips away; with
+    every region counted thin (``pseudo_thin_mm`` above any depth) the limits are lifted and the
+    figures are those without limits."""
+    from SCORERefineLib.refiner.losses import ScoreLossWeights
+    from SCORERefineLib.refiner.pseudo_check import pseudo_label_check
+
+    case = list_cases(make_tiny_dataset(tmp_path / "ds", n=1, seed=5))[0]
+    free = pseudo_label_check(case)
+    lim = dict(pseudo_remove_max_score=1, pseudo_add_max_score=1)
+    limited = pseudo_label_check(case, weights=ScoreLossWeights(**lim))
+    lifted = pseudo_label_check(case, weights=ScoreLossWeights(**lim, pseudo_thin_mm=100.0))
+    assert limited["changed_before"] < free["changed_before"]
+    for k in ("changed_before", "removed_before", "added_before", "pseudo_dice_before"):
+        assert lifted[k] == free[k]

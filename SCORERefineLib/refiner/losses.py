@@ -76,6 +76,13 @@ class ScoreLossWeights:
     pseudo_add_max_score: int = 4
     # what such a region's voxels are labelled: False "as M0" (weight 1), True unlabelled (weight 0)
     pseudo_above_max_unlabelled: bool = False
+    # > 0: regions on a part of the structure whose half-thickness is below this many mm (a rib;
+    # ``modes.score.thin_regions``) keep the removal rule of the defaults, whatever the two
+    # settings above and pseudo_flip_weight say: no score limits, removals weighted
+    # pseudo_thin_flip_weight. The weighted, limited removals that the organs need peeled thin
+    # bones on real CT (docs/score-loss.md, stops 30 and 31); 0: off
+    pseudo_thin_mm: float = 0.0
+    pseudo_thin_flip_weight: float = 3.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -261,7 +268,8 @@ def pseudo_labels(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Te
                   depth_per_mm: float = 1.0, use_error_type: bool = True,
                   fraction: float = 1.0, ignore: float = 0.0,
                   remove_max_agreement: float = 1.0, add_max_agreement: float = 1.0,
-                  above_max_unlabelled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  above_max_unlabelled: bool = False,
+                  thin: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-voxel targets implied by each rated region's score and error type (no gradient).
 
     Over region R: the truth is M0 minus a share ``1 - rho(c)`` of M0&R (:func:`target_volume_ratio`);
@@ -279,7 +287,8 @@ def pseudo_labels(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Te
     teach it to under-correct.
     ``remove_max_agreement`` / ``add_max_agreement``: an over / under region whose agreement c
     is above it flips nothing; its voxels are labelled as M0, or left unlabelled (weight 0) with
-    ``above_max_unlabelled``.
+    ``above_max_unlabelled``. ``thin`` (B,1,z,y,x), optional: regions whose voxels are mostly
+    > 0.5 there (thin parts of the structure, ``modes.score.thin_regions``) ignore both limits.
     ``use_error_type=False`` (ablation): the type is not used; the ``(1 - rho_over) |M0&R|`` voxels
     of R that agree least with M0 (inside: lowest key; outside: highest) flip. Returns
     ``(target, weight)`` (B,1,z,y,x), weight 1 on rated region voxels inside the image.
@@ -307,8 +316,9 @@ def pseudo_labels(logits: torch.Tensor, initial: torch.Tensor, regions: torch.Te
                 n_in = int(inside.sum())
                 e = int(error[b, r])
                 c_r = float(agreement[b, r])
-                if use_error_type and ((e == OVER and c_r > remove_max_agreement)
-                                       or (e == UNDER and c_r > add_max_agreement)):
+                limited = thin is None or float(thin[b, 0][sel].float().mean()) <= 0.5
+                if use_error_type and limited and ((e == OVER and c_r > remove_max_agreement)
+                                                   or (e == UNDER and c_r > add_max_agreement)):
                     if above_max_unlabelled:
                         weight[b, 0][sel] = 0.0
                     continue
@@ -349,7 +359,9 @@ def pseudo_label_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torc
                       trust: torch.Tensor | None = None, ignore: float = 0.0,
                       add_weight: float | None = None, remove_max_agreement: float = 1.0,
                       add_max_agreement: float = 1.0,
-                      above_max_unlabelled: bool = False) -> torch.Tensor:
+                      above_max_unlabelled: bool = False,
+                      thin: torch.Tensor | None = None,
+                      thin_flip_weight: float | None = None) -> torch.Tensor:
     """BCE(logits, :func:`pseudo_labels`) over rated region voxels: the amount and the direction
     as dense per-voxel targets, chosen by the network's own ranking (learning from label
     proportions, top-k). A per-voxel target gives every voxel a full-strength gradient, where
@@ -360,16 +372,23 @@ def pseudo_label_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torc
     weigh ``add_weight`` instead when it is given and positive. Without it the additions were
     never learnt on real CT: in the rated bands the outside voxels labelled "stay background"
     outnumbered the additions 16 to 1 (the removals 3.5 to 1), so the network's best guess for
-    an outside voxel stayed below 0.5 (docs/score-loss.md, stop 24)."""
+    an outside voxel stayed below 0.5 (docs/score-loss.md, stop 24).
+    ``thin`` (B,1,z,y,x) with ``thin_flip_weight``: removals where ``thin > 0.5`` weigh
+    ``thin_flip_weight`` instead of ``flip_weight`` (and :func:`pseudo_labels` ignores the limits
+    on those regions)."""
     target, weight = pseudo_labels(logits, initial, regions, agreement, rated, error, depth, valid,
                                    depth_per_mm, use_error_type, fraction, ignore,
-                                   remove_max_agreement, add_max_agreement, above_max_unlabelled)
+                                   remove_max_agreement, add_max_agreement, above_max_unlabelled,
+                                   thin)
     add_w = float(flip_weight) if add_weight is None or add_weight <= 0 else float(add_weight)
-    if flip_weight != 1.0 or add_w != 1.0:
+    remove_w = torch.full_like(weight, float(flip_weight))
+    if thin is not None and thin_flip_weight is not None:
+        remove_w = torch.where(thin > 0.5, torch.full_like(weight, float(thin_flip_weight)), remove_w)
+    if flip_weight != 1.0 or add_w != 1.0 or thin is not None:
         flip = (target - initial).abs() > 0.5
         weight = weight * torch.where(
             flip & (initial < 0.5), torch.full_like(weight, add_w),
-            torch.where(flip, torch.full_like(weight, float(flip_weight)), torch.ones_like(weight)))
+            torch.where(flip, remove_w, torch.ones_like(weight)))
     bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
     tv = _voxel_trust(trust, regions, bce)
     if tv is not None:
@@ -503,6 +522,8 @@ def _pseudo_term(logits, prob, b: Batch, w):
                              flip_weight=w.pseudo_flip_weight, fraction=w.pseudo_fraction,
                              trust=b.trust, ignore=w.pseudo_ignore,
                              add_weight=w.pseudo_add_weight,
+                             thin=b.map("thin") if w.pseudo_thin_mm > 0 else None,
+                             thin_flip_weight=w.pseudo_thin_flip_weight,
                              **flip_limits(w))
 
 

@@ -50,11 +50,14 @@ def _targets(logits: np.ndarray, targets, weights: ScoreLossWeights, agreement=N
              fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The pseudo-labels of one prepared case; ``agreement`` / ``key`` / ``fraction`` replace the
     rating's c(s) table, the ranking key (``maps["depth"]``) and the labelled share. The weights'
-    per-side score limits (:func:`~.losses.flip_limits`) hold for the rating's own table only: a
-    replaced table (the reference's counts) flips every region it says is wrong."""
+    per-side score limits (:func:`~.losses.flip_limits`) hold for the rating's own table only,
+    except on thin regions (``maps["thin"]``, with ``pseudo_thin_mm``): a replaced table (the
+    reference's counts) flips every region it says is wrong."""
     t = torch.from_numpy
     tab = targets.tables
     limits = flip_limits(weights) if agreement is None else {}
+    if limits and weights.pseudo_thin_mm > 0 and "thin" in targets.maps:
+        limits["thin"] = t(np.asarray(targets.maps["thin"], np.float32))[None, None]
     agreement = tab.agreement if agreement is None else agreement
     key = targets.maps["depth"] if key is None else key
     target, weight = pseudo_labels(
@@ -69,13 +72,18 @@ def _targets(logits: np.ndarray, targets, weights: ScoreLossWeights, agreement=N
     return target[0, 0].numpy() > 0.5, weight[0, 0].numpy() > 0
 
 
-def _prepared_with_reference(case: Case, residual_gain: float):
-    """``(prepared, m0, ref, logits)``: the case as :class:`~.modes.score.ScoreMode` trains on it,
-    its initial and reference masks (bool, the image's grid) and the untrained network's logits
-    (``residual_gain * (2 M0 - 1)``)."""
-    from .modes.score import ScoreMode
+def _prepared_with_reference(case: Case, residual_gain: float,
+                             weights: ScoreLossWeights | None = None):
+    """``(prepared, m0, ref, logits)``: the case as :class:`~.modes.score.ScoreMode` trains on it
+    with ``weights``, its initial and reference masks (bool, the image's grid) and the untrained
+    network's logits (``residual_gain * (2 M0 - 1)``)."""
+    from .modes.score import ScoreConfig, ScoreMode
 
-    prepared = ScoreMode().prepare_case(case)
+    from dataclasses import replace
+
+    w = weights or ScoreLossWeights()
+    # the ranking key is what is checked, whether or not the term trains
+    prepared = ScoreMode(ScoreConfig(weights=replace(w, pseudo=w.pseudo or 1.0))).prepare_case(case)
     ref = case.load_reference(like=case.load_initial()).array != 0   # the image's grid (contract)
     m0 = prepared.initial != 0
     return prepared, m0, ref, float(residual_gain) * (2.0 * m0.astype(np.float32) - 1.0)
@@ -99,7 +107,7 @@ def pseudo_label_check(case: Case, model=None, metadata: dict | None = None,
         "precision_before"[, "..._after"]}``.
     """
     weights = weights or ScoreLossWeights()
-    prepared, m0, ref, logits_before = _prepared_with_reference(case, residual_gain)
+    prepared, m0, ref, logits_before = _prepared_with_reference(case, residual_gain, weights)
     out: dict = {"case": case.case_id}
     target, inside = _targets(logits_before, prepared, weights)
     out["rated_voxels"] = int(inside.sum())
@@ -211,7 +219,7 @@ def target_ceiling(case: Case, weights: ScoreLossWeights | None = None,
         ``{"case", "initial_dice", "<variant>": gain, ..., "regions_exact": gain}``.
     """
     weights = weights or ScoreLossWeights()
-    prepared, m0, ref, logits = _prepared_with_reference(case, residual_gain)
+    prepared, m0, ref, logits = _prepared_with_reference(case, residual_gain, weights)
     regions = prepared.maps["regions"]
     key = prepared.maps["depth"]
     # a key step larger than any logit + key difference puts the reference's wrong voxels first

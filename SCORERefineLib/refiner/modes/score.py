@@ -36,6 +36,38 @@ MIN_BAND_COVERAGE = 0.5
 APPEARANCE_MM = 1.0
 
 
+def thin_regions(depth: np.ndarray, regions: np.ndarray, spacing_zyx, thin_mm: float) -> np.ndarray:
+    """Which regions lie on a thin part of the structure, painted on their voxels.
+
+    A region is thin when the deepest voxel of the initial mask within ``2 * thin_mm`` (a box,
+    per axis) of any of its voxels is less than ``thin_mm`` deep: the structure's local
+    half-thickness there is below ``thin_mm`` (a rib: 3-5 mm; an abdominal organ: 10 mm and
+    more). The box reaches the mask's inside from the outer half of the band as long as the
+    band is narrower than ``thin_mm``.
+
+    Args:
+        depth: signed distance to the initial mask's surface in mm, positive inside (z, y, x).
+        regions: region ids (z, y, x), 0 outside every region.
+        spacing_zyx: voxel spacing in mm.
+        thin_mm: the half-thickness below which a region counts as thin.
+
+    Returns:
+        uint8 (z, y, x): 1 on the voxels of thin regions, 0 elsewhere (a label map: the
+        augmentation resamples it as it does the regions).
+    """
+    size = [2 * int(np.ceil(2.0 * thin_mm / float(s))) + 1 for s in spacing_zyx]
+    local = ndimage.maximum_filter(np.maximum(depth, 0.0).astype(np.float32), size=size)
+    ids = np.unique(regions)
+    ids = ids[ids > 0]
+    if not len(ids):
+        return np.zeros(regions.shape, np.uint8)
+    deepest = np.zeros(int(regions.max()) + 1, np.float32)
+    deepest[ids] = ndimage.maximum(local, regions, ids)
+    thin = (deepest < thin_mm).astype(np.uint8)
+    thin[0] = 0
+    return thin[regions]
+
+
 @dataclass
 class ScoreConfig(ModeConfig):
     """ScoreMode settings: loss weights, sampling, anchor exclusion and the ablation switches."""
@@ -86,7 +118,7 @@ class ScoreMode(TrainingMode):
 
     name = "score"
     requires = ("regions", "feedback")
-    label_maps = ("regions",)
+    label_maps = ("regions", "thin")
     Config = ScoreConfig
     #: no held-out split unless asked for (``--val-fraction``; the base default): the held-out
     #: ratings loss does not track held-out Dice. On real_abdomen's 15 training structures at two
@@ -175,6 +207,8 @@ class ScoreMode(TrainingMode):
             sp = image.geometry.spacing_zyx
             depth = signed_depth(initial.array, sp)
             maps["depth"] = depth
+            if self.weights.pseudo_thin_mm > 0:
+                maps["thin"] = thin_regions(depth, regions, sp, self.weights.pseudo_thin_mm)
             if cfg.appearance_mm > 0:
                 maps["depth"] = depth + np.float32(cfg.appearance_mm) * self._appearance(
                     image, initial.array, x, depth)
