@@ -29,6 +29,7 @@ own, the most a refiner could learn from targets of that kind.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -78,8 +79,6 @@ def _prepared_with_reference(case: Case, residual_gain: float,
     with ``weights``, its initial and reference masks (bool, the image's grid) and the untrained
     network's logits (``residual_gain * (2 M0 - 1)``)."""
     from .modes.score import ScoreConfig, ScoreMode
-
-    from dataclasses import replace
 
     w = weights or ScoreLossWeights()
     # the ranking key is what is checked, whether or not the term trains
