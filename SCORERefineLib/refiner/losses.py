@@ -381,10 +381,11 @@ def pseudo_label_loss(logits: torch.Tensor, initial: torch.Tensor, regions: torc
                                    remove_max_agreement, add_max_agreement, above_max_unlabelled,
                                    thin)
     add_w = float(flip_weight) if add_weight is None or add_weight <= 0 else float(add_weight)
-    remove_w = torch.full_like(weight, float(flip_weight))
-    if thin is not None and thin_flip_weight is not None:
-        remove_w = torch.where(thin > 0.5, torch.full_like(weight, float(thin_flip_weight)), remove_w)
     if flip_weight != 1.0 or add_w != 1.0 or thin is not None:
+        remove_w = torch.full_like(weight, float(flip_weight))
+        if thin is not None and thin_flip_weight is not None:
+            remove_w = torch.where(thin > 0.5, torch.full_like(weight, float(thin_flip_weight)),
+                                   remove_w)
         flip = (target - initial).abs() > 0.5
         weight = weight * torch.where(
             flip & (initial < 0.5), torch.full_like(weight, add_w),

@@ -42,8 +42,9 @@ def thin_regions(depth: np.ndarray, regions: np.ndarray, spacing_zyx, thin_mm: f
     A region is thin when the deepest voxel of the initial mask within ``2 * thin_mm`` (a box,
     per axis) of any of its voxels is less than ``thin_mm`` deep: the structure's local
     half-thickness there is below ``thin_mm`` (the real cohorts' ribs are at most 4.5-7.4 mm
-    deep; their vertebrae, humeri, lungs and abdominal organs 9-50 mm). The box reaches the mask's inside from the outer half of the band as long as the
-    band is narrower than ``thin_mm``.
+    deep; their vertebrae, humeri, lungs and abdominal organs 9-50 mm). The box reaches the
+    mask's inside from the outer half of the band as long as the band is narrower than
+    ``thin_mm``.
 
     Args:
         depth: signed distance to the initial mask's surface in mm, positive inside (z, y, x).
