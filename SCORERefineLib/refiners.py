@@ -24,6 +24,7 @@ import torch at import time.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
@@ -101,6 +102,9 @@ class ModelRefiner:
             case's own intensity statistics, learnt from the initial mask in this image) are
             taken back. ``False`` switches it off; skipped with
             ``guard=False`` (the raw network output). Reported in ``last_info["veto"]``.
+        veto_thick_llr: also veto removed layers of any thickness whose mean evidence is above
+            this (``VetoLimits.thick_layer_llr``, e.g. 1.0; None, the default, = off): a layer
+            peeled more than two voxels deep otherwise passes as a cut protrusion.
         tta: test-time augmentation: each sliding window's probability is the mean over its
             16 flipped and turned views
             (:func:`~SCORERefineLib.refiner.inference.view_mean_probability`; 16 network passes
@@ -132,7 +136,7 @@ class ModelRefiner:
                  progress: Callable[[int, int], None] | None = None, guard: bool = True,
                  fragment_share: float | None = None,
                  also: Sequence[str | os.PathLike] = (),
-                 veto: bool = True, tta: bool = True):
+                 veto: bool = True, tta: bool = True, veto_thick_llr: float | None = None):
         from .refiner.inference import MeanProbability, load_model, resolve_device, tta_allowed
 
         self.path = Path(path)
@@ -153,6 +157,7 @@ class ModelRefiner:
                          "overlap": float(overlap), "sw_batch_size": int(sw_batch_size),
                          "guard": bool(guard), "fragment_share": _fragment_share(fragment_share),
                          "veto": bool(veto),
+                         "veto_thick_llr": _thick_llr(veto_thick_llr),
                          "tta": bool(tta) and views_suit}
         if also:
             self.settings["ensemble"] = [str(self.path)] + [str(Path(p)) for p in also]
@@ -213,10 +218,11 @@ class ModelRefiner:
         voxel back can leave added voxels beyond it detached, which the guard removes (counted
         in the report's ``guard_after``)."""
         from .refiner.guard import guard_volume
-        from .refiner.veto import appearance_veto
+        from .refiner.veto import VetoLimits, appearance_veto
 
         kept, veto = appearance_veto(image.array, initial.array, guarded.array,
                                      image.geometry.spacing_zyx,
+                                     VetoLimits(thick_layer_llr=self.settings["veto_thick_llr"]),
                                      normalisation=(self.metadata or {}).get("normalisation"))
         out = initial.with_array(kept)
         if veto["vetoed_added"] or veto["vetoed_removed"]:
@@ -255,6 +261,19 @@ def _fragment_share(value: float | None) -> float:
     v = FRAGMENT_SHARE if value is None else float(value)
     if not 0.0 <= v < 1.0:
         raise InputError(f"fragment share must be in [0, 1), got {value}.")
+    return v
+
+
+def _thick_llr(value: float | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not math.isfinite(v):
+        raise InputError(f"the thick-layer veto needs a finite evidence threshold (LLR units, "
+                         f"e.g. 1.0), got {value!r}; leave it unset to switch it off.")
     return v
 
 

@@ -229,3 +229,51 @@ def test_model_refiner_takes_back_what_the_image_contradicts(tmp_path, checkpoin
                       .with_name("refined.json").read_text())
     assert info["veto"] is False and "veto" not in info.get("guard", {})
     assert info["voxels_added"] == shell
+
+
+def _thick_peel(model, metadata, image, initial, *a, **k):
+    """A network that peels the lower half of the structure three voxels deep."""
+    from scipy import ndimage
+    m = initial.array > 0
+    peel = m & ~ndimage.binary_erosion(m, iterations=3) & (np.indices(m.shape)[0] < 10)
+    return initial.with_array((m & ~peel).astype(np.uint8))
+
+
+def test_the_thick_layer_veto_is_a_refiner_and_cli_setting(tmp_path, checkpoint, monkeypatch):
+    """``veto_thick_llr`` (``--veto-thick-llr``) reaches the veto: a structure-like peel three
+    voxels deep, which the default veto lets go, comes back; the setting is in the sidecar, and
+    a threshold that is not a number is refused by name."""
+    import argparse
+
+    from SCORERefineLib.commands import refine as refine_cmd
+    from SCORERefineLib.errors import InputError
+    from SCORERefineLib.refiner import inference
+    from SCORERefineLib.refiners import make_refiner
+
+    monkeypatch.setattr(inference, "refine_volume", _thick_peel)
+    init = ellipsoid(SHAPE, (7, 12, 12), centre=(10, 20, 20))
+    rng = np.random.default_rng(0)
+    image = Volume((np.where(init > 0, 300.0, 0.0) + rng.normal(0, 10, SHAPE)).astype(np.float32),
+                   GEOM)
+    peeled = int(init.sum() - _thick_peel(None, None, None, Volume(init, GEOM)).array.sum())
+    default = make_refiner(checkpoint, device="cpu")
+    assert default.settings["veto_thick_llr"] is None
+    lost_default = int(init.sum() - default(image, Volume(init, GEOM)).array.sum())
+    assert lost_default > 0.9 * peeled and default.last_info["veto"]["vetoed_removed_thick"] == 0
+    thick = make_refiner(checkpoint, device="cpu", veto_thick_llr=1.0)
+    lost_thick = int(init.sum() - thick(image, Volume(init, GEOM)).array.sum())
+    rep = thick.last_info["veto"]
+    assert lost_thick < 0.2 * peeled and rep["vetoed_removed_thick"] > 0.8 * peeled
+    assert rep["limits"]["thick_layer_llr"] == 1.0
+    with pytest.raises(InputError, match="thick-layer veto needs a finite"):
+        make_refiner(checkpoint, device="cpu", veto_thick_llr="high")
+    write_case(tmp_path / "ds", "c1", image, Volume(init, GEOM))
+    parser = argparse.ArgumentParser()
+    refine_cmd.add_arguments(parser)
+    args = parser.parse_args(["--model", str(checkpoint), "--dataset", str(tmp_path / "ds"),
+                              "--device", "cpu", "--progress", "none", "--veto-thick-llr", "1"])
+    assert refine_cmd.run(args) == 0
+    info = json.loads(get_case(tmp_path / "ds", "c1").prediction_path("refined")
+                      .with_name("refined.json").read_text())
+    assert info["veto_thick_llr"] == 1.0 and info["veto"]["vetoed_removed_thick"] > 0.8 * peeled
+    assert info["voxels_removed"] == lost_thick

@@ -7,7 +7,8 @@ import pytest
 from scipy import ndimage
 
 from SCORERefineLib.refiner.inputs import NORMALISATION, appearance_evidence
-from SCORERefineLib.refiner.veto import VetoLimits, appearance_veto, removed_layers
+from SCORERefineLib.refiner.veto import (VetoLimits, appearance_veto, removed_layers,
+                                         thick_layers)
 from conftest import ellipsoid
 
 SHAPE = (24, 40, 40)
@@ -77,6 +78,62 @@ def test_a_structure_like_protrusion_may_be_cut_off():
     out, report = appearance_veto(hu, initial, proposal, SPACING)
     assert not out.astype(bool)[leak].any()
     assert report["vetoed_removed"] < 0.2 * removed.sum()
+    # the thick-layer rule too sees a protrusion: it touches the rest only at its neck
+    assert not thick_layers(initial, proposal, _llr(hu, initial), 0.5, 1.0)[leak].any()
+    out, report = appearance_veto(hu, initial, proposal, SPACING, VetoLimits(thick_layer_llr=1.0))
+    assert not out.astype(bool)[leak].any() and report["vetoed_removed_thick"] == 0
+
+
+def _peel(depth: int):
+    """A bright structure whose initial mask is right, and a proposal that peels its lower half
+    ``depth`` voxels deep (the peel touches the kept body and the outside alike)."""
+    truth = ellipsoid(SHAPE, (8, 12, 12), centre=(12, 20, 20)).astype(bool)
+    rng = np.random.default_rng(2)
+    hu = (np.where(truth, 300.0, 0.0) + rng.normal(0.0, 10.0, SHAPE)).astype(np.float32)
+    core = ndimage.binary_erosion(truth, iterations=depth)
+    peel = truth & ~core & (np.indices(SHAPE)[0] < 12)
+    return hu, truth, truth & ~peel, peel
+
+
+def test_a_thick_structure_like_peel_passes_the_layer_rule_and_the_thick_rule_takes_it_back():
+    """Peeled three voxels deep, fewer than half the layer's voxels touch the kept body: the
+    layer rule reads it as a protrusion (what let a model peel the lumbar column on
+    real_abdomen_x2). With ``thick_layer_llr`` it is a layer that looks like the structure."""
+    hu, truth, proposal, peel = _peel(3)
+    llr = _llr(hu, truth)
+    assert removed_layers(truth, proposal, 0.5)[peel].mean() < 0.05     # not a layer by share
+    assert llr[peel].mean() > 1.0
+    out, report = appearance_veto(hu, truth, proposal, SPACING)
+    assert out.astype(bool)[peel].mean() < 0.05                          # the default lets it go
+    assert report["vetoed_removed_thick"] == 0
+    out, report = appearance_veto(hu, truth, proposal, SPACING, VetoLimits(thick_layer_llr=1.0))
+    back = out.astype(bool) & peel
+    want = peel & (llr > 0.5)
+    assert want.sum() > 0.8 * peel.sum()
+    np.testing.assert_array_equal(back, want)                            # voxelwise, as layers
+    assert report["vetoed_removed"] == report["vetoed_removed_thick"] == int(want.sum())
+    # a one-voxel peel is a layer by both rules: the thick rule adds nothing to it
+    hu1, truth1, proposal1, peel1 = _peel(1)
+    r_default = appearance_veto(hu1, truth1, proposal1, SPACING)[1]
+    r_thick = appearance_veto(hu1, truth1, proposal1, SPACING, VetoLimits(thick_layer_llr=1.0))[1]
+    assert r_default["vetoed_removed"] == r_thick["vetoed_removed"] > 0
+    assert r_thick["vetoed_removed_thick"] == 0
+
+
+def test_a_thick_layer_that_looks_like_the_surroundings_goes():
+    """An initial mask three voxels too wide all round (dark surroundings inside it): removing
+    that layer is right, its mean evidence is below the threshold, the veto keeps it removed."""
+    hu, truth, _, _ = _peel(3)
+    initial = ndimage.binary_dilation(truth, iterations=3)
+    extra = initial & ~truth
+    llr = _llr(hu, initial)
+    assert llr[extra].mean() < 1.0
+    # the evidence is learnt from this too-wide mask, so 40% of the dark layer's voxels still
+    # read above 0.5 one by one: the piece's mean is what keeps them removed
+    assert (llr[extra] > 0.5).mean() > 0.3
+    assert thick_layers(initial, truth, _llr(hu, initial), 0.5, -3.5)[extra].all()   # a layer
+    out, report = appearance_veto(hu, initial, truth, SPACING, VetoLimits(thick_layer_llr=1.0))
+    assert out.astype(bool)[extra].mean() < 0.05
 
 
 def test_the_cropped_evidence_is_the_whole_volume_evidence():
@@ -115,3 +172,5 @@ def test_bad_input_is_named():
         VetoLimits(remove_margin=-1.0)
     with pytest.raises(ValueError, match="layer_share"):
         VetoLimits(layer_share=2.0)
+    with pytest.raises(ValueError, match="thick_layer_llr must be a finite number"):
+        VetoLimits(thick_layer_llr=float("nan"))

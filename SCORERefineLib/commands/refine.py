@@ -73,6 +73,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "added voxels that look like the surroundings, and structure-like layers "
                           "peeled off the boundary, are taken back (the case's own intensity "
                           "statistics; reported in the sidecar's 'veto')")
+    net.add_argument("--veto-thick-llr", type=float, default=None, metavar="LLR",
+                     help="also veto removed layers of any thickness whose mean appearance "
+                          "evidence is above LLR (e.g. 1.0; default off): a layer peeled more "
+                          "than two voxels deep otherwise passes as a cut protrusion "
+                          "(docs/score-loss.md, stop 32)")
     net.add_argument("--no-tta", dest="tta", action="store_false",
                      help="one network pass per window instead of the mean over its 16 flipped "
                           "and turned views (test-time augmentation, the default: 16 times the "
@@ -152,7 +157,8 @@ def _make(args: argparse.Namespace, classical: bool, mode: str, cancel):
                            guard=getattr(args, "guard", True),
                            fragment_share=getattr(args, "fragment_share", None),
                            also=getattr(args, "also_model", None) or (),
-                           veto=getattr(args, "veto", True), tta=getattr(args, "tta", True))
+                           veto=getattr(args, "veto", True), tta=getattr(args, "tta", True),
+                           veto_thick_llr=getattr(args, "veto_thick_llr", None))
     return refiner, close
 
 
