@@ -265,6 +265,8 @@ def _fragment_share(value: float | None) -> float:
 
 
 def _thick_llr(value: float | None) -> float | None:
+    """The thick-layer veto's threshold as a float, None (off) as is; anything else that is not
+    a finite number is refused with an InputError."""
     if value is None:
         return None
     try:

@@ -174,3 +174,6 @@ def test_bad_input_is_named():
         VetoLimits(layer_share=2.0)
     with pytest.raises(ValueError, match="thick_layer_llr must be a finite number"):
         VetoLimits(thick_layer_llr=float("nan"))
+    with pytest.raises(ValueError, match="thick_layer_llr must be a finite number"):
+        VetoLimits(thick_layer_llr="high")
+    assert VetoLimits(thick_layer_llr=np.float32(1.0)).thick_layer_llr == 1.0

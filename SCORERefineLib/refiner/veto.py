@@ -81,7 +81,11 @@ class VetoLimits:
             raise ValueError(f"appearance veto: layer_share must be in [0, 1], got "
                              f"{self.layer_share}")
         t = self.thick_layer_llr
-        if t is not None and not (isinstance(t, (int, float)) and np.isfinite(t)):
+        try:
+            bad = t is not None and not np.isfinite(float(t))
+        except (TypeError, ValueError):
+            bad = True
+        if bad:
             raise ValueError(f"appearance veto: thick_layer_llr must be a finite number (LLR "
                              f"units, e.g. 1.0) or None (off), got {t!r}")
 
