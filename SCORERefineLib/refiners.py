@@ -24,7 +24,6 @@ import torch at import time.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
@@ -152,12 +151,13 @@ class ModelRefiner:
                 views_suit = views_suit and tta_allowed(meta)   # every member was trained on them
             self.model = MeanProbability(members)
         self.cancel, self.progress = cancel, progress
+        self.veto_limits = _veto_limits(veto_thick_llr)
         self.settings = {"method": self.name, "model": str(self.path), "device": str(self.device),
                          "margin_mm": float(margin_mm), "threshold": float(threshold),
                          "overlap": float(overlap), "sw_batch_size": int(sw_batch_size),
                          "guard": bool(guard), "fragment_share": _fragment_share(fragment_share),
                          "veto": bool(veto),
-                         "veto_thick_llr": _thick_llr(veto_thick_llr),
+                         "veto_thick_llr": self.veto_limits.thick_layer_llr,
                          "tta": bool(tta) and views_suit}
         if also:
             self.settings["ensemble"] = [str(self.path)] + [str(Path(p)) for p in also]
@@ -218,11 +218,11 @@ class ModelRefiner:
         voxel back can leave added voxels beyond it detached, which the guard removes (counted
         in the report's ``guard_after``)."""
         from .refiner.guard import guard_volume
-        from .refiner.veto import VetoLimits, appearance_veto
+        from .refiner.veto import appearance_veto
 
         kept, veto = appearance_veto(image.array, initial.array, guarded.array,
                                      image.geometry.spacing_zyx,
-                                     VetoLimits(thick_layer_llr=self.settings["veto_thick_llr"]),
+                                     self.veto_limits,
                                      normalisation=(self.metadata or {}).get("normalisation"))
         out = initial.with_array(kept)
         if veto["vetoed_added"] or veto["vetoed_removed"]:
@@ -264,19 +264,17 @@ def _fragment_share(value: float | None) -> float:
     return v
 
 
-def _thick_llr(value: float | None) -> float | None:
-    """The thick-layer veto's threshold as a float, None (off) as is; anything else that is not
-    a finite number is refused with an InputError."""
-    if value is None:
-        return None
+def _veto_limits(thick_llr: float | None):
+    """The appearance veto's limits with the thick-layer threshold (validated by
+    :class:`~.refiner.veto.VetoLimits`; a bad one is refused as an InputError)."""
+    from .refiner.veto import VetoLimits
+
     try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if not math.isfinite(v):
+        return VetoLimits(thick_layer_llr=thick_llr)
+    except ValueError as exc:
         raise InputError(f"the thick-layer veto needs a finite evidence threshold (LLR units, "
-                         f"e.g. 1.0), got {value!r}; leave it unset to switch it off.")
-    return v
+                         f"e.g. 1.0), got {thick_llr!r}; leave it unset to switch it "
+                         f"off.") from exc
 
 
 #: built-in refiner name -> class (names and labels: ``catalog.BUILTIN_REFINERS``)

@@ -177,3 +177,4 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="thick_layer_llr must be a finite number"):
         VetoLimits(thick_layer_llr="high")
     assert VetoLimits(thick_layer_llr=np.float32(1.0)).thick_layer_llr == 1.0
+    assert type(VetoLimits(thick_layer_llr="1.5").thick_layer_llr) is float     # stored as a float

@@ -81,28 +81,49 @@ class VetoLimits:
             raise ValueError(f"appearance veto: layer_share must be in [0, 1], got "
                              f"{self.layer_share}")
         t = self.thick_layer_llr
-        try:
-            bad = t is not None and not np.isfinite(float(t))
-        except (TypeError, ValueError):
-            bad = True
-        if bad:
-            raise ValueError(f"appearance veto: thick_layer_llr must be a finite number (LLR "
-                             f"units, e.g. 1.0) or None (off), got {t!r}")
+        if t is not None:
+            try:
+                value = float(t)
+            except (TypeError, ValueError):
+                value = float("nan")
+            if not np.isfinite(value):
+                raise ValueError(f"appearance veto: thick_layer_llr must be a finite number (LLR "
+                                 f"units, e.g. 1.0) or None (off), got {t!r}")
+            object.__setattr__(self, "thick_layer_llr", value)     # frozen: store the float
+
+
+class _Pieces:
+    """The 26-connected pieces of the removed voxels (``initial`` and not ``proposal``) and, per
+    piece, its size and how many of its voxels are 6-neighbours of a voxel the proposal keeps:
+    what both layer rules read, labelled once."""
+
+    def __init__(self, initial: np.ndarray, proposal: np.ndarray):
+        self.m0, self.prop = np.asarray(initial) != 0, np.asarray(proposal) != 0
+        self.rem = self.m0 & ~self.prop
+        self.lab, n = ndimage.label(self.rem, _FULL)
+        self.idx = np.arange(1, n + 1)
+        self.size = ndimage.sum(self.rem, self.lab, self.idx)
+        self.inner = ndimage.sum(ndimage.binary_dilation(self.prop) & self.rem, self.lab, self.idx)
+
+    def paint(self, per_piece: np.ndarray) -> np.ndarray:
+        """A per-piece bool on the piece's voxels: bool (z, y, x)."""
+        return np.concatenate([[False], per_piece])[self.lab]
+
+    def layers(self, layer_share: float) -> np.ndarray:
+        return self.paint(self.inner / np.maximum(self.size, 1.0) > layer_share)
+
+    def thick_layers(self, llr: np.ndarray, layer_share: float, min_mean_llr: float) -> np.ndarray:
+        outer = ndimage.sum(ndimage.binary_dilation(~self.m0) & self.rem, self.lab, self.idx)
+        layer = self.inner > layer_share * np.maximum(outer, 1.0)
+        looks = ndimage.mean(np.asarray(llr, float), self.lab, self.idx) > min_mean_llr
+        return self.paint(layer & looks)
 
 
 def removed_layers(initial: np.ndarray, proposal: np.ndarray, layer_share: float) -> np.ndarray:
     """The removed voxels (``initial`` and not ``proposal``) that lie in a layer: a 26-connected
     piece of removed voxels of which more than ``layer_share`` are 6-neighbours of a voxel the
     proposal keeps. bool (z, y, x)."""
-    m0, prop = np.asarray(initial) != 0, np.asarray(proposal) != 0
-    rem = m0 & ~prop
-    if not rem.any():
-        return rem
-    touch = ndimage.binary_dilation(prop) & rem
-    lab, n = ndimage.label(rem, _FULL)
-    idx = np.arange(1, n + 1)
-    share = ndimage.sum(touch, lab, idx) / np.maximum(ndimage.sum(rem, lab, idx), 1.0)
-    return np.concatenate([[False], share > layer_share])[lab]
+    return _Pieces(initial, proposal).layers(layer_share)
 
 
 def thick_layers(initial: np.ndarray, proposal: np.ndarray, llr: np.ndarray,
@@ -111,18 +132,7 @@ def thick_layers(initial: np.ndarray, proposal: np.ndarray, llr: np.ndarray,
     looks like the structure: a 26-connected piece of removed voxels whose voxels next to one the
     proposal keeps (6-neighbours) are more than ``layer_share`` times those next to a voxel
     outside ``initial``, and whose mean ``llr`` is above ``min_mean_llr``. bool (z, y, x)."""
-    m0, prop = np.asarray(initial) != 0, np.asarray(proposal) != 0
-    rem = m0 & ~prop
-    if not rem.any():
-        return rem
-    inner = ndimage.binary_dilation(prop) & rem
-    outer = ndimage.binary_dilation(~m0) & rem
-    lab, n = ndimage.label(rem, _FULL)
-    idx = np.arange(1, n + 1)
-    n_outer = np.maximum(ndimage.sum(outer, lab, idx), 1.0)
-    layer = ndimage.sum(inner, lab, idx) > layer_share * n_outer
-    looks = ndimage.mean(np.asarray(llr, float), lab, idx) > min_mean_llr
-    return np.concatenate([[False], layer & looks])[lab]
+    return _Pieces(initial, proposal).thick_layers(llr, layer_share, min_mean_llr)
 
 
 def appearance_veto(hu: np.ndarray, initial: np.ndarray, proposal: np.ndarray,
@@ -166,11 +176,11 @@ def appearance_veto(hu: np.ndarray, initial: np.ndarray, proposal: np.ndarray,
     box = padded_bbox(m0 | prop, pad)
     llr = appearance_llr(hu[box], m0[box], spacing_zyx, normalisation)
     veto_add = add[box] & (llr < -limits.add_margin)
-    layers = removed_layers(m0[box], prop[box], limits.layer_share)
+    pieces = _Pieces(m0[box], prop[box])
+    layers = pieces.layers(limits.layer_share)
     thick = np.zeros_like(layers)
     if limits.thick_layer_llr is not None:
-        thick = thick_layers(m0[box], prop[box], llr, limits.layer_share,
-                             limits.thick_layer_llr) & ~layers
+        thick = pieces.thick_layers(llr, limits.layer_share, limits.thick_layer_llr) & ~layers
     veto_rem = (layers | thick) & (llr > limits.remove_margin)
     sub = out[box]
     sub[veto_add] = False
