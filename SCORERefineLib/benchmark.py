@@ -52,7 +52,7 @@ from .metrics import compare
 from .pipeline import (EvalResult, Split, TrainResult, copy_with_noisy_ratings, evaluate_masks,
                        make_split, prepare_regions, rate_cases, summary_table, train_model)
 from .progress import CancelToken
-from .refiners import make_refiner
+from .refiners import make_refiner, veto_limits_for
 from .regions import RegionParams
 from .scribbles import SECONDS_PER_SLICE, SECONDS_PER_STROKE
 
@@ -431,7 +431,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
                   cancel: CancelToken | None = None, rows: Sequence[str] | None = None,
                   log: Callable[[str], None] = print, steps: int | None = None,
                   efficiency: Sequence[float] | None = None, reuse_models: bool = False,
-                  seeds: int = 1) -> dict:
+                  seeds: int = 1, veto_thick_llr: float | None = None) -> dict:
     """Run every row of ``preset``.
 
     Args:
@@ -453,6 +453,9 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
             probability, :class:`~.refiners.ModelRefiner` ``also=``), reported as the row
             ``<row>_x<seeds>`` with its own targets, and each member alone in the report's
             "seeds" table.
+        veto_thick_llr: the trained rows (and the efficiency budgets) refine with the appearance
+            veto's thick-layer rule at this evidence threshold (``scorerefine refine
+            --veto-thick-llr``; None, the default: off); the report records it.
 
     Returns:
         The report as a JSON-serialisable dict.
@@ -472,6 +475,11 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
     if unknown:
         raise ValueError(f"unknown benchmark rows {sorted(unknown)}; known: {list(ROW_TRAINING)}")
     workdir = Path(workdir)
+    thick = veto_limits_for(veto_thick_llr).thick_layer_llr   # refused by name before any work
+
+    def refiner_of(model: Path, **kw):
+        return make_refiner(model, device, veto_thick_llr=thick, **kw)
+
     params = RegionParams(method=cfg.region_method, n_regions=cfg.n_regions, band_mm=cfg.band_mm,
                           seed=cfg.seed)
     structures: dict = {}
@@ -529,7 +537,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
             fingerprints[spec.dataset] = training_data_fingerprint(datasets[spec.dataset])
         data = fingerprints[spec.dataset]
         trainings[row] = train_or_reuse(row, spec, config, data)
-        results.append(evaluate_masks(split.test, row, make_refiner(trainings[row].model, device),
+        results.append(evaluate_masks(split.test, row, refiner_of(trainings[row].model),
                                       cancel=cancel))
         by_row[row] = results[-1]
         if seeds > 1:
@@ -540,12 +548,12 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
                 name = f"{row}_seed{s_cfg.seed}"
                 members.append(train_or_reuse(name, spec, s_cfg, data))
                 seed_runs[row].append({"seed": s_cfg.seed, "name": name, "result": evaluate_masks(
-                    split.test, name, make_refiner(members[-1].model, device), cancel=cancel)})
+                    split.test, name, refiner_of(members[-1].model), cancel=cancel)})
             ens = ensemble_row(row, seeds)
             log(f"[benchmark] evaluating '{ens}' (the mean probability of {seeds} seeds' models)")
             results.append(evaluate_masks(
-                split.test, ens, make_refiner(members[0].model, device,
-                                              also=[m.model for m in members[1:]]), cancel=cancel))
+                split.test, ens, refiner_of(members[0].model, also=[m.model for m in members[1:]]),
+                cancel=cancel))
             seed_runs[row].append({"seed": "ensemble", "name": ens, "result": results[-1]})
             trainings[ens] = TrainResult(members[0].model, float(sum(m.seconds for m in members)),
                                          members[0].config)
@@ -603,7 +611,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
               "rows": table, "targets": targets, "n_ratings": n_ratings,
               "per_case": {res.name: res.rows for res in results},
               "structures": structures, "pseudo_labels": pseudo, "coverage": coverage,
-              "reused_models": reused,
+              "reused_models": reused, "veto_thick_llr": thick,
               "seeds": {"n": int(seeds), "rows": {row: [
                   {"seed": r["seed"], "name": r["name"],
                    **seed_summary(results[0].rows, r["result"].rows)} for r in runs]
@@ -612,7 +620,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         report["efficiency"] = eff.run_budgets(
             split, cfg, efficiency, device=device, progress=progress, cancel=cancel, log=log,
             reuse={r: (by_row[r], trainings[r]) for r in by_row}, workdir=workdir,
-            initial_dice=by["initial"]["dice_mean"])
+            initial_dice=by["initial"]["dice_mean"], veto_thick_llr=thick)
     return report
 
 
@@ -913,8 +921,12 @@ def render_markdown(report: dict, command: str) -> str:
               "- Trained rows refine as `scorerefine refine` does by default: each sliding "
               "window's probability is the mean over its 16 flipped and turned views (test-time "
               "augmentation), then "
-              "the do-no-harm guard, the cut-fragment rule and the appearance veto; what each "
-              "took back is in the predictions' sidecars (docs/architecture.md).",
+              "the do-no-harm guard, the cut-fragment rule and the appearance veto"
+              + (f" with its thick-layer rule at evidence {report['veto_thick_llr']:g} "
+                 f"(`--veto-thick-llr {report['veto_thick_llr']:g}`, opt-in; docs/score-loss.md "
+                 f"stop 32)" if report.get("veto_thick_llr") is not None else
+                 " (its thick-layer rule off, the default)")
+              + "; what each took back is in the predictions' sidecars (docs/architecture.md).",
               "- Ablations (settings of the score mode's config; flags of `scorerefine train`): `--no-direction` drops every use of the "
               "over/under label; `--no-amount` drops every use of the score's size (the pseudo-label, "
               "amount and volume terms; regions rated 5 still pin the mask); `--no-edge` removes the "

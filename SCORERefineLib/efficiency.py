@@ -201,7 +201,8 @@ def noisy_rating_share(clean: Path, noisy: Path) -> dict[str, float]:
 
 def run_budgets(split, cfg, fractions: Sequence[float], device: str = "auto", progress: str = "none",
                 cancel=None, log: Callable[[str], None] = print, reuse: Optional[dict] = None,
-                initial_dice: float = float("nan"), workdir: Optional[Path] = None) -> dict:
+                initial_dice: float = float("nan"), workdir: Optional[Path] = None,
+                veto_thick_llr: Optional[float] = None) -> dict:
     """Train every :data:`METHODS` kind on each budget and evaluate it on the test split.
 
     Args:
@@ -212,6 +213,8 @@ def run_budgets(split, cfg, fractions: Sequence[float], device: str = "auto", pr
         reuse: ``{row: (EvalResult, TrainResult)}`` of rows already run on all training cases
             (the full budget is then not trained again).
         initial_dice: mean test Dice of the initial masks (the zero-minute point).
+        veto_thick_llr: the appearance veto's thick-layer threshold the trained models refine
+            with (None: off; ``scorerefine benchmark --veto-thick-llr``).
 
     Returns:
         ``{"fractions", "points": [...], "initial_dice", "cost_model"}``; a point per
@@ -256,7 +259,9 @@ def run_budgets(split, cfg, fractions: Sequence[float], device: str = "auto", pr
                 log(f"[efficiency] training '{row}' on {k} of {n_train} training cases ({cfg.steps} steps)")
                 tr = train_model(dataset, workdir / "models" / f"{name}.pt",
                                  row_config(row, cfg, device, n_train=k), progress=progress, cancel=cancel)
-                res = evaluate_masks(split.test, name, make_refiner(tr.model, device), cancel=cancel)
+                res = evaluate_masks(split.test, name,
+                                     make_refiner(tr.model, device, veto_thick_llr=veto_thick_llr),
+                                     cancel=cancel)
             stats = summarise(res.rows)
             gain = stats["dice"]["mean"] - initial_dice
             hours = cost["seconds"] / 3600.0

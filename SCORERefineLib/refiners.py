@@ -151,7 +151,7 @@ class ModelRefiner:
                 views_suit = views_suit and tta_allowed(meta)   # every member was trained on them
             self.model = MeanProbability(members)
         self.cancel, self.progress = cancel, progress
-        self.veto_limits = _veto_limits(veto_thick_llr)
+        self.veto_limits = veto_limits_for(veto_thick_llr)
         self.settings = {"method": self.name, "model": str(self.path), "device": str(self.device),
                          "margin_mm": float(margin_mm), "threshold": float(threshold),
                          "overlap": float(overlap), "sw_batch_size": int(sw_batch_size),
@@ -264,7 +264,7 @@ def _fragment_share(value: float | None) -> float:
     return v
 
 
-def _veto_limits(thick_llr: float | None):
+def veto_limits_for(thick_llr: float | None):
     """The appearance veto's limits with the thick-layer threshold (validated by
     :class:`~.refiner.veto.VetoLimits`; a bad one is refused as an InputError)."""
     from .refiner.veto import VetoLimits
@@ -309,7 +309,8 @@ def make_refiner(name_or_path: str | os.PathLike, device: str = "auto", **settin
         device: device of a model refiner (ignored by the built-ins).
         **settings: the refiner's own settings (``closing_mm`` for classical; ``margin_mm``,
             ``threshold``, ``overlap``, ``sw_batch_size``, ``cancel``, ``progress``, ``guard``,
-            ``fragment_share`` and ``also`` (more checkpoints to average with) for a model).
+            ``fragment_share``, ``veto``, ``veto_thick_llr``, ``tta`` and ``also`` (more
+            checkpoints to average with) for a model).
 
     Returns:
         The refiner.

@@ -226,3 +226,30 @@ def test_seeds_train_each_row_per_seed_and_report_their_ensemble(tmp_path):
     assert sorted(again["reused_models"]) == ["full", "full_seed1", "score", "score_seed1"]
     with pytest.raises(ValueError, match="--seeds"):
         run_benchmark("smoke", work, device="cpu", progress="none", rows=["score"], seeds=0)
+
+
+def test_the_thick_layer_veto_is_a_benchmark_setting(tmp_path, capsys):
+    """``--veto-thick-llr`` reaches every trained row's refiner (the prediction sidecars record
+    it), the report and its command state it, a rerun without it refines with the rule off
+    again, and a bad threshold is refused by name before any work."""
+    from SCORERefineLib.predictions import read_prediction_info
+
+    work, out = tmp_path / "work", tmp_path / "docs" / "b.md"
+    args = ["benchmark", "--preset", "smoke", "--rows", "score", "--workdir", str(work),
+            "--out", str(out), "--device", "cpu", "--progress", "none"]
+    assert main(args + ["--veto-thick-llr", "1.0"]) == 0, capsys.readouterr().err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["veto_thick_llr"] == 1.0 and "--veto-thick-llr 1" in report["command"]
+    assert "thick-layer rule at evidence 1" in out.read_text()
+    tests = list_cases(work / "test")
+    infos = [read_prediction_info(c, "score") for c in tests]
+    assert all(i["veto_thick_llr"] == 1.0 and "vetoed_removed_thick" in i["veto"] for i in infos)
+    assert main(args + ["--reuse-models"]) == 0, capsys.readouterr().err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["veto_thick_llr"] is None and "--veto-thick-llr" not in report["command"]
+    assert "thick-layer rule off" in out.read_text()
+    assert all(read_prediction_info(c, "score")["veto_thick_llr"] is None for c in tests)
+    assert main(["benchmark", "--preset", "smoke", "--workdir", str(tmp_path / "x"),
+                 "--veto-thick-llr", "nan"]) == 2
+    assert "thick-layer veto needs a finite evidence threshold" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

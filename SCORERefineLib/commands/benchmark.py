@@ -42,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "`scorerefine refine --also-model`) with its own targets; default 1")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps of every row (default: the preset's); recorded in the report")
+    p.add_argument("--veto-thick-llr", type=float, default=None, metavar="LLR",
+                   help="trained rows refine with the appearance veto's thick-layer rule at this "
+                        "evidence threshold (as `scorerefine refine --veto-thick-llr`, e.g. 1.0; "
+                        "default off); the report says so")
     p.add_argument("--with-report", type=Path, action="append", default=None, metavar="JSON",
                    help="state another preset's targets in this report, read from the JSON twin "
                         "of its own generated report (e.g. docs/benchmark-real.json); repeatable")
@@ -88,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     cancel.install_signal_handlers()
     report = run_benchmark(args.preset, args.workdir, device=args.device, progress=args.progress,
                            cancel=cancel, rows=rows, steps=steps, efficiency=efficiency,
-                           reuse_models=getattr(args, "reuse_models", False), seeds=seeds)
+                           reuse_models=getattr(args, "reuse_models", False), seeds=seeds,
+                           veto_thick_llr=getattr(args, "veto_thick_llr", None))
     if others:
         report["other_reports"] = others
     command = "scorerefine " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
@@ -110,6 +115,8 @@ def _command_of(args, rows, steps, efficiency) -> str:
         parts += ["--steps", str(steps)]
     if (getattr(args, "seeds", 1) or 1) > 1:
         parts += ["--seeds", str(args.seeds)]
+    if getattr(args, "veto_thick_llr", None) is not None:
+        parts += ["--veto-thick-llr", f"{args.veto_thick_llr:g}"]
     if efficiency:
         parts += ["--efficiency", *(f"{f:g}" for f in efficiency)]
     if args.rows:
