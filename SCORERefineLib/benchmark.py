@@ -250,17 +250,21 @@ def row_config(row: str, cfg: BenchConfig, device: str = "auto", n_train: int | 
                        batch_size=batch, seed=cfg.seed, device=device)
 
 
-def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams
-                    ) -> tuple[Split, dict]:
+def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams,
+                    real_config=None) -> tuple[Split, dict]:
     """Build the real-CT cohort (:func:`~.realct.make_real_cohort`) under
     ``<workdir>/real_cohort``, copy its cases into ``<workdir>/train`` and ``<workdir>/test``
     by the manifest's split (by structure, :func:`_split_by_structure`) or, with
     ``test_error_seeds``, by error draw (:func:`_split_by_error_draw`), split regions and rate
-    the training cases.
+    the training cases. ``real_config``: the cohort's :class:`~.realct.RealConfig` (error
+    model, sizes; default: the defaults with ``include_abdomen`` from ``cfg``), e.g. larger
+    errors for a study (scripts/build_workdir.py).
 
     Returns ``(split, structures)``, ``structures``: case id -> manifest entry (structure,
     group, split, initial Dice...)."""
     import shutil
+
+    from .realct import RealConfig
 
     workdir = Path(workdir)
     split = Split(workdir / "train", workdir / "test")
@@ -269,27 +273,28 @@ def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams
                  *(workdir / f"real_cohort_s{k}" for k in range(n_seeds))):
         if path.exists():
             shutil.rmtree(path)
+    real_config = real_config or RealConfig(include_abdomen=cfg.real_abdomen)
     if int(cfg.test_error_seeds) > 0:
-        structures = _split_by_error_draw(workdir, split, cfg)
+        structures = _split_by_error_draw(workdir, split, cfg, real_config)
     else:
-        structures = _split_by_structure(workdir, split, cfg)
+        structures = _split_by_structure(workdir, split, cfg, real_config)
     prepare_regions(list_cases(split.train), params)
     prepare_regions(list_cases(split.test), params)
     rate_cases(list_cases(split.train), params, noise=0.0, seed=cfg.seed)
     return split, structures
 
 
-def _split_by_structure(workdir: Path, split: Split, cfg: BenchConfig) -> dict:
+def _split_by_structure(workdir: Path, split: Split, cfg: BenchConfig, real_config) -> dict:
     """The real cohort at ``cfg.seed``, split by the manifest's split (by structure), the
     training structures again at ``train_error_seeds - 1`` further error seeds as
     ``<structure>_s<k>``. Returns case id -> manifest entry (seed ``cfg.seed``)."""
     import shutil
 
     from .case import cases_dir
-    from .realct import RealConfig, load_manifest, make_real_cohort
+    from .realct import load_manifest, make_real_cohort
 
     train, test = make_real_cohort(workdir / "real_cohort", seed=cfg.seed,
-                                   config=RealConfig(include_abdomen=cfg.real_abdomen),
+                                   config=real_config,
                                    structures=cfg.real_structures)
     for dest, cases in ((split.train, train), (split.test, test)):
         cases_dir(dest).mkdir(parents=True, exist_ok=True)
@@ -297,7 +302,7 @@ def _split_by_structure(workdir: Path, split: Split, cfg: BenchConfig) -> dict:
             shutil.copytree(case.folder, cases_dir(dest) / case.case_id)
     for k in range(1, int(cfg.train_error_seeds)):   # the training structures' further errors
         more, _ = make_real_cohort(workdir / f"real_cohort_s{k}", seed=cfg.seed + k,
-                                   config=RealConfig(include_abdomen=cfg.real_abdomen),
+                                   config=real_config,
                                    structures=[c.case_id for c in train])
         for case in more:
             shutil.copytree(case.folder, cases_dir(split.train) / f"{case.case_id}_s{k}")
@@ -305,7 +310,7 @@ def _split_by_structure(workdir: Path, split: Split, cfg: BenchConfig) -> dict:
     return {c["case_id"]: c for c in manifest["cases"]}
 
 
-def _split_by_error_draw(workdir: Path, split: Split, cfg: BenchConfig) -> dict:
+def _split_by_error_draw(workdir: Path, split: Split, cfg: BenchConfig, real_config) -> dict:
     """:attr:`BenchConfig.test_error_seeds` > 0: every structure at error seeds ``seed + k``,
     k < ``train_error_seeds`` to ``split.train``, the next ``test_error_seeds`` to ``split.test``,
     as cases ``<structure>_s<k>`` (cohorts under ``<workdir>/real_cohort_s<k>``). Returns case id
@@ -313,14 +318,14 @@ def _split_by_error_draw(workdir: Path, split: Split, cfg: BenchConfig) -> dict:
     import shutil
 
     from .case import cases_dir
-    from .realct import RealConfig, load_manifest, make_real_cohort
+    from .realct import load_manifest, make_real_cohort
 
     structures = {}
     n_train = int(cfg.train_error_seeds)
     for k in range(n_train + int(cfg.test_error_seeds)):
         out = workdir / f"real_cohort_s{k}"
         train, test = make_real_cohort(out, seed=cfg.seed + k,
-                                       config=RealConfig(include_abdomen=cfg.real_abdomen),
+                                       config=real_config,
                                        structures=cfg.real_structures)
         dest = cases_dir(split.train if k < n_train else split.test)
         dest.mkdir(parents=True, exist_ok=True)

@@ -117,3 +117,39 @@ def test_real_abdomen_seen_splits_by_error_draw(tmp_path):
     assert "split by error draw" not in cohort_line(
         {"preset": "real_abdomen_x2", "config": {**asdict(PRESETS["real_abdomen_x2"]),
                                                  "n_train": 30, "n_test": 8}})
+
+
+def test_a_larger_error_model_builds_the_same_split_with_worse_initial_masks(tmp_path):
+    """scripts/build_workdir.py --error-scale: ``make_real_split(real_config=...)`` builds the
+    preset's split with the given error model (the manifests record it); larger errors give
+    lower initial Dice on the same structures and error seeds, and bad options are refused."""
+    import importlib.util
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "build_workdir.py"
+    spec = importlib.util.spec_from_file_location("build_workdir_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cfg = replace(PRESETS["real_abdomen_seen"], real_abdomen=False,
+                  real_structures=("vertebrae_cervical",), train_error_seeds=1,
+                  test_error_seeds=1)
+
+    def initial_dice(work):
+        return [c["initial_dice"] for k in (0, 1)
+                for c in json.loads((work / f"real_cohort_s{k}" / "real_cohort.json").read_text())["cases"]]
+
+    PRESETS["_study"] = cfg                      # the script takes a preset name
+    try:
+        assert script.main(["_study", str(tmp_path / "a")]) == 0
+        assert script.main(["_study", str(tmp_path / "b"), "--error-scale", "2",
+                            "--error-prob", "shift=1,leak=1,missing=1,holes=1"]) == 0
+        with pytest.raises(SystemExit, match="kind=share pairs"):
+            script.main(["_study", str(tmp_path / "c"), "--error-prob", "tears=1"])
+    finally:
+        del PRESETS["_study"]
+    big = json.loads((tmp_path / "b" / "real_cohort_s0" / "real_cohort.json").read_text())
+    assert big["config"]["leak_radius_mm"] == [16.0, 32.0] and big["config"]["error_prob"]["holes"] == 1
+    assert {c.case_id for c in list_cases(tmp_path / "b" / "train")} == {"vertebrae_cervical_s0"}
+    assert all(b < a for a, b in zip(initial_dice(tmp_path / "a"), initial_dice(tmp_path / "b")))
