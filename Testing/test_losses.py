@@ -241,8 +241,26 @@ def test_loss_weights_parse():
     assert w.direction == 2.0 and w.edge == 0.0 and w.amount == ScoreLossWeights().amount
     with pytest.raises(ValueError):
         ScoreLossWeights.parse("bogus=1")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="name a profile"):
         ScoreLossWeights.parse("direction")
+
+
+def test_the_organs_profile_is_the_measured_organ_setting_and_parts_apply_in_order():
+    """``--loss-weights organs`` stands for the setting docs/score-loss.md measured (stops 30-33:
+    removals only in regions rated <= 2 and weighted 12, additions only <= 3, thin parts exempt at
+    8 mm); later parts override it, earlier ones are overridden, and the defaults stay untouched."""
+    from SCORERefineLib.refiner.losses import flip_limits
+
+    w = ScoreLossWeights.parse("organs")
+    assert (w.pseudo_remove_max_score, w.pseudo_add_max_score, w.pseudo_flip_weight,
+            w.pseudo_thin_mm) == (2, 3, 12.0, 8.0)
+    assert w.pseudo_thin_flip_weight == ScoreLossWeights().pseudo_thin_flip_weight
+    assert flip_limits(w)["remove_max_agreement"] < flip_limits(ScoreLossWeights())["remove_max_agreement"]
+    assert ScoreLossWeights.parse("organs, pseudo_thin_mm=0").pseudo_thin_mm == 0.0
+    assert ScoreLossWeights.parse("pseudo_thin_mm=0,Organs").pseudo_thin_mm == 8.0
+    assert ScoreLossWeights().pseudo_flip_weight == 3.0 and ScoreLossWeights().pseudo_thin_mm == 0.0
+    with pytest.raises(ValueError, match="organs"):
+        ScoreLossWeights.parse("bones")
 
 
 def test_full_loss_decreases_toward_reference():

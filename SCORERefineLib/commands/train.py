@@ -46,7 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --fill-in: predicted ratings below this confidence are not used (default 0.5)")
     p.add_argument("--loss-weights", default="",
                    help="SCORE loss weights, e.g. 'pseudo=1,pin=0.5,anchor=0.5,edge=0.05,pseudo_fraction=0.6' "
-                        "(see docs/score-loss.md)")
+                        "(see docs/score-loss.md); 'organs' names the organ setting (removals only "
+                        "where rated <= 2 and weighted 12, additions only <= 3, thin parts exempt): "
+                        "for refiners trained and applied on the same kinds of structure, e.g. "
+                        "'organs' or 'organs,pseudo_thin_mm=0'")
     g = p.add_argument_group("scribble / hybrid")
     g.add_argument("--ema-decay", type=float, default=None,
                    help="scribble: EMA decay of the pseudo-label teacher (default 0.99)")
