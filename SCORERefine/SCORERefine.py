@@ -115,6 +115,8 @@ class SCORERefineParameterNode:
     hybridDenseCount: Annotated[int, WithinRange(0, 100000)] = 0
     hybridWeak: Annotated[str, Choice(catalog.names(catalog.HYBRID_WEAK_KINDS))] = "score"
     hybridIndicator: Annotated[str, Choice(catalog.names(catalog.HYBRID_INDICATORS))] = "dynamic"
+    # score training (shown for the score mode only): a named loss setting from the catalog
+    trainProfile: Annotated[str, Choice(catalog.names(catalog.SCORE_PROFILES))] = "default"
     # the scribble segmentation ("scribble: inside" / "scribble: outside", step 3b)
     scribbles: vtkMRMLSegmentationNode
     # Not bound to a widget (no SlicerParameterName): the device list is dynamic (cuda:N), and
@@ -282,11 +284,25 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             hform.addRow(label, w)
             setattr(u, name, w)
         u.trainCollapsibleButton.layout().insertRow(1, self.hybridSettingsWidget)
+
+        self.scoreSettingsWidget = qt.QWidget()
+        self.scoreSettingsWidget.setObjectName("scoreSettingsWidget")
+        sform = qt.QFormLayout(self.scoreSettingsWidget)
+        sform.setContentsMargins(0, 0, 0, 0)
+        u.trainProfileComboBox = qt.QComboBox()
+        u.trainProfileComboBox.setObjectName("trainProfileComboBox")
+        u.trainProfileComboBox.setProperty("SlicerParameterName", "trainProfile")
+        u.trainProfileComboBox.toolTip = "; ".join(f"{e.name}: {e.description}"
+                                                   for e in catalog.SCORE_PROFILES.values())
+        sform.addRow("Loss setting:", u.trainProfileComboBox)
+        u.trainCollapsibleButton.layout().insertRow(1, self.scoreSettingsWidget)
         u.trainModeComboBox.currentTextChanged.connect(self.onTrainModeChanged)
 
     def onTrainModeChanged(self, mode) -> None:
         from SCORERefineLib.training_job import MODE_SETTINGS
-        self.hybridSettingsWidget.setVisible(bool(MODE_SETTINGS.get(str(mode))))
+        shown = MODE_SETTINGS.get(str(mode), ())
+        self.hybridSettingsWidget.setVisible("dense" in shown)
+        self.scoreSettingsWidget.setVisible("profile" in shown)
 
     def cleanup(self) -> None:
         """Module reload or application exit: stop observing; a running training is cancelled."""
@@ -701,7 +717,7 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         out = self.logic.model_path(p.modelPath, p.datasetFolder)
         settings = {"dense": p.hybridDense, "dense_count": p.hybridDenseCount, "weak": p.hybridWeak,
-                    "indicator": p.hybridIndicator}
+                    "indicator": p.hybridIndicator, "profile": p.trainProfile}
         job = self._run(self.ui.trainStatusLabel, self.logic.start_training, p.datasetFolder, out,
                         p.trainMode, p.trainSteps, self.ui.trainDeviceComboBox.currentText,
                         settings=settings)
@@ -1065,7 +1081,8 @@ class SCORERefineLogic(ScriptedLoadableModuleLogic):
 
     # ---------------------------------------------------------------- 5 train
     def start_training(self, dataset, out, mode="score", steps=300, device="auto", extra=(), settings=None):
-        """``settings``: the mode's panel settings (hybrid: dense, dense_count, weak, indicator),
+        """``settings``: the mode's panel settings (score: profile; hybrid: dense, dense_count,
+        weak, indicator),
         turned into ``scorerefine train`` flags by ``training_job.mode_arguments``."""
         from SCORERefineLib import training_job
 

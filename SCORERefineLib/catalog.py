@@ -60,6 +60,17 @@ HYBRID_INDICATORS: dict[str, Entry] = _index(
     Entry("fixed", "Fixed weights (ablation)", "every weak case weighs 1"),
 )
 
+#: score mode: named loss-weight settings (``refiner.losses.ScoreLossWeights.PROFILES`` plus
+#: the defaults; ``--loss-weights NAME``)
+SCORE_PROFILES: dict[str, Entry] = _index(
+    Entry("default", "Default", "the default SCORE loss: flips in every rated error region"),
+    Entry("organs", "Organs (refined where trained)",
+          "removals only where rated 1-2 and weighted as additions, additions only where rated "
+          "1-3, thin parts (ribs) as by default: for refiners applied to the kinds of structure "
+          "they were trained on (on abdominal organs it learns to remove, and made no case worse "
+          "where the default did); on structures never trained on it can peel thick ones"),
+)
+
 #: region splitters (implementations: ``SCORERefineLib.regions``)
 REGION_METHODS: dict[str, Entry] = _index(
     Entry("patches", "Surface patches", "compact patches of the boundary band (k-means in mm)"),

@@ -58,7 +58,7 @@ def start_training(dataset, out, mode="score", steps=300, device="auto", log_pat
 
 
 #: settings of the panel's Train section that apply to a mode (others are hidden)
-MODE_SETTINGS = {"hybrid": ("dense", "dense_count", "weak", "indicator")}
+MODE_SETTINGS = {"score": ("profile",), "hybrid": ("dense", "dense_count", "weak", "indicator")}
 
 
 def parse_case_ids(text: str) -> list[str]:
@@ -71,17 +71,24 @@ def parse_case_ids(text: str) -> list[str]:
 
 
 def mode_arguments(mode: str, dense: str = "", dense_count: int = 0, weak: str = "score",
-                   indicator: str = "dynamic", dataset=None) -> list[str]:
+                   indicator: str = "dynamic", dataset=None, profile: str = "default") -> list[str]:
     """The extra ``scorerefine train`` flags of the mode's settings in the panel.
 
+    ``score``: ``--loss-weights PROFILE`` for a ``profile`` other than ``default`` (names from
+    ``catalog.SCORE_PROFILES``, e.g. ``organs``).
     ``hybrid``: ``--dense CASE_IDS`` (``dense``: IDs typed with commas or spaces) or
     ``--dense-count K`` (``dense_count`` > 0), exactly one of them, plus ``--weak`` and
     ``--indicator`` (names from ``catalog.HYBRID_WEAK_KINDS`` / ``HYBRID_INDICATORS``). With
     ``dataset``, the dense IDs must be cases of it with ``reference.nii.gz``. Other modes: none.
     Raises InputError naming the problem and the fix.
     """
-    from .catalog import HYBRID_INDICATORS, HYBRID_WEAK_KINDS
+    from .catalog import HYBRID_INDICATORS, HYBRID_WEAK_KINDS, SCORE_PROFILES
 
+    if mode == "score":
+        if profile not in SCORE_PROFILES:
+            raise InputError(f"score training: the loss setting must be one of "
+                             f"{list(SCORE_PROFILES)}, got {profile!r}.")
+        return [] if profile == "default" else ["--loss-weights", profile]
     if mode != "hybrid":
         return []
     ids = parse_case_ids(dense)

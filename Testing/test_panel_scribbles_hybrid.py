@@ -122,10 +122,29 @@ def test_hybrid_settings_follow_the_mode_and_reach_the_train_command(panel, tmp_
     assert u.trainButton.enabled
     # scribble mode needs no extra settings: none are sent
     u.trainModeComboBox.setCurrentIndex(modes.index("scribble"))
-    assert widget.hybridSettingsWidget.isHidden()
+    assert widget.hybridSettingsWidget.isHidden() and widget.scoreSettingsWidget.isHidden()
     u.trainButton.click()
     assert len(calls) == 2 and "--dense" not in calls[1] and "--weak" not in calls[1]
     assert calls[1][calls[1].index("--mode") + 1] == "scribble"
+    assert "--loss-weights" not in calls[1]
+    while widget._timer.isActive() and time.monotonic() < deadline + 10:
+        H.pump(50)
+    # score mode: its loss setting (catalog.SCORE_PROFILES) is shown, bound and sent
+    u.trainModeComboBox.setCurrentIndex(modes.index("score"))
+    assert widget.hybridSettingsWidget.isHidden() and not widget.scoreSettingsWidget.isHidden()
+    combo = u.trainProfileComboBox
+    assert [combo.itemText(i) for i in range(combo.count)] == catalog.names(catalog.SCORE_PROFILES)
+    assert widget._parameterNode.trainProfile == "default"
+    u.trainButton.click()
+    assert len(calls) == 3 and "--loss-weights" not in calls[2], u.trainStatusLabel.text
+    while widget._timer.isActive() and time.monotonic() < deadline + 20:
+        H.pump(50)
+    combo.setCurrentIndex(catalog.names(catalog.SCORE_PROFILES).index("organs"))
+    assert widget._parameterNode.trainProfile == "organs"
+    u.trainButton.click()
+    assert len(calls) == 4, u.trainStatusLabel.text
+    assert calls[3][calls[3].index("--loss-weights") + 1] == "organs"
+    assert calls[3][calls[3].index("--mode") + 1] == "score"
 
 
 def test_hybrid_training_from_the_panel_runs_to_a_checkpoint(panel, tmp_path):
