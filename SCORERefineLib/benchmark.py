@@ -264,7 +264,8 @@ def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams,
     group, split, initial Dice...)."""
     import shutil
 
-    from .realct import RealConfig
+    from .errors import InputError
+    from .realct import RealConfig, missing_shared_data
 
     workdir = Path(workdir)
     split = Split(workdir / "train", workdir / "test")
@@ -274,6 +275,13 @@ def make_real_split(workdir: Path, cfg: BenchConfig, params: RegionParams,
         if path.exists():
             shutil.rmtree(path)
     real_config = real_config or RealConfig(include_abdomen=cfg.real_abdomen)
+    missing = missing_shared_data(real_config, structures=cfg.real_structures)
+    needed = missing if cfg.real_structures is not None else (
+        {"abdomen": missing["abdomen"]} if cfg.real_abdomen and "abdomen" in missing else {})
+    if needed:       # structures the preset is made of; the others are only left out (and said)
+        raise InputError(f"this preset needs the TotalSegmentator CT in ../shared/data, but "
+                         f"{'; '.join(needed.values())}. Put the shared data beside the repository "
+                         f"(../shared/data/totalseg-humerus, see its README), or run --preset real.")
     if int(cfg.test_error_seeds) > 0:
         structures = _split_by_error_draw(workdir, split, cfg, real_config)
     else:
@@ -488,7 +496,15 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
     params = RegionParams(method=cfg.region_method, n_regions=cfg.n_regions, band_mm=cfg.band_mm,
                           seed=cfg.seed)
     structures: dict = {}
+    left_out: list[str] = []
     if cfg.cohort == "real":
+        from .realct import RealConfig, missing_shared_data
+
+        left_out = list(missing_shared_data(RealConfig(include_abdomen=cfg.real_abdomen),
+                                            structures=cfg.real_structures).values())
+        for line in left_out:
+            log(f"[benchmark] warning: {line}; the report says so (put ../shared/data beside the "
+                f"repository to include them)")
         log(f"[benchmark] building the real-CT cohort (split by structure), regions and simulated "
             f"ratings in {workdir}")
         split, structures = make_real_split(workdir, cfg, params)
@@ -616,7 +632,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
               "rows": table, "targets": targets, "n_ratings": n_ratings,
               "per_case": {res.name: res.rows for res in results},
               "structures": structures, "pseudo_labels": pseudo, "coverage": coverage,
-              "reused_models": reused, "veto_thick_llr": thick,
+              "reused_models": reused, "veto_thick_llr": thick, "left_out": left_out,
               "seeds": {"n": int(seeds), "rows": {row: [
                   {"seed": r["seed"], "name": r["name"],
                    **seed_summary(results[0].rows, r["result"].rows)} for r in runs]
@@ -922,7 +938,11 @@ def render_markdown(report: dict, command: str) -> str:
                       f"earlier run of the same preset in the same work folder (`--reuse-models`: "
                       f"same training settings, same training data by its fingerprint); their "
                       f"training seconds are that run's. Refinement and evaluation ran anew."]
-    lines += ["", "## Notes", "",
+    lines += ["", "## Notes", ""]
+    lines += [f"- **Cohort smaller than the preset's**: {line} (../shared/data was not beside the "
+              f"repository); figures are not comparable with a full run." for line in
+              report.get("left_out") or []]
+    lines += [
               "- Trained rows refine as `scorerefine refine` does by default: each sliding "
               "window's probability is the mean over its 16 flipped and turned views (test-time "
               "augmentation), then "

@@ -196,6 +196,31 @@ def _humerus_dir(shared_dir: Optional[os.PathLike]) -> Optional[Path]:
     return d if (d / "humerus_left_crop_ct.nii.gz").exists() else None
 
 
+def missing_shared_data(config: Optional[RealConfig] = None,
+                        shared_dir: Optional[os.PathLike] = None,
+                        structures: Optional[Sequence[str]] = None) -> dict[str, str]:
+    """What ``config`` asks for from the optional shared data (``../shared/data`` beside the
+    repository, or ``shared_dir``) that is absent: ``{"humerus" | "abdomen": sentence naming the
+    file looked for}``; {} when everything asked for is there. ``structures``: only these are
+    built (:func:`make_real_cohort`), so only their sources count. :func:`plan_real_cohort` leaves
+    such structures out silently; the benchmark states it (and refuses a preset made of them)."""
+    config = config or RealConfig()
+    base = (Path(shared_dir) if shared_dir is not None else default_shared_dir()) / "totalseg-humerus"
+    def asked(source: str) -> bool:
+        return structures is None or any(
+            n.startswith("humerus") if source == "humerus" else n in ABDOMEN_LABELS
+            for n in structures)
+
+    out = {}
+    if config.include_humerus and asked("humerus") and _humerus_dir(shared_dir) is None:
+        out["humerus"] = (f"the TotalSegmentator humeri are left out: "
+                          f"{base / 'humerus_left_crop_ct.nii.gz'} is absent")
+    if config.include_abdomen and asked("abdomen") and not all((base / f).exists() for f in ABDOMEN_FILES):
+        out["abdomen"] = (f"the upper-abdominal structures are left out: {base / ABDOMEN_FILES[0]} "
+                          f"or {base / ABDOMEN_FILES[1]} is absent")
+    return out
+
+
 def plan_real_cohort(config: Optional[RealConfig] = None,
                      shared_dir: Optional[os.PathLike] = None) -> list[dict]:
     """Every available structure ``{"name", "group", "source", "split", ...}``, in build order.

@@ -153,3 +153,43 @@ def test_a_larger_error_model_builds_the_same_split_with_worse_initial_masks(tmp
     assert big["config"]["leak_radius_mm"] == [16.0, 32.0] and big["config"]["error_prob"]["holes"] == 1
     assert {c.case_id for c in list_cases(tmp_path / "b" / "train")} == {"vertebrae_cervical_s0"}
     assert all(b < a for a, b in zip(initial_dice(tmp_path / "a"), initial_dice(tmp_path / "b")))
+
+
+def test_absent_shared_data_is_stated_and_a_preset_made_of_it_is_refused(tmp_path, monkeypatch):
+    """Without ../shared/data the real cohort is built without the humeri (and the abdominal
+    structures): the benchmark logs it and its report says the cohort is smaller than the
+    preset's; a preset whose structures come from that data is refused by name before any work."""
+    from dataclasses import replace
+
+    from SCORERefineLib import realct
+    from SCORERefineLib.benchmark import make_real_split
+    from SCORERefineLib.errors import InputError
+    from SCORERefineLib.realct import RealConfig, missing_shared_data
+    from SCORERefineLib.regions import RegionParams
+
+    present = missing_shared_data(RealConfig(include_abdomen=True))
+    if present:
+        pytest.skip(f"this check needs ../shared/data present to compare: {present}")
+    monkeypatch.setattr(realct, "default_shared_dir", lambda: tmp_path / "nowhere")
+    gone = missing_shared_data(RealConfig(include_abdomen=True))
+    assert set(gone) == {"humerus", "abdomen"} and str(tmp_path / "nowhere") in gone["humerus"]
+    assert missing_shared_data(RealConfig(), structures=("rib_left_1",)) == {}
+    assert set(missing_shared_data(RealConfig(), structures=("humerus_left",))) == {"humerus"}
+
+    smoke = replace(PRESETS["real_smoke"], real_structures=None)      # the whole real cohort...
+    monkeypatch.setitem(PRESETS, "_no_shared", smoke)
+    plan = realct.plan_real_cohort                                    # ... of two ribs, for speed
+    monkeypatch.setattr(realct, "plan_real_cohort", lambda *a, **k: [
+        s for s in plan(*a, **k) if s["name"] in ("rib_right_1", "rib_left_1")])
+    lines = []
+    report = run_benchmark("_no_shared", tmp_path / "w", device="cpu", progress="none",
+                           log=lines.append)
+    assert any("warning: the TotalSegmentator humeri are left out" in line for line in lines)
+    assert report["left_out"] == [gone["humerus"]]
+    assert {c.case_id for c in list_cases(tmp_path / "w" / "train")} == {"rib_right_1"}
+    assert "Cohort smaller than the preset's" in render_markdown(report, "cmd")
+    params = RegionParams(n_regions=4)
+    with pytest.raises(InputError, match="needs the TotalSegmentator CT.*totalseg_fast"):
+        make_real_split(tmp_path / "a", replace(smoke, real_abdomen=True), params)
+    with pytest.raises(InputError, match="humeri are left out.*run --preset real"):
+        make_real_split(tmp_path / "b", replace(smoke, real_structures=("humerus_left",)), params)
