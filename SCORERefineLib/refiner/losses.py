@@ -91,7 +91,7 @@ class ScoreLossWeights:
     #: structure (organs at the interfaces of others): on the hidden set's shape it learns the
     #: removals the defaults never make and made no case worse where the defaults did; on
     #: structures absent from training it can peel thick ones (refine them with
-    #: ``--veto-thick-llr 1.0``). docs/score-loss.md, stops 30-33.
+    #: ``--veto-thick-llr 0.9``). docs/score-loss.md, stops 30-33.
     PROFILES = {"organs": {"pseudo_remove_max_score": 2, "pseudo_add_max_score": 3,
                            "pseudo_flip_weight": 12.0, "pseudo_thin_mm": 8.0}}
 
