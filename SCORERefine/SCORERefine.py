@@ -285,24 +285,15 @@ class SCORERefineWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             setattr(u, name, w)
         u.trainCollapsibleButton.layout().insertRow(1, self.hybridSettingsWidget)
 
-        self.scoreSettingsWidget = qt.QWidget()
-        self.scoreSettingsWidget.setObjectName("scoreSettingsWidget")
-        sform = qt.QFormLayout(self.scoreSettingsWidget)
-        sform.setContentsMargins(0, 0, 0, 0)
-        u.trainProfileComboBox = qt.QComboBox()
-        u.trainProfileComboBox.setObjectName("trainProfileComboBox")
-        u.trainProfileComboBox.setProperty("SlicerParameterName", "trainProfile")
         u.trainProfileComboBox.toolTip = "; ".join(f"{e.name}: {e.description}"
                                                    for e in catalog.SCORE_PROFILES.values())
-        sform.addRow("Loss setting:", u.trainProfileComboBox)
-        u.trainCollapsibleButton.layout().insertRow(1, self.scoreSettingsWidget)
         u.trainModeComboBox.currentTextChanged.connect(self.onTrainModeChanged)
 
     def onTrainModeChanged(self, mode) -> None:
         from SCORERefineLib.training_job import MODE_SETTINGS
         shown = MODE_SETTINGS.get(str(mode), ())
         self.hybridSettingsWidget.setVisible("dense" in shown)
-        self.scoreSettingsWidget.setVisible("profile" in shown)
+        self.ui.scoreSettingsWidget.setVisible("profile" in shown)
 
     def cleanup(self) -> None:
         """Module reload or application exit: stop observing; a running training is cancelled."""

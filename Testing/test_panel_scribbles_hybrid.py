@@ -122,7 +122,7 @@ def test_hybrid_settings_follow_the_mode_and_reach_the_train_command(panel, tmp_
     assert u.trainButton.enabled
     # scribble mode needs no extra settings: none are sent
     u.trainModeComboBox.setCurrentIndex(modes.index("scribble"))
-    assert widget.hybridSettingsWidget.isHidden() and widget.scoreSettingsWidget.isHidden()
+    assert widget.hybridSettingsWidget.isHidden() and widget.ui.scoreSettingsWidget.isHidden()
     u.trainButton.click()
     assert len(calls) == 2 and "--dense" not in calls[1] and "--weak" not in calls[1]
     assert calls[1][calls[1].index("--mode") + 1] == "scribble"
@@ -131,7 +131,7 @@ def test_hybrid_settings_follow_the_mode_and_reach_the_train_command(panel, tmp_
         H.pump(50)
     # score mode: its loss setting (catalog.SCORE_PROFILES) is shown, bound and sent
     u.trainModeComboBox.setCurrentIndex(modes.index("score"))
-    assert widget.hybridSettingsWidget.isHidden() and not widget.scoreSettingsWidget.isHidden()
+    assert widget.hybridSettingsWidget.isHidden() and not widget.ui.scoreSettingsWidget.isHidden()
     combo = u.trainProfileComboBox
     assert [combo.itemText(i) for i in range(combo.count)] == catalog.names(catalog.SCORE_PROFILES)
     assert widget._parameterNode.trainProfile == "default"
