@@ -206,6 +206,7 @@ def missing_shared_data(config: Optional[RealConfig] = None,
     such structures out silently; the benchmark states it (and refuses a preset made of them)."""
     config = config or RealConfig()
     base = (Path(shared_dir) if shared_dir is not None else default_shared_dir()) / "totalseg-humerus"
+
     def asked(source: str) -> bool:
         return structures is None or any(
             n.startswith("humerus") if source == "humerus" else n in ABDOMEN_LABELS
@@ -215,7 +216,8 @@ def missing_shared_data(config: Optional[RealConfig] = None,
     if config.include_humerus and asked("humerus") and _humerus_dir(shared_dir) is None:
         out["humerus"] = (f"the TotalSegmentator humeri are left out: "
                           f"{base / 'humerus_left_crop_ct.nii.gz'} is absent")
-    if config.include_abdomen and asked("abdomen") and not all((base / f).exists() for f in ABDOMEN_FILES):
+    if (config.include_abdomen and asked("abdomen")
+            and not all((base / f).exists() for f in ABDOMEN_FILES)):
         out["abdomen"] = (f"the upper-abdominal structures are left out: {base / ABDOMEN_FILES[0]} "
                           f"or {base / ABDOMEN_FILES[1]} is absent")
     return out
