@@ -500,14 +500,14 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
     if cfg.cohort == "real":
         from .realct import RealConfig, missing_shared_data
 
+        log(f"[benchmark] building the real-CT cohort (split by structure), regions and simulated "
+            f"ratings in {workdir}")
+        split, structures = make_real_split(workdir, cfg, params)   # refuses what it needs
         left_out = list(missing_shared_data(RealConfig(include_abdomen=cfg.real_abdomen),
                                             structures=cfg.real_structures).values())
         for line in left_out:
             log(f"[benchmark] warning: {line}; the report says so (put ../shared/data beside the "
                 f"repository to include them)")
-        log(f"[benchmark] building the real-CT cohort (split by structure), regions and simulated "
-            f"ratings in {workdir}")
-        split, structures = make_real_split(workdir, cfg, params)
         cfg = BenchConfig(**{**asdict(cfg), "n_train": len(list_cases(split.train)),
                              "n_test": len(list_cases(split.test))})
     else:

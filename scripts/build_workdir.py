@@ -70,16 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--error-scale must be positive, got {args.error_scale}")
     B.make_real_split(args.workdir, cfg, params,
                       real_config(cfg, args.error_scale, parse_probs(args.error_prob)))
+    # the split's case ids: a cohort's own ids, with "_s<k>" when copied from real_cohort_s<k>
+    entries = {}
+    for cohort in sorted(args.workdir.glob("real_cohort*")):
+        suffix = cohort.name[len("real_cohort"):]
+        entries.update({c["case_id"] + suffix: c for c in load_manifest(cohort)["cases"]})
     dice = defaultdict(list)
     for part in ("train", "test"):
         for case_dir in sorted((args.workdir / part / "cases").iterdir()):
-            cid = case_dir.name
-            k = cid.rsplit("_s", 1)[1] if "_s" in cid and cid.rsplit("_s", 1)[1].isdigit() else None
-            cohort = args.workdir / (f"real_cohort_s{k}" if k is not None and
-                                     (args.workdir / f"real_cohort_s{k}").exists() else "real_cohort")
-            name = cid if k is None else cid.rsplit("_s", 1)[0]
-            entry = next(c for c in load_manifest(cohort)["cases"] if c["case_id"] == name)
-            dice[(part, entry.get("structure", name))].append(entry["initial_dice"])
+            entry = entries[case_dir.name]
+            dice[(part, entry["structure"])].append(entry["initial_dice"])
     for part in ("train", "test"):
         mine = {s: v for (q, s), v in dice.items() if q == part}
         allv = [x for v in mine.values() for x in v]
