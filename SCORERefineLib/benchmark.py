@@ -103,6 +103,10 @@ class BenchConfig:
     #: 0); the first ``train_error_seeds`` go to training, the rest to testing, so the test
     #: anatomy is seen in training (with other errors), as in a set whose organs all train
     test_error_seeds: int = 0
+    #: rows trained in the score mode: their SCORE loss weights as ``scorerefine train
+    #: --loss-weights`` takes them (``ScoreLossWeights.parse``: a profile such as ``organs``
+    #: and/or ``name=value`` parts); "": the defaults
+    score_loss: str = ""
 
 
 PRESETS = {
@@ -243,6 +247,9 @@ def row_config(row: str, cfg: BenchConfig, device: str = "auto", n_train: int | 
     if spec.mode == "hybrid":
         from .efficiency import hybrid_settings
         settings = {**hybrid_settings(cfg, cfg.n_train if n_train is None else n_train), **settings}
+    if spec.mode == "score" and cfg.score_loss:
+        from .refiner.losses import ScoreLossWeights
+        settings["weights"] = ScoreLossWeights.parse(cfg.score_loss)
     # hybrid: a batch needs a dense and a weak patch for the indicator to compare gradients
     batch = max(cfg.batch, 2) if spec.mode == "hybrid" else cfg.batch
     return TrainConfig(mode=spec.mode, mode_config=mode_config(spec.mode, **settings),
@@ -444,7 +451,8 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
                   cancel: CancelToken | None = None, rows: Sequence[str] | None = None,
                   log: Callable[[str], None] = print, steps: int | None = None,
                   efficiency: Sequence[float] | None = None, reuse_models: bool = False,
-                  seeds: int = 1, veto_thick_llr: float | None = None) -> dict:
+                  seeds: int = 1, veto_thick_llr: float | None = None,
+                  score_loss: str | None = None, train_only: bool = False) -> dict:
     """Run every row of ``preset``.
 
     Args:
@@ -469,20 +477,39 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         veto_thick_llr: the trained rows (and the efficiency budgets) refine with the appearance
             veto's thick-layer rule at this evidence threshold (``scorerefine refine
             --veto-thick-llr``; None, the default: off); the report records it.
+        score_loss: the SCORE loss weights of the rows trained in the score mode, as
+            ``scorerefine train --loss-weights`` takes them (e.g. ``"organs"``; None: the
+            preset's, by default the loss defaults); refused by name before any work and
+            recorded in the report's config (``score_loss``).
+        train_only: train (or, with ``reuse_models``, reuse) every row's models and stop: no
+            evaluation and no report. A later run with ``reuse_models`` evaluates them, so a
+            long benchmark can be trained in one sitting and reported in another.
 
     Returns:
-        The report as a JSON-serialisable dict.
+        The report as a JSON-serialisable dict; with ``train_only``, ``{"preset", "trained":
+        {model name: path}, "reused_models"}``.
     """
     if int(seeds) < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     if int(seeds) > 1 and efficiency:
         raise ValueError("--seeds applies to the benchmark rows, not to the --efficiency budgets; "
                          "run the two separately")
+    if train_only and efficiency:
+        raise ValueError("--train-only trains the benchmark rows; the --efficiency budgets train "
+                         "and evaluate together: run them without --train-only")
     cfg = PRESETS[preset]
     if steps is not None:
         if int(steps) < 1:
             raise ValueError(f"--steps must be at least 1, got {steps}")
         cfg = BenchConfig(**{**asdict(cfg), "steps": int(steps)})
+    if score_loss is not None:
+        from .errors import InputError
+        from .refiner.losses import ScoreLossWeights
+        try:
+            ScoreLossWeights.parse(score_loss)
+        except ValueError as exc:
+            raise InputError(f"--loss-weights: {exc}; e.g. --loss-weights organs") from exc
+        cfg = BenchConfig(**{**asdict(cfg), "score_loss": score_loss})
     rows = tuple(rows) if rows else cfg.rows
     unknown = set(rows) - set(ROW_TRAINING)
     if unknown:
@@ -526,9 +553,12 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
     if any(ROW_TRAINING[r].dataset == "scribbles_noisy" for r in rows):
         datasets["scribbles_noisy"] = eff.copy_with_misplaced_strokes(
             split.train, workdir / "train_scribbles_noisy", cfg.misplace, cfg.seed)
+    def evaluate(name: str, refiner) -> EvalResult | None:
+        return None if train_only else evaluate_masks(split.test, name, refiner, cancel=cancel)
+
     results: list[EvalResult] = [
-        evaluate_masks(split.test, "initial", make_refiner("identity"), cancel=cancel),
-        evaluate_masks(split.test, "classical", make_refiner("classical"), cancel=cancel),
+        evaluate("initial", make_refiner("identity")),
+        evaluate("classical", make_refiner("classical")),
     ]
     trainings: dict[str, TrainResult] = {}
     fingerprints: dict[str, str] = {}
@@ -558,8 +588,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
             fingerprints[spec.dataset] = training_data_fingerprint(datasets[spec.dataset])
         data = fingerprints[spec.dataset]
         trainings[row] = train_or_reuse(row, spec, config, data)
-        results.append(evaluate_masks(split.test, row, refiner_of(trainings[row].model),
-                                      cancel=cancel))
+        results.append(evaluate(row, refiner_of(trainings[row].model)))
         by_row[row] = results[-1]
         if seeds > 1:
             members = [trainings[row]]
@@ -568,17 +597,24 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
                 s_cfg = replace(config, seed=config.seed + k)
                 name = f"{row}_seed{s_cfg.seed}"
                 members.append(train_or_reuse(name, spec, s_cfg, data))
-                seed_runs[row].append({"seed": s_cfg.seed, "name": name, "result": evaluate_masks(
-                    split.test, name, refiner_of(members[-1].model), cancel=cancel)})
+                trainings[name] = members[-1]
+                seed_runs[row].append({"seed": s_cfg.seed, "name": name, "result": evaluate(
+                    name, refiner_of(members[-1].model))})
+            if train_only:
+                continue
             ens = ensemble_row(row, seeds)
             log(f"[benchmark] evaluating '{ens}' (the mean probability of {seeds} seeds' models)")
-            results.append(evaluate_masks(
-                split.test, ens, refiner_of(members[0].model, also=[m.model for m in members[1:]]),
-                cancel=cancel))
+            results.append(evaluate(
+                ens, refiner_of(members[0].model, also=[m.model for m in members[1:]])))
             seed_runs[row].append({"seed": "ensemble", "name": ens, "result": results[-1]})
             trainings[ens] = TrainResult(members[0].model, float(sum(m.seconds for m in members)),
                                          members[0].config)
             ensemble_of[ens] = row
+    if train_only:
+        log(f"[benchmark] trained {len(trainings)} models ({len(reused)} reused); evaluate and "
+            f"report them with --reuse-models")
+        return {"preset": preset, "trained": {k: str(v.model) for k, v in trainings.items()},
+                "reused_models": reused}
     from .regions import dataset_coverage
     cov = dataset_coverage(split.train, extend=False)   # the rated regions as training saw them
     coverage = {"pooled": cov["pooled"], "min": cov["min"], "n_cases": len(cov["cases"])}
@@ -850,6 +886,8 @@ def render_markdown(report: dict, command: str) -> str:
         cohort + f"regions `{cfg['region_method']}` x{cfg['n_regions']}, band {cfg['band_mm']} mm; "
         f"network `{cfg['network']}`, {cfg['steps']} steps, patch {tuple(cfg['patch'])}, "
         f"batch {cfg['batch']}; noisy rater: {cfg['noise']:.0%} of ratings off"
+        + (f"; SCORE loss weights `{cfg['score_loss']}` (`--loss-weights`)"
+           if cfg.get("score_loss") else "")
         + (f"; scribbles on {cfg.get('scribble_slices', 4)} slices per case, noisy scribbler: "
            f"{cfg.get('misplace', 0.2):.0%} of strokes misplaced"
            if any(r["method"].startswith(("scribble", "hybrid")) for r in report["rows"])

@@ -253,3 +253,47 @@ def test_the_thick_layer_veto_is_a_benchmark_setting(tmp_path, capsys):
                  "--veto-thick-llr", "nan"]) == 2
     assert "thick-layer veto needs a finite evidence threshold" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_score_loss_weights_and_train_only_are_benchmark_settings(tmp_path, capsys):
+    """``--loss-weights`` trains the score rows (not the full row) with those SCORE loss weights
+    and the report states them; ``--train-only`` trains every model and writes no report, and a
+    later ``--reuse-models`` run reports on exactly those models; a bad spec is refused by name
+    before any work."""
+    from SCORERefineLib.refiner.checkpoint import load_checkpoint
+
+    work, out = tmp_path / "work", tmp_path / "docs" / "b.md"
+    args = ["benchmark", "--preset", "smoke", "--rows", "score", "full", "--workdir", str(work),
+            "--out", str(out), "--device", "cpu", "--progress", "none",
+            "--loss-weights", "organs,pseudo_thin_mm=0"]
+    assert main(args + ["--train-only"]) == 0, capsys.readouterr().err
+    assert "trained only" in capsys.readouterr().out
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert not any((c.folder / "predictions").exists() for c in list_cases(work / "test"))
+    weights = load_checkpoint(work / "models" / "score.pt", map_location="cpu")["metadata"][
+        "training"]["mode_config"]["weights"]
+    assert (weights["pseudo_remove_max_score"], weights["pseudo_add_max_score"],
+            weights["pseudo_flip_weight"], weights["pseudo_thin_mm"]) == (2, 3, 12.0, 0.0)
+    full_cfg = load_checkpoint(work / "models" / "full.pt", map_location="cpu")["metadata"][
+        "training"]["mode_config"]
+    assert "weights" not in full_cfg or full_cfg["weights"].get("pseudo_flip_weight") != 12.0
+    stamp = (work / "models" / "score.pt").stat().st_mtime_ns
+
+    assert main(args + ["--reuse-models"]) == 0, capsys.readouterr().err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert sorted(report["reused_models"]) == ["full", "score"]
+    assert all((c.folder / "predictions").exists() for c in list_cases(work / "test"))
+    assert (work / "models" / "score.pt").stat().st_mtime_ns == stamp
+    assert report["config"]["score_loss"] == "organs,pseudo_thin_mm=0"
+    assert "--loss-weights organs,pseudo_thin_mm=0" in report["command"]
+    assert "SCORE loss weights `organs,pseudo_thin_mm=0`" in out.read_text()
+    # the defaults are a different training: nothing to reuse, and the report says nothing
+    assert main(args[:-2] + ["--reuse-models", "--train-only"]) == 0, capsys.readouterr().err
+    assert "score: " in capsys.readouterr().out and (work / "models" / "score.pt").stat(
+        ).st_mtime_ns != stamp
+
+    assert main(["benchmark", "--preset", "smoke", "--workdir", str(tmp_path / "x"),
+                 "--loss-weights", "organz"]) == 2
+    err = capsys.readouterr().err
+    assert "--loss-weights" in err and "organs" in err
+    assert not (tmp_path / "x").exists()

@@ -46,6 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="trained rows refine with the appearance veto's thick-layer rule at this "
                         "evidence threshold (as `scorerefine refine --veto-thick-llr`, e.g. 1.0; "
                         "default off); the report says so")
+    p.add_argument("--loss-weights", default=None, metavar="SPEC",
+                   help="SCORE loss weights of the rows trained in the score mode, as `scorerefine "
+                        "train --loss-weights` takes them (e.g. organs); default: the loss "
+                        "defaults; the report says so")
+    p.add_argument("--train-only", action="store_true",
+                   help="train (with --reuse-models: or reuse) every row's models in --workdir and "
+                        "stop, without evaluation or report; a later run with --reuse-models "
+                        "evaluates them and writes the report")
     p.add_argument("--with-report", type=Path, action="append", default=None, metavar="JSON",
                    help="state another preset's targets in this report, read from the JSON twin "
                         "of its own generated report (e.g. docs/benchmark-real.json); repeatable")
@@ -93,7 +101,15 @@ def run(args: argparse.Namespace) -> int:
     report = run_benchmark(args.preset, args.workdir, device=args.device, progress=args.progress,
                            cancel=cancel, rows=rows, steps=steps, efficiency=efficiency,
                            reuse_models=getattr(args, "reuse_models", False), seeds=seeds,
-                           veto_thick_llr=getattr(args, "veto_thick_llr", None))
+                           veto_thick_llr=getattr(args, "veto_thick_llr", None),
+                           score_loss=getattr(args, "loss_weights", None),
+                           train_only=getattr(args, "train_only", False))
+    if getattr(args, "train_only", False):
+        for name, path in report["trained"].items():
+            print(f"{name}: {path}" + (" (reused)" if name in report["reused_models"] else ""))
+        print(f"trained only; write the report with the same command, --reuse-models and without "
+              f"--train-only")
+        return 0
     if others:
         report["other_reports"] = others
     command = "scorerefine " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
@@ -117,6 +133,8 @@ def _command_of(args, rows, steps, efficiency) -> str:
         parts += ["--seeds", str(args.seeds)]
     if getattr(args, "veto_thick_llr", None) is not None:
         parts += ["--veto-thick-llr", f"{args.veto_thick_llr:g}"]
+    if getattr(args, "loss_weights", None):
+        parts += ["--loss-weights", args.loss_weights]
     if efficiency:
         parts += ["--efficiency", *(f"{f:g}" for f in efficiency)]
     if args.rows:
