@@ -52,6 +52,7 @@ from .metrics import compare
 from .pipeline import (EvalResult, Split, TrainResult, copy_with_noisy_ratings, evaluate_masks,
                        make_split, prepare_regions, rate_cases, summary_table, train_model)
 from .progress import CancelToken
+from .catalog import DEFAULT_THICK_LAYER_LLR
 from .refiners import make_refiner, veto_limits_for
 from .regions import RegionParams
 from .scribbles import SECONDS_PER_SLICE, SECONDS_PER_STROKE
@@ -451,7 +452,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
                   cancel: CancelToken | None = None, rows: Sequence[str] | None = None,
                   log: Callable[[str], None] = print, steps: int | None = None,
                   efficiency: Sequence[float] | None = None, reuse_models: bool = False,
-                  seeds: int = 1, veto_thick_llr: float | None = None,
+                  seeds: int = 1, veto_thick_llr: float | None = DEFAULT_THICK_LAYER_LLR,
                   score_loss: str | None = None, train_only: bool = False) -> dict:
     """Run every row of ``preset``.
 
@@ -985,10 +986,7 @@ def render_markdown(report: dict, command: str) -> str:
               "window's probability is the mean over its 16 flipped and turned views (test-time "
               "augmentation), then "
               "the do-no-harm guard, the cut-fragment rule and the appearance veto"
-              + (f" with its thick-layer rule at evidence {report['veto_thick_llr']:g} "
-                 f"(`--veto-thick-llr {report['veto_thick_llr']:g}`, opt-in; docs/score-loss.md "
-                 f"stop 32)" if report.get("veto_thick_llr") is not None else
-                 " (its thick-layer rule off, the default)")
+              + _thick_rule_note(report)
               + "; what each took back is in the predictions' sidecars (docs/architecture.md).",
               "- Ablations (settings of the score mode's config; flags of `scorerefine train`): `--no-direction` drops every use of the "
               "over/under label; `--no-amount` drops every use of the score's size (the pseudo-label, "
@@ -1030,6 +1028,19 @@ def gpu_note(machine: dict) -> str:
         return f"this run used {machine['device']}."
     return ("none in this report: it ran on the CPU (no GPU was available to this run). On a GPU "
             "machine rerun the command with `--device cuda` and keep both reports.")
+
+
+def _thick_rule_note(report: dict) -> str:
+    """How the report's trained rows used the veto's thick-layer rule, in words. Reports from
+    before stop 34 (no ``score_loss`` in their config) ran when the rule was off by default."""
+    thick = report.get("veto_thick_llr")
+    since = "score_loss" in (report.get("config") or {})
+    if thick is None:
+        return (" (its thick-layer rule off: `--veto-thick-llr off`)" if since else
+                " (its thick-layer rule off, the default before stop 34)")
+    return (f" with its thick-layer rule at evidence {thick:g} ("
+            + ("the default" if since and thick == DEFAULT_THICK_LAYER_LLR else
+               f"`--veto-thick-llr {thick:g}`") + "; docs/score-loss.md stops 32-34)")
 
 
 def write_report(report: dict, out_md: Path, command: str) -> tuple[Path, Path]:

@@ -60,15 +60,22 @@ HYBRID_INDICATORS: dict[str, Entry] = _index(
     Entry("fixed", "Fixed weights (ablation)", "every weak case weighs 1"),
 )
 
+#: the appearance veto's thick-layer rule: its evidence threshold by default (LLR units;
+#: ``refiner.veto.VetoLimits.thick_layer_llr``, ``--veto-thick-llr``; None = off). On since
+#: stop 34, with the SCORE loss defaults that learn weighted removals (docs/score-loss.md)
+DEFAULT_THICK_LAYER_LLR = 0.9
+
 #: score mode: named loss-weight settings (``refiner.losses.ScoreLossWeights.PROFILES`` plus
 #: the defaults; ``--loss-weights NAME``)
 SCORE_PROFILES: dict[str, Entry] = _index(
-    Entry("default", "Default", "the default SCORE loss: flips in every rated error region"),
-    Entry("organs", "Organs (refined where trained)",
+    Entry("default", "Default",
           "removals only where rated 1-2 and weighted as additions, additions only where rated "
-          "1-3, thin parts (ribs) as by default: for refiners applied to the kinds of structure "
-          "they were trained on (on abdominal organs it learns to remove, and made no case worse "
-          "where the default did); on structures never trained on it can peel thick ones"),
+          "1-3, thin parts (ribs) with the broad removal rule: on abdominal organs it learns to "
+          "remove leaks and made no case worse where the broad setting did"),
+    Entry("broad", "Broad (before stop 34)",
+          "flips in every rated error region, removals weighted a quarter of the additions: more "
+          "gain on structures the refiner never trained on, but on organs with large errors it "
+          "never removes and grows the initial leaks"),
 )
 
 #: region splitters (implementations: ``SCORERefineLib.regions``)

@@ -29,6 +29,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .case import Case, cases_dir, list_cases
+from .catalog import DEFAULT_THICK_LAYER_LLR
 from .feedback import load_feedback
 
 #: feedback kind -> benchmark row trained at the full budget (and its training mode)
@@ -202,7 +203,7 @@ def noisy_rating_share(clean: Path, noisy: Path) -> dict[str, float]:
 def run_budgets(split, cfg, fractions: Sequence[float], device: str = "auto", progress: str = "none",
                 cancel=None, log: Callable[[str], None] = print, reuse: Optional[dict] = None,
                 initial_dice: float = float("nan"), workdir: Optional[Path] = None,
-                veto_thick_llr: Optional[float] = None) -> dict:
+                veto_thick_llr: Optional[float] = DEFAULT_THICK_LAYER_LLR) -> dict:
     """Train every :data:`METHODS` kind on each budget and evaluate it on the test split.
 
     Args:
@@ -214,7 +215,7 @@ def run_budgets(split, cfg, fractions: Sequence[float], device: str = "auto", pr
             (the full budget is then not trained again).
         initial_dice: mean test Dice of the initial masks (the zero-minute point).
         veto_thick_llr: the appearance veto's thick-layer threshold the trained models refine
-            with (None: off; ``scorerefine benchmark --veto-thick-llr``).
+            with (default 0.9; None: off; ``scorerefine benchmark --veto-thick-llr``).
 
     Returns:
         ``{"fractions", "points": [...], "initial_dice", "cost_model"}``; a point per

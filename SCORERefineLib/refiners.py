@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
-from .catalog import BUILTIN_REFINERS
+from .catalog import BUILTIN_REFINERS, DEFAULT_THICK_LAYER_LLR
 from .errors import InputError
 from .imageio import Volume
 from .progress import CancelToken
@@ -102,8 +102,9 @@ class ModelRefiner:
             taken back. ``False`` switches it off; skipped with
             ``guard=False`` (the raw network output). Reported in ``last_info["veto"]``.
         veto_thick_llr: also veto removed layers of any thickness whose mean evidence is above
-            this (``VetoLimits.thick_layer_llr``, e.g. 1.0; None, the default, = off): a layer
-            peeled more than two voxels deep otherwise passes as a cut protrusion.
+            this (``VetoLimits.thick_layer_llr``; default
+            :data:`~SCORERefineLib.catalog.DEFAULT_THICK_LAYER_LLR`, 0.9; None = off): a
+            layer peeled more than two voxels deep otherwise passes as a cut protrusion.
         tta: test-time augmentation: each sliding window's probability is the mean over its
             16 flipped and turned views
             (:func:`~SCORERefineLib.refiner.inference.view_mean_probability`; 16 network passes
@@ -135,7 +136,8 @@ class ModelRefiner:
                  progress: Callable[[int, int], None] | None = None, guard: bool = True,
                  fragment_share: float | None = None,
                  also: Sequence[str | os.PathLike] = (),
-                 veto: bool = True, tta: bool = True, veto_thick_llr: float | None = None):
+                 veto: bool = True, tta: bool = True,
+                 veto_thick_llr: float | None = DEFAULT_THICK_LAYER_LLR):
         from .refiner.inference import MeanProbability, load_model, resolve_device, tta_allowed
 
         self.path = Path(path)
@@ -264,6 +266,17 @@ def _fragment_share(value: float | None) -> float:
     return v
 
 
+def parse_thick_llr(text: str) -> float | None:
+    """A command line's thick-layer threshold: a number, or ``off`` (None)."""
+    if str(text).strip().lower() in ("off", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise InputError(f"--veto-thick-llr takes an evidence threshold (LLR units, e.g. 0.9) or "
+                         f"'off', got {text!r}") from None
+
+
 def veto_limits_for(thick_llr: float | None):
     """The appearance veto's limits with the thick-layer threshold (validated by
     :class:`~.refiner.veto.VetoLimits`; a bad one is refused as an InputError)."""
@@ -273,7 +286,7 @@ def veto_limits_for(thick_llr: float | None):
         return VetoLimits(thick_layer_llr=thick_llr)
     except ValueError as exc:
         raise InputError(f"the thick-layer veto needs a finite evidence threshold (LLR units, "
-                         f"e.g. 1.0), got {thick_llr!r}; leave it unset to switch it "
+                         f"e.g. 0.9), got {thick_llr!r}; 'off' (None) switches it "
                          f"off.") from exc
 
 

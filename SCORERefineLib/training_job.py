@@ -75,7 +75,7 @@ def mode_arguments(mode: str, dense: str = "", dense_count: int = 0, weak: str =
     """The extra ``scorerefine train`` flags of the mode's settings in the panel.
 
     ``score``: ``--loss-weights PROFILE`` for a ``profile`` other than ``default`` (names from
-    ``catalog.SCORE_PROFILES``, e.g. ``organs``).
+    ``catalog.SCORE_PROFILES``, e.g. ``broad``).
     ``hybrid``: ``--dense CASE_IDS`` (``dense``: IDs typed with commas or spaces) or
     ``--dense-count K`` (``dense_count`` > 0), exactly one of them, plus ``--weak`` and
     ``--indicator`` (names from ``catalog.HYBRID_WEAK_KINDS`` / ``HYBRID_INDICATORS``). With

@@ -230,8 +230,8 @@ def test_seeds_train_each_row_per_seed_and_report_their_ensemble(tmp_path):
 
 def test_the_thick_layer_veto_is_a_benchmark_setting(tmp_path, capsys):
     """``--veto-thick-llr`` reaches every trained row's refiner (the prediction sidecars record
-    it), the report and its command state it, a rerun without it refines with the rule off
-    again, and a bad threshold is refused by name before any work."""
+    it), the report and its command state it, a rerun without it refines with the default (0.9),
+    ``off`` switches the rule off, and a bad threshold is refused by name before any work."""
     from SCORERefineLib.predictions import read_prediction_info
 
     work, out = tmp_path / "work", tmp_path / "docs" / "b.md"
@@ -246,8 +246,13 @@ def test_the_thick_layer_veto_is_a_benchmark_setting(tmp_path, capsys):
     assert all(i["veto_thick_llr"] == 1.0 and "vetoed_removed_thick" in i["veto"] for i in infos)
     assert main(args + ["--reuse-models"]) == 0, capsys.readouterr().err
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["veto_thick_llr"] is None and "--veto-thick-llr" not in report["command"]
-    assert "thick-layer rule off" in out.read_text()
+    assert report["veto_thick_llr"] == 0.9 and "--veto-thick-llr" not in report["command"]
+    assert "thick-layer rule at evidence 0.9 (the default" in out.read_text()
+    assert all(read_prediction_info(c, "score")["veto_thick_llr"] == 0.9 for c in tests)
+    assert main(args + ["--reuse-models", "--veto-thick-llr", "off"]) == 0, capsys.readouterr().err
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["veto_thick_llr"] is None and "--veto-thick-llr off" in report["command"]
+    assert "thick-layer rule off: `--veto-thick-llr off`" in out.read_text()
     assert all(read_prediction_info(c, "score")["veto_thick_llr"] is None for c in tests)
     assert main(["benchmark", "--preset", "smoke", "--workdir", str(tmp_path / "x"),
                  "--veto-thick-llr", "nan"]) == 2

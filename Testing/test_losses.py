@@ -245,21 +245,27 @@ def test_loss_weights_parse():
         ScoreLossWeights.parse("direction")
 
 
-def test_the_organs_profile_is_the_measured_organ_setting_and_parts_apply_in_order():
-    """``--loss-weights organs`` stands for the setting docs/score-loss.md measured (stops 30-33:
+def test_the_defaults_are_the_measured_organ_setting_and_broad_is_the_former_one():
+    """The defaults are the setting docs/score-loss.md measured as ``organs`` (stops 30-34:
     removals only in regions rated <= 2 and weighted 12, additions only <= 3, thin parts exempt at
-    8 mm); later parts override it, earlier ones are overridden, and the defaults stay untouched."""
+    8 mm), which ``--loss-weights organs`` still names; ``broad`` restores the defaults before
+    stop 34 (every rated error region flips, removals weighted 3, no thin rule). Later parts
+    override a profile, earlier ones are overridden."""
     from SCORERefineLib.refiner.losses import flip_limits
 
-    w = ScoreLossWeights.parse("organs")
-    assert (w.pseudo_remove_max_score, w.pseudo_add_max_score, w.pseudo_flip_weight,
-            w.pseudo_thin_mm) == (2, 3, 12.0, 8.0)
-    assert w.pseudo_thin_flip_weight == ScoreLossWeights().pseudo_thin_flip_weight
-    assert flip_limits(w)["remove_max_agreement"] < flip_limits(ScoreLossWeights())["remove_max_agreement"]
-    assert ScoreLossWeights.parse("organs, pseudo_thin_mm=0").pseudo_thin_mm == 0.0
-    assert ScoreLossWeights.parse("pseudo_thin_mm=0,Organs").pseudo_thin_mm == 8.0
-    assert ScoreLossWeights().pseudo_flip_weight == 3.0 and ScoreLossWeights().pseudo_thin_mm == 0.0
-    with pytest.raises(ValueError, match="organs"):
+    d = ScoreLossWeights()
+    assert (d.pseudo_remove_max_score, d.pseudo_add_max_score, d.pseudo_flip_weight,
+            d.pseudo_thin_mm) == (2, 3, 12.0, 8.0)
+    assert ScoreLossWeights.parse("organs") == d
+    b = ScoreLossWeights.parse("broad")
+    assert (b.pseudo_remove_max_score, b.pseudo_add_max_score, b.pseudo_flip_weight,
+            b.pseudo_thin_mm) == (4, 4, 3.0, 0.0)
+    assert b.pseudo_thin_flip_weight == d.pseudo_thin_flip_weight and b.pseudo_add_weight == 12.0
+    assert flip_limits(d)["remove_max_agreement"] < flip_limits(b)["remove_max_agreement"]
+    assert flip_limits(d)["add_max_agreement"] < flip_limits(b)["add_max_agreement"]
+    assert ScoreLossWeights.parse("broad, pseudo_thin_mm=8").pseudo_thin_mm == 8.0
+    assert ScoreLossWeights.parse("pseudo_thin_mm=8,Broad").pseudo_thin_mm == 0.0
+    with pytest.raises(ValueError, match="broad"):
         ScoreLossWeights.parse("bones")
 
 

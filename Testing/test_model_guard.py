@@ -240,9 +240,10 @@ def _thick_peel(model, metadata, image, initial, *a, **k):
 
 
 def test_the_thick_layer_veto_is_a_refiner_and_cli_setting(tmp_path, checkpoint, monkeypatch):
-    """``veto_thick_llr`` (``--veto-thick-llr``) reaches the veto: a structure-like peel three
-    voxels deep, which the default veto lets go, comes back; the setting is in the sidecar, and
-    a threshold that is not a number is refused by name."""
+    """``veto_thick_llr`` (``--veto-thick-llr``, by default 0.9) reaches the veto: a
+    structure-like peel three voxels deep, which the veto without the rule lets go, comes back;
+    the setting is in the sidecar, ``off`` switches it off, and a threshold that is not a number
+    is refused by name."""
     import argparse
 
     from SCORERefineLib.commands import refine as refine_cmd
@@ -256,10 +257,14 @@ def test_the_thick_layer_veto_is_a_refiner_and_cli_setting(tmp_path, checkpoint,
     image = Volume((np.where(init > 0, 300.0, 0.0) + rng.normal(0, 10, SHAPE)).astype(np.float32),
                    GEOM)
     peeled = int(init.sum() - _thick_peel(None, None, None, Volume(init, GEOM)).array.sum())
+    off = make_refiner(checkpoint, device="cpu", veto_thick_llr=None)
+    assert off.settings["veto_thick_llr"] is None
+    lost_off = int(init.sum() - off(image, Volume(init, GEOM)).array.sum())
+    assert lost_off > 0.9 * peeled and off.last_info["veto"]["vetoed_removed_thick"] == 0
     default = make_refiner(checkpoint, device="cpu")
-    assert default.settings["veto_thick_llr"] is None
+    assert default.settings["veto_thick_llr"] == 0.9
     lost_default = int(init.sum() - default(image, Volume(init, GEOM)).array.sum())
-    assert lost_default > 0.9 * peeled and default.last_info["veto"]["vetoed_removed_thick"] == 0
+    assert lost_default < 0.2 * peeled and default.last_info["veto"]["vetoed_removed_thick"] > 0
     thick = make_refiner(checkpoint, device="cpu", veto_thick_llr=1.0)
     lost_thick = int(init.sum() - thick(image, Volume(init, GEOM)).array.sum())
     rep = thick.last_info["veto"]
@@ -277,3 +282,11 @@ def test_the_thick_layer_veto_is_a_refiner_and_cli_setting(tmp_path, checkpoint,
                       .with_name("refined.json").read_text())
     assert info["veto_thick_llr"] == 1.0 and info["veto"]["vetoed_removed_thick"] > 0.8 * peeled
     assert info["voxels_removed"] == lost_thick
+    args = parser.parse_args(["--model", str(checkpoint), "--dataset", str(tmp_path / "ds"),
+                              "--device", "cpu", "--progress", "none", "--veto-thick-llr", "off"])
+    assert refine_cmd.run(args) == 0
+    info = json.loads(get_case(tmp_path / "ds", "c1").prediction_path("refined")
+                      .with_name("refined.json").read_text())
+    assert info["veto_thick_llr"] is None and info["voxels_removed"] == lost_off
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--model", "m.pt", "--veto-thick-llr", "high"])

@@ -139,11 +139,11 @@ def test_hybrid_settings_follow_the_mode_and_reach_the_train_command(panel, tmp_
     assert len(calls) == 3 and "--loss-weights" not in calls[2], u.trainStatusLabel.text
     while widget._timer.isActive() and time.monotonic() < deadline + 20:
         H.pump(50)
-    combo.setCurrentIndex(catalog.names(catalog.SCORE_PROFILES).index("organs"))
-    assert widget._parameterNode.trainProfile == "organs"
+    combo.setCurrentIndex(catalog.names(catalog.SCORE_PROFILES).index("broad"))
+    assert widget._parameterNode.trainProfile == "broad"
     u.trainButton.click()
     assert len(calls) == 4, u.trainStatusLabel.text
-    assert calls[3][calls[3].index("--loss-weights") + 1] == "organs"
+    assert calls[3][calls[3].index("--loss-weights") + 1] == "broad"
     assert calls[3][calls[3].index("--mode") + 1] == "score"
 
 

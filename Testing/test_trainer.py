@@ -262,9 +262,9 @@ def test_cli_flags_build_the_config():
     assert full.make_mode().channels == ("ct", "initial")
     with pytest.raises(InputError, match="--no-direction"):
         cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt", "--mode", "full", "--no-direction"]))
-    organs = cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt", "--loss-weights",
-                                                "organs,pin=1"])).make_mode().weights
-    assert (organs.pseudo_flip_weight, organs.pseudo_remove_max_score, organs.pin) == (12.0, 2, 1.0)
+    broad = cmd.config_from_args(p.parse_args(["ds", "--out", "m.pt", "--loss-weights",
+                                               "broad,pin=1"])).make_mode().weights
+    assert (broad.pseudo_flip_weight, broad.pseudo_remove_max_score, broad.pin) == (3.0, 4, 1.0)
     bad = p.parse_args(["ds", "--out", "m.pt", "--loss-weights", "nonsense=1"])
     with pytest.raises(InputError, match="loss-weights"):
         cmd.config_from_args(bad)

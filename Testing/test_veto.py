@@ -98,15 +98,19 @@ def _peel(depth: int):
 def test_a_thick_structure_like_peel_passes_the_layer_rule_and_the_thick_rule_takes_it_back():
     """Peeled three voxels deep, fewer than half the layer's voxels touch the kept body: the
     layer rule reads it as a protrusion (what let a model peel the lumbar column on
-    real_abdomen_x2). With ``thick_layer_llr`` it is a layer that looks like the structure."""
+    real_abdomen_x2). With ``thick_layer_llr`` (by default 0.9) it is a layer that looks like the
+    structure."""
     hu, truth, proposal, peel = _peel(3)
     llr = _llr(hu, truth)
     assert removed_layers(truth, proposal, 0.5)[peel].mean() < 0.05     # not a layer by share
     assert llr[peel].mean() > 1.0
-    out, report = appearance_veto(hu, truth, proposal, SPACING)
-    assert out.astype(bool)[peel].mean() < 0.05                          # the default lets it go
+    out, report = appearance_veto(hu, truth, proposal, SPACING, VetoLimits(thick_layer_llr=None))
+    assert out.astype(bool)[peel].mean() < 0.05                          # without the rule it goes
     assert report["vetoed_removed_thick"] == 0
+    assert VetoLimits().thick_layer_llr == 0.9
+    by_default = appearance_veto(hu, truth, proposal, SPACING)[0]
     out, report = appearance_veto(hu, truth, proposal, SPACING, VetoLimits(thick_layer_llr=1.0))
+    np.testing.assert_array_equal(by_default, out)                       # the rule is on by default
     back = out.astype(bool) & peel
     want = peel & (llr > 0.5)
     assert want.sum() > 0.8 * peel.sum()
@@ -114,7 +118,7 @@ def test_a_thick_structure_like_peel_passes_the_layer_rule_and_the_thick_rule_ta
     assert report["vetoed_removed"] == report["vetoed_removed_thick"] == int(want.sum())
     # a one-voxel peel is a layer by both rules: the thick rule adds nothing to it
     hu1, truth1, proposal1, peel1 = _peel(1)
-    r_default = appearance_veto(hu1, truth1, proposal1, SPACING)[1]
+    r_default = appearance_veto(hu1, truth1, proposal1, SPACING, VetoLimits(thick_layer_llr=None))[1]
     r_thick = appearance_veto(hu1, truth1, proposal1, SPACING, VetoLimits(thick_layer_llr=1.0))[1]
     assert r_default["vetoed_removed"] == r_thick["vetoed_removed"] > 0
     assert r_thick["vetoed_removed_thick"] == 0

@@ -42,10 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "`scorerefine refine --also-model`) with its own targets; default 1")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps of every row (default: the preset's); recorded in the report")
-    p.add_argument("--veto-thick-llr", type=float, default=None, metavar="LLR",
-                   help="trained rows refine with the appearance veto's thick-layer rule at this "
-                        "evidence threshold (as `scorerefine refine --veto-thick-llr`, e.g. 1.0; "
-                        "default off); the report says so")
+    from ..catalog import DEFAULT_THICK_LAYER_LLR
+    from .refine import _thick_llr
+    p.add_argument("--veto-thick-llr", type=_thick_llr, default=DEFAULT_THICK_LAYER_LLR,
+                   metavar="LLR",
+                   help=f"trained rows refine with the appearance veto's thick-layer rule at this "
+                        f"evidence threshold (as `scorerefine refine --veto-thick-llr`; default "
+                        f"{DEFAULT_THICK_LAYER_LLR:g}, 'off' switches it off); the report says so")
     p.add_argument("--loss-weights", default=None, metavar="SPEC",
                    help="SCORE loss weights of the rows trained in the score mode, as `scorerefine "
                         "train --loss-weights` takes them (e.g. organs); default: the loss "
@@ -66,6 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..catalog import DEFAULT_THICK_LAYER_LLR
     if args.preset == "perf":
         from ..perf import run_command
         return run_command(args)
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_benchmark(args.preset, args.workdir, device=args.device, progress=args.progress,
                            cancel=cancel, rows=rows, steps=steps, efficiency=efficiency,
                            reuse_models=getattr(args, "reuse_models", False), seeds=seeds,
-                           veto_thick_llr=getattr(args, "veto_thick_llr", None),
+                           veto_thick_llr=getattr(args, "veto_thick_llr", DEFAULT_THICK_LAYER_LLR),
                            score_loss=getattr(args, "loss_weights", None),
                            train_only=getattr(args, "train_only", False))
     if getattr(args, "train_only", False):
@@ -126,13 +130,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _command_of(args, rows, steps, efficiency) -> str:
     """The command line the parsed settings stand for (when not run as ``scorerefine``)."""
+    from ..catalog import DEFAULT_THICK_LAYER_LLR
     parts = ["scorerefine", "benchmark", "--preset", args.preset]
     if steps is not None:
         parts += ["--steps", str(steps)]
     if (getattr(args, "seeds", 1) or 1) > 1:
         parts += ["--seeds", str(args.seeds)]
-    if getattr(args, "veto_thick_llr", None) is not None:
-        parts += ["--veto-thick-llr", f"{args.veto_thick_llr:g}"]
+    thick = getattr(args, "veto_thick_llr", DEFAULT_THICK_LAYER_LLR)
+    if thick != DEFAULT_THICK_LAYER_LLR:
+        parts += ["--veto-thick-llr", "off" if thick is None else f"{thick:g}"]
     if getattr(args, "loss_weights", None):
         parts += ["--loss-weights", args.loss_weights]
     if efficiency:

@@ -19,13 +19,23 @@ import json
 import sys
 from pathlib import Path
 
-from ..catalog import BUILTIN_REFINERS
+from ..catalog import BUILTIN_REFINERS, DEFAULT_THICK_LAYER_LLR
 from ..errors import InputError
 
 HELP = "refine initial masks with a trained refiner (--model model.pt) or the classical baseline"
 
 CLASSICAL = "classical"
 
+
+
+def _thick_llr(text: str):
+    """argparse type of ``--veto-thick-llr``: a number or ``off``."""
+    from ..errors import InputError
+    from ..refiners import parse_thick_llr
+    try:
+        return parse_thick_llr(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("method")
@@ -73,11 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "added voxels that look like the surroundings, and structure-like layers "
                           "peeled off the boundary, are taken back (the case's own intensity "
                           "statistics; reported in the sidecar's 'veto')")
-    net.add_argument("--veto-thick-llr", type=float, default=None, metavar="LLR",
-                     help="also veto removed layers of any thickness whose mean appearance "
-                          "evidence is above LLR (e.g. 1.0; default off): a layer peeled more "
-                          "than two voxels deep otherwise passes as a cut protrusion "
-                          "(docs/score-loss.md, stop 32)")
+    net.add_argument("--veto-thick-llr", type=_thick_llr, default=DEFAULT_THICK_LAYER_LLR,
+                     metavar="LLR",
+                     help=f"also veto removed layers of any thickness whose mean appearance "
+                          f"evidence is above LLR (default {DEFAULT_THICK_LAYER_LLR:g}; 'off' "
+                          f"switches the rule off): a layer peeled more than two voxels deep "
+                          f"otherwise passes as a cut protrusion (docs/score-loss.md, stops "
+                          f"32-34)")
     net.add_argument("--no-tta", dest="tta", action="store_false",
                      help="one network pass per window instead of the mean over its 16 flipped "
                           "and turned views (test-time augmentation, the default: 16 times the "
@@ -158,7 +170,8 @@ def _make(args: argparse.Namespace, classical: bool, mode: str, cancel):
                            fragment_share=getattr(args, "fragment_share", None),
                            also=getattr(args, "also_model", None) or (),
                            veto=getattr(args, "veto", True), tta=getattr(args, "tta", True),
-                           veto_thick_llr=getattr(args, "veto_thick_llr", None))
+                           veto_thick_llr=getattr(args, "veto_thick_llr",
+                                                  DEFAULT_THICK_LAYER_LLR))
     return refiner, close
 
 

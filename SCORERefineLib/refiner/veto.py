@@ -30,8 +30,10 @@ the outside, 0.94 times for that one; a protrusion cut at its neck touches it on
 for the leak cut off the same column) **and** its mean evidence is above ``thick_layer_llr``
 (the piece as a whole looks like the structure: +1.32 for the column's peel, +0.76 for the
 stomach's right removals of liver and spleen at an organ interface, which must stay removed).
-Off by default (``None``): measured in docs/score-loss.md ("Thick layers", issue 8, stop 32),
-not yet in the generated benchmark reports.
+On by default at :data:`~SCORERefineLib.catalog.DEFAULT_THICK_LAYER_LLR` (0.9) since stop 34, with the SCORE loss
+defaults that learn weighted removals (``ScoreLossWeights``); ``None`` switches it off. Measured
+in docs/score-loss.md ("Thick layers", issue 8, stops 32-34: at 1.0 a second unseen column's peel,
+mean evidence +0.96, passed; 0.9 took it back and cost nothing more where measured).
 
 Measured on the presets' held-out cases (docs/score-loss.md, stop 24; the SCORE models of that
 section): real CT +0.005 to +0.018 Dice for each of four models, and the worst case (the lumbar
@@ -54,6 +56,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..bbox import padded_bbox
+from ..catalog import DEFAULT_THICK_LAYER_LLR
 from .inputs import NORMALISATION, appearance_llr
 
 #: report format version (the dict returned by :func:`appearance_veto`)
@@ -70,7 +73,7 @@ class VetoLimits:
     remove_margin: float = 0.5
     layer_share: float = 0.5
     #: also veto thick layers whose mean evidence is above this (LLR units); None = off
-    thick_layer_llr: Optional[float] = None
+    thick_layer_llr: Optional[float] = DEFAULT_THICK_LAYER_LLR
 
     def __post_init__(self):
         for name in ("add_margin", "remove_margin"):
