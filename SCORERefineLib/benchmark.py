@@ -825,7 +825,21 @@ def other_report_summary(path: Path) -> dict:
         raise InputError(f"--with-report {path}: not a benchmark report (no {', '.join(missing)}); "
                          f"{fix}.")
     return {"preset": data["preset"], "date": data["date"], "command": data["command"],
-            "report": str(path.with_suffix(".md")), "targets": list(data["targets"])}
+            "report": str(path.with_suffix(".md")), "targets": list(data["targets"]),
+            "settings": report_settings(data)}
+
+
+def report_settings(report: dict) -> str:
+    """The SCORE loss and the thick-layer rule a report's trained rows ran with, in words.
+    Reports from before stop 34 (no ``score_loss`` in their config) ran with that time's
+    defaults: the ``broad`` loss and the rule off."""
+    cfg = report.get("config") or {}
+    if "score_loss" not in cfg:
+        return ("SCORE loss and veto: the defaults before stop 34 (`--loss-weights broad`, "
+                "thick-layer rule off)")
+    thick = report.get("veto_thick_llr")
+    return (f"SCORE loss: {('`' + cfg['score_loss'] + '`') if cfg['score_loss'] else 'the defaults'}"
+            f"; thick-layer rule: {'off' if thick is None else f'{thick:g}'}")
 
 
 def _targets_table(targets: Sequence[dict]) -> list[str]:
@@ -971,7 +985,10 @@ def render_markdown(report: dict, command: str) -> str:
     for other in report.get("other_reports") or []:
         lines += ["", f"### The same targets on preset `{other['preset']}`", "",
                   f"Read from {other['report']} (its JSON twin), generated {other['date']} by",
-                  "", "```", other["command"], "```", ""] + _targets_table(other["targets"])
+                  "", "```", other["command"], "```", ""]
+        if other.get("settings"):
+            lines += [f"({other['settings']}.)", ""]
+        lines += _targets_table(other["targets"])
     if report.get("reused_models"):
         lines += ["", f"Models of rows {', '.join(report['reused_models'])} were reused from an "
                       f"earlier run of the same preset in the same work folder (`--reuse-models`: "
@@ -1041,6 +1058,29 @@ def _thick_rule_note(report: dict) -> str:
     return (f" with its thick-layer rule at evidence {thick:g} ("
             + ("the default" if since and thick == DEFAULT_THICK_LAYER_LLR else
                f"`--veto-thick-llr {thick:g}`") + "; docs/score-loss.md stops 32-34)")
+
+
+def render_report(json_path: Path, out_md: Path | None = None) -> Path:
+    """Rewrite a generated report's markdown from its JSON twin (the figures, date and command
+    it recorded), e.g. after the wording of the report changed; nothing is re-measured.
+
+    Raises:
+        InputError: the file is missing or not a benchmark report's JSON twin.
+    """
+    from .errors import InputError
+
+    json_path = Path(json_path)
+    try:
+        report = json.loads(json_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--render {json_path}: not a readable JSON file ({exc}); pass the .json "
+                         f"twin that `scorerefine benchmark` wrote beside its report.") from None
+    if not isinstance(report, dict) or not {"command", "rows", "targets"} <= set(report):
+        raise InputError(f"--render {json_path}: not a benchmark report's JSON twin (no command, "
+                         f"rows or targets).")
+    out_md = Path(out_md) if out_md is not None else json_path.with_suffix(".md")
+    atomic_write_text(out_md, render_markdown(report, report["command"]))
+    return out_md
 
 
 def write_report(report: dict, out_md: Path, command: str) -> tuple[Path, Path]:

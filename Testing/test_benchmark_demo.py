@@ -292,6 +292,19 @@ def test_score_loss_weights_and_train_only_are_benchmark_settings(tmp_path, caps
     assert report["config"]["score_loss"] == "organs,pseudo_thin_mm=0"
     assert "--loss-weights organs,pseudo_thin_mm=0" in report["command"]
     assert "SCORE loss weights `organs,pseudo_thin_mm=0`" in out.read_text()
+    # --render rewrites the markdown from the JSON twin alone (nothing re-measured)
+    again = tmp_path / "rendered.md"
+    assert main(["benchmark", "--render", str(out.with_suffix(".json")), "--out", str(again)]) == 0
+    assert again.read_text() == out.read_text()
+    assert main(["benchmark", "--render", str(tmp_path / "none.json")]) == 2
+    assert "not a readable JSON file" in capsys.readouterr().err
+    # another preset's report states what it ran with; one from before stop 34 says so
+    from SCORERefineLib.benchmark import other_report_summary
+    assert "SCORE loss: `organs,pseudo_thin_mm=0`; thick-layer rule: 0.9" in other_report_summary(
+        out.with_suffix(".json"))["settings"]
+    old = dict(report, config={k: v for k, v in report["config"].items() if k != "score_loss"})
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert "before stop 34" in other_report_summary(tmp_path / "old.json")["settings"]
     # the defaults are a different training: nothing to reuse, and the report says nothing
     assert main(args[:-2] + ["--reuse-models", "--train-only"]) == 0, capsys.readouterr().err
     assert "score: " in capsys.readouterr().out and (work / "models" / "score.pt").stat(

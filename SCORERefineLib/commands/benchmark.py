@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train (with --reuse-models: or reuse) every row's models in --workdir and "
                         "stop, without evaluation or report; a later run with --reuse-models "
                         "evaluates them and writes the report")
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="only rewrite the markdown of a generated report from its JSON twin (its "
+                        "figures, date and command; nothing is measured), to --out or beside it")
     p.add_argument("--with-report", type=Path, action="append", default=None, metavar="JSON",
                    help="state another preset's targets in this report, read from the JSON twin "
                         "of its own generated report (e.g. docs/benchmark-real.json); repeatable")
@@ -70,6 +73,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..catalog import DEFAULT_THICK_LAYER_LLR
+    if getattr(args, "render", None) is not None:
+        from ..benchmark import render_report
+        print(f"wrote {render_report(args.render, args.out)}")
+        return 0
     if args.preset == "perf":
         from ..perf import run_command
         return run_command(args)
