@@ -135,12 +135,15 @@ def test_target_ceiling_separates_the_count_from_the_ranking(tmp_path):
 
 def test_score_mode_prepares_the_thin_map_only_when_asked(tmp_path):
     """``pseudo_thin_mm`` > 0: the prepared case holds a ``thin`` label map painted per region
-    (each region wholly thin or not); the default prepares none (the batches are unchanged)."""
+    (each region wholly thin or not; the defaults ask for it at 8 mm since stop 34); at 0 none is
+    prepared (the batches are as before the setting existed)."""
     from SCORERefineLib.refiner.losses import ScoreLossWeights
     from SCORERefineLib.refiner.modes.score import ScoreConfig, ScoreMode
 
     case = list_cases(make_tiny_dataset(tmp_path / "ds", n=1, seed=3))[0]
-    assert "thin" not in ScoreMode().prepare_case(case).maps
+    assert "thin" not in ScoreMode(ScoreConfig(weights=ScoreLossWeights(pseudo_thin_mm=0.0))
+                                   ).prepare_case(case).maps
+    assert "thin" in ScoreMode().prepare_case(case).maps
     big = ScoreMode(ScoreConfig(weights=ScoreLossWeights(pseudo_thin_mm=100.0))).prepare_case(case)
     small = ScoreMode(ScoreConfig(weights=ScoreLossWeights(pseudo_thin_mm=0.5))).prepare_case(case)
     regions = big.maps["regions"]
@@ -160,9 +163,9 @@ def test_pseudo_label_check_lifts_the_flip_limits_on_thin_regions(tmp_path):
     from SCORERefineLib.refiner.pseudo_check import pseudo_label_check
 
     case = list_cases(make_tiny_dataset(tmp_path / "ds", n=1, seed=5))[0]
-    free = pseudo_label_check(case)
+    free = pseudo_label_check(case, weights=ScoreLossWeights.parse("broad"))   # no limits
     lim = dict(pseudo_remove_max_score=1, pseudo_add_max_score=1)
-    limited = pseudo_label_check(case, weights=ScoreLossWeights(**lim))
+    limited = pseudo_label_check(case, weights=ScoreLossWeights(**lim, pseudo_thin_mm=0.0))
     lifted = pseudo_label_check(case, weights=ScoreLossWeights(**lim, pseudo_thin_mm=100.0))
     assert limited["changed_before"] < free["changed_before"]
     for k in ("changed_before", "removed_before", "added_before", "pseudo_dice_before"):
