@@ -46,13 +46,12 @@ import numpy as np
 from . import __version__
 from .atomicio import atomic_write_text
 from .case import list_cases
-from .catalog import TRAINING_MODES
+from .catalog import DEFAULT_THICK_LAYER_LLR, TRAINING_MODES
 from .feedback import load_feedback
 from .metrics import compare
 from .pipeline import (EvalResult, Split, TrainResult, copy_with_noisy_ratings, evaluate_masks,
                        make_split, prepare_regions, rate_cases, summary_table, train_model)
 from .progress import CancelToken
-from .catalog import DEFAULT_THICK_LAYER_LLR
 from .refiners import make_refiner, veto_limits_for
 from .regions import RegionParams
 from .scribbles import SECONDS_PER_SLICE, SECONDS_PER_STROKE
@@ -477,7 +476,8 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
             "seeds" table.
         veto_thick_llr: the trained rows (and the efficiency budgets) refine with the appearance
             veto's thick-layer rule at this evidence threshold (``scorerefine refine
-            --veto-thick-llr``; None, the default: off); the report records it.
+            --veto-thick-llr``; default :data:`~.catalog.DEFAULT_THICK_LAYER_LLR`, 0.9; None:
+            off); the report records it.
         score_loss: the SCORE loss weights of the rows trained in the score mode, as
             ``scorerefine train --loss-weights`` takes them (e.g. ``"organs"``; None: the
             preset's, by default the loss defaults); refused by name before any work and

@@ -27,15 +27,14 @@ HELP = "refine initial masks with a trained refiner (--model model.pt) or the cl
 CLASSICAL = "classical"
 
 
-
 def _thick_llr(text: str):
     """argparse type of ``--veto-thick-llr``: a number or ``off``."""
-    from ..errors import InputError
     from ..refiners import parse_thick_llr
     try:
         return parse_thick_llr(text)
     except InputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("method")

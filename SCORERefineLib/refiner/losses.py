@@ -80,7 +80,7 @@ class ScoreLossWeights:
     # what such a region's voxels are labelled: False "as M0" (weight 1), True unlabelled (weight 0)
     pseudo_above_max_unlabelled: bool = False
     # > 0: regions on a part of the structure whose half-thickness is below this many mm (a rib;
-    # ``modes.score.thin_regions``) keep the removal rule of the defaults, whatever the two
+    # ``modes.score.thin_regions``) keep the broad removal rule (``broad``), whatever the two
     # settings above and pseudo_flip_weight say: no score limits, removals weighted
     # pseudo_thin_flip_weight. The weighted, limited removals that the organs need peeled thin
     # bones on real CT (docs/score-loss.md, stops 30 and 31); 0: off
