@@ -829,12 +829,17 @@ def other_report_summary(path: Path) -> dict:
             "settings": report_settings(data)}
 
 
+def _before_stop_34(report: dict) -> bool:
+    """Whether a report was written before stop 34 (its config has no ``score_loss``), when the
+    defaults were the ``broad`` SCORE loss and the thick-layer rule off."""
+    return "score_loss" not in (report.get("config") or {})
+
+
 def report_settings(report: dict) -> str:
-    """The SCORE loss and the thick-layer rule a report's trained rows ran with, in words.
-    Reports from before stop 34 (no ``score_loss`` in their config) ran with that time's
-    defaults: the ``broad`` loss and the rule off."""
+    """The SCORE loss and the thick-layer rule a report's trained rows ran with, in words
+    (:func:`_before_stop_34` reports: that time's defaults)."""
     cfg = report.get("config") or {}
-    if "score_loss" not in cfg:
+    if _before_stop_34(report):
         return ("SCORE loss and veto: the defaults before stop 34 (`--loss-weights broad`, "
                 "thick-layer rule off)")
     thick = report.get("veto_thick_llr")
@@ -1048,10 +1053,10 @@ def gpu_note(machine: dict) -> str:
 
 
 def _thick_rule_note(report: dict) -> str:
-    """How the report's trained rows used the veto's thick-layer rule, in words. Reports from
-    before stop 34 (no ``score_loss`` in their config) ran when the rule was off by default."""
+    """How the report's trained rows used the veto's thick-layer rule, in words
+    (:func:`_before_stop_34` reports ran when the rule was off by default)."""
     thick = report.get("veto_thick_llr")
-    since = "score_loss" in (report.get("config") or {})
+    since = not _before_stop_34(report)
     if thick is None:
         return (" (its thick-layer rule off: `--veto-thick-llr off`)" if since else
                 " (its thick-layer rule off, the default before stop 34)")

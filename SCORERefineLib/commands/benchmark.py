@@ -43,8 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="training steps of every row (default: the preset's); recorded in the report")
     from ..catalog import DEFAULT_THICK_LAYER_LLR
-    from .refine import _thick_llr
-    p.add_argument("--veto-thick-llr", type=_thick_llr, default=DEFAULT_THICK_LAYER_LLR,
+    from .refine import thick_llr_argument
+    p.add_argument("--veto-thick-llr", type=thick_llr_argument, default=DEFAULT_THICK_LAYER_LLR,
                    metavar="LLR",
                    help=f"trained rows refine with the appearance veto's thick-layer rule at this "
                         f"evidence threshold (as `scorerefine refine --veto-thick-llr`; default "

@@ -27,7 +27,7 @@ HELP = "refine initial masks with a trained refiner (--model model.pt) or the cl
 CLASSICAL = "classical"
 
 
-def _thick_llr(text: str):
+def thick_llr_argument(text: str):
     """argparse type of ``--veto-thick-llr``: a number or ``off``."""
     from ..refiners import parse_thick_llr
     try:
@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "added voxels that look like the surroundings, and structure-like layers "
                           "peeled off the boundary, are taken back (the case's own intensity "
                           "statistics; reported in the sidecar's 'veto')")
-    net.add_argument("--veto-thick-llr", type=_thick_llr, default=DEFAULT_THICK_LAYER_LLR,
+    net.add_argument("--veto-thick-llr", type=thick_llr_argument, default=DEFAULT_THICK_LAYER_LLR,
                      metavar="LLR",
                      help=f"also veto removed layers of any thickness whose mean appearance "
                           f"evidence is above LLR (default {DEFAULT_THICK_LAYER_LLR:g}; 'off' "
