@@ -987,6 +987,10 @@ def render_markdown(report: dict, command: str) -> str:
     lines += ["", "## Targets", ""] + _targets_table(report["targets"])
     if not report["targets"]:
         lines.append("| (no SCORE row was run) | | |")
+    if report.get("other_reports") and report.get("other_reports_reread"):
+        lines += ["", f"The other presets' targets below were re-read from their reports on "
+                      f"{report['other_reports_reread']} (`scorerefine benchmark --render` with "
+                      f"`--with-report`); this report's own figures are from {report['date']}."]
     for other in report.get("other_reports") or []:
         lines += ["", f"### The same targets on preset `{other['preset']}`", "",
                   f"Read from {other['report']} (its JSON twin), generated {other['date']} by",
@@ -1065,12 +1069,22 @@ def _thick_rule_note(report: dict) -> str:
                f"`--veto-thick-llr {thick:g}`") + "; docs/score-loss.md stops 32-34)")
 
 
-def render_report(json_path: Path, out_md: Path | None = None) -> Path:
+def render_report(json_path: Path, out_md: Path | None = None,
+                  with_reports: Sequence[Path] | None = None) -> Path:
     """Rewrite a generated report's markdown from its JSON twin (the figures, date and command
     it recorded), e.g. after the wording of the report changed; nothing is re-measured.
 
+    Args:
+        json_path: the JSON twin ``scorerefine benchmark`` wrote.
+        out_md: where the markdown goes (default: beside the JSON).
+        with_reports: re-read the other presets' targets this report states from these JSON
+            twins (:func:`other_report_summary`), e.g. after one of them was rerun; the JSON twin
+            is rewritten with them and the report says when they were re-read. Its own figures
+            stay those it measured.
+
     Raises:
-        InputError: the file is missing or not a benchmark report's JSON twin.
+        InputError: the file is missing or not a benchmark report's JSON twin, or a
+            ``with_reports`` file is not a benchmark report.
     """
     from .errors import InputError
 
@@ -1083,6 +1097,11 @@ def render_report(json_path: Path, out_md: Path | None = None) -> Path:
     if not isinstance(report, dict) or not {"command", "rows", "targets"} <= set(report):
         raise InputError(f"--render {json_path}: not a benchmark report's JSON twin (no command, "
                          f"rows or targets).")
+    if with_reports:
+        report["other_reports"] = [other_report_summary(p) for p in with_reports]
+        report["other_reports_reread"] = _dt.datetime.now(_dt.timezone.utc).isoformat(
+            timespec="seconds")
+        atomic_write_text(json_path, json.dumps(report, indent=2, default=float))
     out_md = Path(out_md) if out_md is not None else json_path.with_suffix(".md")
     atomic_write_text(out_md, render_markdown(report, report["command"]))
     return out_md

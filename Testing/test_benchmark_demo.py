@@ -305,6 +305,26 @@ def test_score_loss_weights_and_train_only_are_benchmark_settings(tmp_path, caps
     old = dict(report, config={k: v for k, v in report["config"].items() if k != "score_loss"})
     (tmp_path / "old.json").write_text(json.dumps(old))
     assert "before stop 34" in other_report_summary(tmp_path / "old.json")["settings"]
+    # --render with --with-report re-reads the other report's targets (here: the old one, whose
+    # target values are changed to be told apart) into this report; its own figures stay
+    old["targets"] = [dict(t, value=t["value"] + 123.0) for t in old["targets"]]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert main(["benchmark", "--render", str(out.with_suffix(".json")), "--with-report",
+                 str(tmp_path / "old.json")]) == 0
+    reread = json.loads(out.with_suffix(".json").read_text())
+    assert json.dumps([reread["rows"], reread["targets"]]) == json.dumps(
+        [report["rows"], report["targets"]])
+    assert json.dumps([t["value"] for t in reread["other_reports"][0]["targets"]]) == json.dumps(
+        [t["value"] for t in old["targets"]])   # (smoke values include NaN)
+    md = out.read_text()
+    assert "before stop 34" in md and "re-read from their reports on" in md
+    from SCORERefineLib.benchmark import _targets_table
+    assert old["targets"] and all(line in md for line in _targets_table(old["targets"])[2:])
+    assert main(["benchmark", "--render", str(out.with_suffix(".json")), "--with-report",
+                 str(tmp_path / "none.json")]) == 2
+    assert "--with-report" in capsys.readouterr().err
+    # a refusal loses nothing
+    assert json.dumps(json.loads(out.with_suffix(".json").read_text())) == json.dumps(reread)
     # the defaults are a different training: nothing to reuse, and the report says nothing
     assert main(args[:-2] + ["--reuse-models", "--train-only"]) == 0, capsys.readouterr().err
     assert "score: " in capsys.readouterr().out and (work / "models" / "score.pt").stat(

@@ -59,7 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "evaluates them and writes the report")
     p.add_argument("--render", type=Path, default=None, metavar="JSON",
                    help="only rewrite the markdown of a generated report from its JSON twin (its "
-                        "figures, date and command; nothing is measured), to --out or beside it")
+                        "figures, date and command; nothing is measured), to --out or beside it; "
+                        "with --with-report, the other presets' targets it states are re-read "
+                        "from those reports (and its JSON twin updated)")
     p.add_argument("--with-report", type=Path, action="append", default=None, metavar="JSON",
                    help="state another preset's targets in this report, read from the JSON twin "
                         "of its own generated report (e.g. docs/benchmark-real.json); repeatable")
@@ -75,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     from ..catalog import DEFAULT_THICK_LAYER_LLR
     if getattr(args, "render", None) is not None:
         from ..benchmark import render_report
-        print(f"wrote {render_report(args.render, args.out)}")
+        others = getattr(args, "with_report", None)
+        print(f"wrote {render_report(args.render, args.out, with_reports=others)}"
+              + (f" and {args.render} (the other reports' targets re-read)" if others else ""))
         return 0
     if args.preset == "perf":
         from ..perf import run_command
