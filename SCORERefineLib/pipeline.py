@@ -18,7 +18,7 @@ import numpy as np
 from .case import Case, list_cases
 from .feedback import save_feedback
 from .imageio import write_volume
-from .metrics import case_metrics, detached_components, summarise
+from .metrics import IMPROVED_MIN_DELTA, case_metrics, detached_components, summarise
 from .phantoms import make_cohort
 from .predictions import iter_predict_dataset
 from .progress import CancelToken
@@ -179,7 +179,7 @@ def summary_table(results: Sequence[EvalResult], baseline: str = "initial") -> l
             entry[f"{metric}_mean"], entry[f"{metric}_std"] = stats["mean"], stats["std"]
         deltas = np.array([r["dice"] - base[r["case"]]["dice"] for r in res.rows])
         entry["dice_gain"] = float(deltas.mean())
-        entry["improved"] = float((deltas > 1e-4).mean())
+        entry["improved"] = float((deltas > IMPROVED_MIN_DELTA).mean())
         entry["seconds_per_case"] = float(np.mean(res.seconds_per_case))
         table.append(entry)
     return table
