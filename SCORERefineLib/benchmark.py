@@ -1101,10 +1101,15 @@ def render_report(json_path: Path, out_md: Path | None = None,
         report["other_reports"] = [other_report_summary(p) for p in with_reports]
         report["other_reports_reread"] = _dt.datetime.now(_dt.timezone.utc).isoformat(
             timespec="seconds")
-        atomic_write_text(json_path, json.dumps(report, indent=2, default=float))
+        _write_json_twin(json_path, report)
     out_md = Path(out_md) if out_md is not None else json_path.with_suffix(".md")
     atomic_write_text(out_md, render_markdown(report, report["command"]))
     return out_md
+
+
+def _write_json_twin(path: Path, report: dict) -> None:
+    """Write a report's JSON twin atomically, in the one format every writer of it uses."""
+    atomic_write_text(path, json.dumps(report, indent=2, default=float))
 
 
 def write_report(report: dict, out_md: Path, command: str) -> tuple[Path, Path]:
@@ -1119,5 +1124,5 @@ def write_report(report: dict, out_md: Path, command: str) -> tuple[Path, Path]:
         if report.get("efficiency"):
             report["efficiency"]["plot"] = png.name
     atomic_write_text(out_md, render_markdown(report, command))
-    atomic_write_text(out_json, json.dumps(dict(report, command=command), indent=2, default=float))
+    _write_json_twin(out_json, dict(report, command=command))
     return out_md, out_json
