@@ -476,7 +476,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
             "seeds" table.
         veto_thick_llr: the trained rows (and the efficiency budgets) refine with the appearance
             veto's thick-layer rule at this evidence threshold (``scorerefine refine
-            --veto-thick-llr``; default :data:`~.catalog.DEFAULT_THICK_LAYER_LLR`, 0.9; None:
+            --veto-thick-llr``; default :data:`~.catalog.DEFAULT_THICK_LAYER_LLR`, 0.8; None:
             off); the report records it.
         score_loss: the SCORE loss weights of the rows trained in the score mode, as
             ``scorerefine train --loss-weights`` takes them (e.g. ``"organs"``; None: the

@@ -62,8 +62,9 @@ HYBRID_INDICATORS: dict[str, Entry] = _index(
 
 #: the appearance veto's thick-layer rule: its evidence threshold by default (LLR units;
 #: ``refiner.veto.VetoLimits.thick_layer_llr``, ``--veto-thick-llr``; None = off). On since
-#: stop 34, with the SCORE loss defaults that learn weighted removals (docs/score-loss.md)
-DEFAULT_THICK_LAYER_LLR = 0.9
+#: stop 34 (at 0.9), with the SCORE loss defaults that learn weighted removals; 0.8 since stop 36,
+#: after a third unseen bone's peel at mean evidence +0.86 (docs/score-loss.md, stops 35-36)
+DEFAULT_THICK_LAYER_LLR = 0.8
 
 #: score mode: named loss-weight settings (``refiner.losses.ScoreLossWeights.PROFILES`` plus
 #: the defaults; ``--loss-weights NAME``)

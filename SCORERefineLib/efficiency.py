@@ -215,7 +215,7 @@ def run_budgets(split, cfg, fractions: Sequence[float], device: str = "auto", pr
             (the full budget is then not trained again).
         initial_dice: mean test Dice of the initial masks (the zero-minute point).
         veto_thick_llr: the appearance veto's thick-layer threshold the trained models refine
-            with (default 0.9; None: off; ``scorerefine benchmark --veto-thick-llr``).
+            with (default 0.8; None: off; ``scorerefine benchmark --veto-thick-llr``).
 
     Returns:
         ``{"fractions", "points": [...], "initial_dice", "cost_model"}``; a point per

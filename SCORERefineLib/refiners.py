@@ -103,7 +103,7 @@ class ModelRefiner:
             ``guard=False`` (the raw network output). Reported in ``last_info["veto"]``.
         veto_thick_llr: also veto removed layers of any thickness whose mean evidence is above
             this (``VetoLimits.thick_layer_llr``; default
-            :data:`~SCORERefineLib.catalog.DEFAULT_THICK_LAYER_LLR`, 0.9; None = off): a
+            :data:`~SCORERefineLib.catalog.DEFAULT_THICK_LAYER_LLR`, 0.8; None = off): a
             layer peeled more than two voxels deep otherwise passes as a cut protrusion.
         tta: test-time augmentation: each sliding window's probability is the mean over its
             16 flipped and turned views

@@ -246,9 +246,9 @@ def test_the_thick_layer_veto_is_a_benchmark_setting(tmp_path, capsys):
     assert all(i["veto_thick_llr"] == 1.0 and "vetoed_removed_thick" in i["veto"] for i in infos)
     assert main(args + ["--reuse-models"]) == 0, capsys.readouterr().err
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["veto_thick_llr"] == 0.9 and "--veto-thick-llr" not in report["command"]
-    assert "thick-layer rule at evidence 0.9 (the default" in out.read_text()
-    assert all(read_prediction_info(c, "score")["veto_thick_llr"] == 0.9 for c in tests)
+    assert report["veto_thick_llr"] == 0.8 and "--veto-thick-llr" not in report["command"]
+    assert "thick-layer rule at evidence 0.8 (the default" in out.read_text()
+    assert all(read_prediction_info(c, "score")["veto_thick_llr"] == 0.8 for c in tests)
     assert main(args + ["--reuse-models", "--veto-thick-llr", "off"]) == 0, capsys.readouterr().err
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["veto_thick_llr"] is None and "--veto-thick-llr off" in report["command"]
@@ -300,7 +300,7 @@ def test_score_loss_weights_and_train_only_are_benchmark_settings(tmp_path, caps
     assert "not a readable JSON file" in capsys.readouterr().err
     # another preset's report states what it ran with; one from before stop 34 says so
     from SCORERefineLib.benchmark import other_report_summary
-    assert "SCORE loss: `organs,pseudo_thin_mm=0`; thick-layer rule: 0.9" in other_report_summary(
+    assert "SCORE loss: `organs,pseudo_thin_mm=0`; thick-layer rule: 0.8" in other_report_summary(
         out.with_suffix(".json"))["settings"]
     old = dict(report, config={k: v for k, v in report["config"].items() if k != "score_loss"})
     (tmp_path / "old.json").write_text(json.dumps(old))

@@ -240,7 +240,7 @@ def _thick_peel(model, metadata, image, initial, *a, **k):
 
 
 def test_the_thick_layer_veto_is_a_refiner_and_cli_setting(tmp_path, checkpoint, monkeypatch):
-    """``veto_thick_llr`` (``--veto-thick-llr``, by default 0.9) reaches the veto: a
+    """``veto_thick_llr`` (``--veto-thick-llr``, by default 0.8) reaches the veto: a
     structure-like peel three voxels deep, which the veto without the rule lets go, comes back;
     the setting is in the sidecar, ``off`` switches it off, and a threshold that is not a number
     is refused by name."""
@@ -262,7 +262,7 @@ def test_the_thick_layer_veto_is_a_refiner_and_cli_setting(tmp_path, checkpoint,
     lost_off = int(init.sum() - off(image, Volume(init, GEOM)).array.sum())
     assert lost_off > 0.9 * peeled and off.last_info["veto"]["vetoed_removed_thick"] == 0
     default = make_refiner(checkpoint, device="cpu")
-    assert default.settings["veto_thick_llr"] == 0.9
+    assert default.settings["veto_thick_llr"] == 0.8
     lost_default = int(init.sum() - default(image, Volume(init, GEOM)).array.sum())
     assert lost_default < 0.2 * peeled and default.last_info["veto"]["vetoed_removed_thick"] > 0
     thick = make_refiner(checkpoint, device="cpu", veto_thick_llr=1.0)

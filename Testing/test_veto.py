@@ -98,7 +98,7 @@ def _peel(depth: int):
 def test_a_thick_structure_like_peel_passes_the_layer_rule_and_the_thick_rule_takes_it_back():
     """Peeled three voxels deep, fewer than half the layer's voxels touch the kept body: the
     layer rule reads it as a protrusion (what let a model peel the lumbar column on
-    real_abdomen_x2). With ``thick_layer_llr`` (by default 0.9) it is a layer that looks like the
+    real_abdomen_x2). With ``thick_layer_llr`` (by default 0.8) it is a layer that looks like the
     structure."""
     hu, truth, proposal, peel = _peel(3)
     llr = _llr(hu, truth)
@@ -107,7 +107,7 @@ def test_a_thick_structure_like_peel_passes_the_layer_rule_and_the_thick_rule_ta
     out, report = appearance_veto(hu, truth, proposal, SPACING, VetoLimits(thick_layer_llr=None))
     assert out.astype(bool)[peel].mean() < 0.05                          # without the rule it goes
     assert report["vetoed_removed_thick"] == 0
-    assert VetoLimits().thick_layer_llr == 0.9
+    assert VetoLimits().thick_layer_llr == 0.8
     by_default = appearance_veto(hu, truth, proposal, SPACING)[0]
     out, report = appearance_veto(hu, truth, proposal, SPACING, VetoLimits(thick_layer_llr=1.0))
     np.testing.assert_array_equal(by_default, out)                       # the rule is on by default
