@@ -10,8 +10,9 @@ near-surface voxels in this very image and gives each voxel the log-likelihood r
 to +-3; 0 where the image gives no evidence) that its intensity belongs inside.
 :func:`appearance_veto` takes back
 
-- an **added** voxel whose ratio is below ``-add_margin`` (by default 0: an added voxel must look
-  at least as much like the structure as like its surroundings), and
+- an **added** voxel whose ratio is below ``add_min_llr`` (by default 0.25 since stop 36: an
+  added voxel must look more like the structure than like its surroundings, by a margin; before,
+  0, as much as), and
 - a **removed** voxel whose ratio is above ``remove_margin`` (0.5) when it belongs to a removed
   **layer**: a 26-connected piece of removed voxels of which more than ``layer_share`` (half)
   touch (6-neighbours) what the proposal keeps. A layer peeled off a boundary touches the kept
@@ -62,7 +63,7 @@ from ..catalog import DEFAULT_THICK_LAYER_LLR
 from .inputs import NORMALISATION, appearance_llr
 
 #: report format version (the dict returned by :func:`appearance_veto`)
-REPORT_VERSION = 1
+REPORT_VERSION = 2     # 2 (stop 36): limits.add_min_llr replaces add_margin (= -add_min_llr)
 
 _FULL = np.ones((3, 3, 3), dtype=bool)     # 26-connectivity of the removed pieces
 
@@ -71,14 +72,18 @@ _FULL = np.ones((3, 3, 3), dtype=bool)     # 26-connectivity of the removed piec
 class VetoLimits:
     """When the image contradicts a change (see the module docstring). Margins in LLR units."""
 
-    add_margin: float = 0.0
+    #: an added voxel needs at least this evidence (stop 36: 0.25; before, 0)
+    add_min_llr: float = 0.25
     remove_margin: float = 0.5
     layer_share: float = 0.5
     #: also veto thick layers whose mean evidence is above this (LLR units); None = off
     thick_layer_llr: Optional[float] = DEFAULT_THICK_LAYER_LLR
 
     def __post_init__(self):
-        for name in ("add_margin", "remove_margin"):
+        if not np.isfinite(float(self.add_min_llr)):
+            raise ValueError(f"appearance veto: add_min_llr must be a finite number (LLR units), "
+                             f"got {self.add_min_llr!r}")
+        for name in ("remove_margin",):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"appearance veto: {name} must be >= 0 (LLR units), got "
                                  f"{getattr(self, name)}")
@@ -180,7 +185,7 @@ def appearance_veto(hu: np.ndarray, initial: np.ndarray, proposal: np.ndarray,
     pad = np.ceil(reach_mm / np.asarray(spacing_zyx, float)).astype(int) + 1
     box = padded_bbox(m0 | prop, pad)
     llr = appearance_llr(hu[box], m0[box], spacing_zyx, normalisation)
-    veto_add = add[box] & (llr < -limits.add_margin)
+    veto_add = add[box] & (llr < limits.add_min_llr)
     pieces = _Pieces(m0[box], prop[box])
     layers = pieces.layers(limits.layer_share)
     thick = np.zeros_like(layers)
