@@ -53,6 +53,7 @@ from .pipeline import (EvalResult, Split, TrainResult, copy_with_noisy_ratings, 
                        make_split, prepare_regions, rate_cases, summary_table, train_model)
 from .progress import CancelToken
 from .refiners import make_refiner, veto_limits_for
+from .refiner.veto import VetoLimits
 from .regions import RegionParams
 from .scribbles import SECONDS_PER_SLICE, SECONDS_PER_STROKE
 
@@ -669,7 +670,8 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
               "rows": table, "targets": targets, "n_ratings": n_ratings,
               "per_case": {res.name: res.rows for res in results},
               "structures": structures, "pseudo_labels": pseudo, "coverage": coverage,
-              "reused_models": reused, "veto_thick_llr": thick, "left_out": left_out,
+              "reused_models": reused, "veto_thick_llr": thick,
+              "veto_add_min_llr": VetoLimits().add_min_llr, "left_out": left_out,
               "seeds": {"n": int(seeds), "rows": {row: [
                   {"seed": r["seed"], "name": r["name"],
                    **seed_summary(results[0].rows, r["result"].rows)} for r in runs]
@@ -1059,14 +1061,17 @@ def gpu_note(machine: dict) -> str:
 def _thick_rule_note(report: dict) -> str:
     """How the report's trained rows used the veto's thick-layer rule, in words
     (:func:`_before_stop_34` reports ran when the rule was off by default)."""
-    thick = report.get("veto_thick_llr")
+    thick, add = report.get("veto_thick_llr"), report.get("veto_add_min_llr")
     since = not _before_stop_34(report)
+    adds = ("" if add is None else
+            f", its add rule at evidence {add:g} (an added voxel needs at least that; stop 36)")
     if thick is None:
-        return (" (its thick-layer rule off: `--veto-thick-llr off`)" if since else
+        return (" (its thick-layer rule off: `--veto-thick-llr off`)" + adds if since else
                 " (its thick-layer rule off, the default before stop 34)")
+    default = DEFAULT_THICK_LAYER_LLR if add is not None else 0.9    # 0.9 in stops 34-35
     return (f" with its thick-layer rule at evidence {thick:g} ("
-            + ("the default" if since and thick == DEFAULT_THICK_LAYER_LLR else
-               f"`--veto-thick-llr {thick:g}`") + "; docs/score-loss.md stops 32-34)")
+            + ("the default" if since and thick == default else
+               f"`--veto-thick-llr {thick:g}`") + "; docs/score-loss.md stops 32-36)" + adds)
 
 
 def render_report(json_path: Path, out_md: Path | None = None,

@@ -248,7 +248,14 @@ def test_the_thick_layer_veto_is_a_benchmark_setting(tmp_path, capsys):
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["veto_thick_llr"] == 0.8 and "--veto-thick-llr" not in report["command"]
     assert "thick-layer rule at evidence 0.8 (the default" in out.read_text()
+    assert "its add rule at evidence 0.25" in out.read_text() and report["veto_add_min_llr"] == 0.25
     assert all(read_prediction_info(c, "score")["veto_thick_llr"] == 0.8 for c in tests)
+    # a report of stops 34-35 (no add rule recorded) ran at that time's default, 0.9
+    older = {k: v for k, v in report.items() if k != "veto_add_min_llr"}
+    (tmp_path / "older.json").write_text(json.dumps(dict(older, veto_thick_llr=0.9)))
+    assert main(["benchmark", "--render", str(tmp_path / "older.json")]) == 0
+    text = (tmp_path / "older.md").read_text()
+    assert "thick-layer rule at evidence 0.9 (the default" in text and "add rule" not in text
     assert main(args + ["--reuse-models", "--veto-thick-llr", "off"]) == 0, capsys.readouterr().err
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["veto_thick_llr"] is None and "--veto-thick-llr off" in report["command"]

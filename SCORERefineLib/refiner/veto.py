@@ -83,10 +83,9 @@ class VetoLimits:
         if not np.isfinite(float(self.add_min_llr)):
             raise ValueError(f"appearance veto: add_min_llr must be a finite number (LLR units), "
                              f"got {self.add_min_llr!r}")
-        for name in ("remove_margin",):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"appearance veto: {name} must be >= 0 (LLR units), got "
-                                 f"{getattr(self, name)}")
+        if not self.remove_margin >= 0:
+            raise ValueError(f"appearance veto: remove_margin must be >= 0 (LLR units), got "
+                             f"{self.remove_margin}")
         if not 0.0 <= self.layer_share <= 1.0:
             raise ValueError(f"appearance veto: layer_share must be in [0, 1], got "
                              f"{self.layer_share}")
