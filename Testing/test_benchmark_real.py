@@ -155,6 +155,45 @@ def test_a_larger_error_model_builds_the_same_split_with_worse_initial_masks(tmp
     assert all(b < a for a, b in zip(initial_dice(tmp_path / "a"), initial_dice(tmp_path / "b")))
 
 
+def test_real_abdomen_hidden_is_the_seen_preset_at_the_hidden_sets_error_size(tmp_path):
+    """``--preset real_abdomen_hidden``: ``real_abdomen_seen`` with the error sizes x1.2 and more
+    errors of each kind (the organs at the hidden set's initial Dice); the benchmark builds its
+    cohort with that error model (the manifests record it), the report's cohort line says it,
+    and a bad error model is refused by name."""
+    import json
+    from dataclasses import asdict, replace
+
+    from SCORERefineLib.benchmark import cohort_line, make_real_split, real_config_of
+    from SCORERefineLib.regions import RegionParams
+
+    hidden, seen = PRESETS["real_abdomen_hidden"], PRESETS["real_abdomen_seen"]
+    assert replace(hidden, error_scale=1.0, error_prob=()) == seen
+    real = real_config_of(hidden)
+    assert real.leak_radius_mm == pytest.approx((9.6, 19.2)) and real.include_abdomen
+    assert dict(real.error_prob) == {"shift": 0.9, "leak": 0.9, "missing": 0.7, "holes": 0.5,
+                                     "blocky": 0.4}
+    assert real_config_of(seen).leak_radius_mm == (8.0, 16.0)
+    with pytest.raises(ValueError, match="unknown kind of error 'tears'"):
+        real_config_of(replace(hidden, error_prob=(("tears", 0.5),)))
+    with pytest.raises(ValueError, match="must lie in"):
+        real_config_of(replace(hidden, error_prob=(("leak", 1.5),)))
+    with pytest.raises(ValueError, match="error_scale must be positive"):
+        real_config_of(replace(hidden, error_scale=0.0))
+
+    cfg = replace(hidden, real_abdomen=False, real_structures=("vertebrae_cervical",),
+                  train_error_seeds=1, test_error_seeds=1)
+    make_real_split(tmp_path / "w", cfg, RegionParams(n_regions=4, band_mm=3.0, seed=0))
+    built = json.loads((tmp_path / "w" / "real_cohort_s0" / "real_cohort.json").read_text())
+    assert built["config"]["leak_radius_mm"] == pytest.approx([9.6, 19.2])
+    assert built["config"]["error_prob"]["leak"] == 0.9
+    line = cohort_line({"preset": "real_abdomen_hidden",
+                        "config": json.loads(json.dumps({**asdict(hidden), "n_train": 24,
+                                                         "n_test": 16}))})
+    assert "error model: sizes x1.2; chance per case of shift 0.9, leak 0.9" in line
+    assert "error model" not in cohort_line(
+        {"preset": "real_abdomen_seen", "config": {**asdict(seen), "n_train": 24, "n_test": 16}})
+
+
 def test_absent_shared_data_is_stated_and_a_preset_made_of_it_is_refused(tmp_path, monkeypatch):
     """Without ../shared/data the real cohort is built without the humeri (and the abdominal
     structures): the benchmark logs it and its report says the cohort is smaller than the

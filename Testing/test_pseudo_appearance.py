@@ -170,3 +170,22 @@ def test_pseudo_label_check_lifts_the_flip_limits_on_thin_regions(tmp_path):
     assert limited["changed_before"] < free["changed_before"]
     for k in ("changed_before", "removed_before", "added_before", "pseudo_dice_before"):
         assert lifted[k] == free[k]
+
+
+def test_benchmark_pseudo_label_table_labels_with_the_loss_the_model_was_trained_with(tmp_path):
+    """The benchmark's pseudo-label table uses the ``--loss-weights`` of its SCORE rows, not the
+    defaults: with flip limits the table counts the flips those limits leave (stop 36 found a
+    report trained with one loss and checked with another)."""
+    from SCORERefineLib.benchmark import pseudo_label_report
+    from SCORERefineLib.refiner.losses import ScoreLossWeights
+
+    ds = make_tiny_dataset(tmp_path / "ds", n=2, seed=5)
+    limits = "pseudo_remove_max_score=1,pseudo_add_max_score=1,pseudo_thin_mm=0"
+    limited = pseudo_label_report(ds, None, "cpu", score_loss=limits)["summary"]
+    free = pseudo_label_report(ds, None, "cpu", score_loss="broad")["summary"]
+    assert limited["changed_before"] < free["changed_before"]
+    direct = summarise_check(dataset_pseudo_label_check(
+        list_cases(ds), weights=ScoreLossWeights.parse(limits)))
+    assert limited["changed_before"] == direct["changed_before"]
+    defaults = summarise_check(dataset_pseudo_label_check(list_cases(ds)))
+    assert pseudo_label_report(ds, None, "cpu")["summary"]["changed_before"] == defaults["changed_before"]

@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--fast references, real_abdomen_x2: its training structures at two error "
                         "seeds (30 cases, the hidden set's size), real_abdomen_seen: the hidden "
                         "set's shape (liver, spleen, stomach, aorta at 6 training and 4 test error "
-                        "draws: 24 / 16 cases, the test anatomy seen in training), real_smoke: its "
+                        "draws: 24 / 16 cases, the test anatomy seen in training), real_abdomen_hidden: "
+                        "the same at the hidden set's error size (error sizes x1.2), real_smoke: its "
                         "test-sized version; perf: speed and memory at "
                         "real sizes -> docs/performance.md")
     p.add_argument("--out", type=Path, default=None,
