@@ -574,10 +574,9 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         from .realct import RealConfig, missing_shared_data
 
         how = "error draw" if int(cfg.test_error_seeds) > 0 else "structure"
+        model = error_model_text(cfg.error_scale, cfg.error_prob)
         log(f"[benchmark] building the real-CT cohort (split by {how}"
-            + (f"; error sizes x{cfg.error_scale:g}" if cfg.error_scale != 1.0 else "")
-            + (", error chances " + ", ".join(f"{k} {v:g}" for k, v in cfg.error_prob)
-               if cfg.error_prob else "")
+            + (f"; error model: {model}" if model else "")
             + f"), regions and simulated ratings in {workdir}")
         split, structures = make_real_split(workdir, cfg, params)   # refuses what it needs
         left_out = list(missing_shared_data(RealConfig(include_abdomen=cfg.real_abdomen),
@@ -940,14 +939,19 @@ def cohort_line(report: dict) -> str:
         cohort = (f"- preset `{report['preset']}`: {cfg['n_train']} training and {cfg['n_test']} "
                   f"held-out test cases of the `{cfg['phantom_preset']}` synthetic humerus cohort "
                   f"(seed {cfg['seed']}); ")
-    if cfg.get("cohort", "phantoms") == "real" and (float(cfg.get("error_scale", 1.0)) != 1.0
-                                                     or cfg.get("error_prob")):
-        cohort += (f"error model: sizes x{float(cfg.get('error_scale', 1.0)):g}"
-                   + ("; chance per case of " + ", ".join(
-                       f"{k} {float(v):g}" for k, v in cfg.get("error_prob") or ())
-                      if cfg.get("error_prob") else "")
-                   + " (the cohort's errors at another set's size); ")
+    model = error_model_text(cfg.get("error_scale", 1.0), cfg.get("error_prob") or ())
+    if cfg.get("cohort", "phantoms") == "real" and model:
+        cohort += f"error model: {model} (the cohort's errors at another set's size); "
     return cohort
+
+
+def error_model_text(error_scale: float, error_prob) -> str:
+    """``BenchConfig.error_scale``/``error_prob`` in words; "" for the cohort's own error model."""
+    if float(error_scale) == 1.0 and not error_prob:
+        return ""
+    return (f"sizes x{float(error_scale):g}"
+            + ("; chance per case of " + ", ".join(f"{k} {float(v):g}" for k, v in error_prob)
+               if error_prob else ""))
 
 
 def render_markdown(report: dict, command: str) -> str:

@@ -9,8 +9,9 @@ training, optionally with a larger error model on the real-CT presets, for studi
 
 ``--error-scale S`` multiplies the real cohort's error sizes (``realct.RealConfig``: boundary
 shift amplitude, leak, missing-part and hole radii) by S; ``--error-prob`` sets the chance of
-each kind of error per case (both replace the preset's own, ``benchmark.real_config_of``; the
-preset ``real_abdomen_hidden`` is ``real_abdomen_seen`` with the two settings above). Prints the mean initial Dice per split and structure, the figure to
+each kind of error per case (given either, both replace the preset's own error model,
+``benchmark.real_config_of``; the preset ``real_abdomen_hidden`` is ``real_abdomen_seen`` with
+the two settings above). Prints the mean initial Dice per split and structure, the figure to
 compare with another set's (the hidden set of issue 8: 0.888 over kidneys, spleen and liver).
 Everything in W is rebuilt.
 """
