@@ -54,6 +54,7 @@ from .pipeline import (EvalResult, Split, TrainResult, copy_with_noisy_ratings, 
 from .progress import CancelToken
 from .refiners import make_refiner, veto_limits_for
 from .refiner.veto import VetoLimits
+from .refiner.confidence import ConfidenceLimits
 from .regions import RegionParams
 from .scribbles import SECONDS_PER_SLICE, SECONDS_PER_STROKE
 
@@ -497,7 +498,8 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
                   log: Callable[[str], None] = print, steps: int | None = None,
                   efficiency: Sequence[float] | None = None, reuse_models: bool = False,
                   seeds: int = 1, veto_thick_llr: float | None = DEFAULT_THICK_LAYER_LLR,
-                  score_loss: str | None = None, train_only: bool = False) -> dict:
+                  score_loss: str | None = None, train_only: bool = False,
+                  confidence: bool = True) -> dict:
     """Run every row of ``preset``.
 
     Args:
@@ -527,6 +529,9 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
             ``scorerefine train --loss-weights`` takes them (e.g. ``"organs"``; None: the
             preset's, by default the loss defaults); refused by name before any work and
             recorded in the report's config (``score_loss``).
+        confidence: the trained rows (and the efficiency budgets) refine with the confidence
+            rule (:mod:`~.refiner.confidence`, ``scorerefine refine --no-confidence`` when
+            False); the report records its limits (``confidence``, None when off).
         train_only: train (or, with ``reuse_models``, reuse) every row's models and stop: no
             evaluation and no report. A later run with ``reuse_models`` evaluates them, so a
             long benchmark can be trained in one sitting and reported in another.
@@ -564,7 +569,8 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
     thick = veto_limits_for(veto_thick_llr).thick_layer_llr   # refused by name before any work
 
     def refiner_of(model: Path, **kw):
-        return make_refiner(model, device, veto_thick_llr=thick, **kw)
+        return make_refiner(model, device, veto_thick_llr=thick, confidence=bool(confidence),
+                            **kw)
 
     params = RegionParams(method=cfg.region_method, n_regions=cfg.n_regions, band_mm=cfg.band_mm,
                           seed=cfg.seed)
@@ -720,6 +726,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
               "structures": structures, "pseudo_labels": pseudo, "coverage": coverage,
               "reused_models": reused, "veto_thick_llr": thick,
               "veto_add_min_llr": VetoLimits().add_min_llr, "left_out": left_out,
+              "confidence": asdict(ConfidenceLimits()) if confidence else None,
               "seeds": {"n": int(seeds), "rows": {row: [
                   {"seed": r["seed"], "name": r["name"],
                    **seed_summary(results[0].rows, r["result"].rows)} for r in runs]
@@ -728,7 +735,8 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         report["efficiency"] = eff.run_budgets(
             split, cfg, efficiency, device=device, progress=progress, cancel=cancel, log=log,
             reuse={r: (by_row[r], trainings[r]) for r in by_row}, workdir=workdir,
-            initial_dice=by["initial"]["dice_mean"], veto_thick_llr=thick)
+            initial_dice=by["initial"]["dice_mean"], veto_thick_llr=thick,
+            confidence=bool(confidence))
     return report
 
 
@@ -899,7 +907,19 @@ def report_settings(report: dict) -> str:
                 "thick-layer rule off)")
     thick = report.get("veto_thick_llr")
     return (f"SCORE loss: {('`' + cfg['score_loss'] + '`') if cfg['score_loss'] else 'the defaults'}"
-            f"; thick-layer rule: {'off' if thick is None else f'{thick:g}'}")
+            f"; thick-layer rule: {'off' if thick is None else f'{thick:g}'}"
+            f"; confidence rule: {_confidence_words(report)}")
+
+
+def _confidence_words(report: dict) -> str:
+    """The confidence rule a report's trained rows ran with, in a few words (a report written
+    before stop 38 ran without it: the rule did not exist)."""
+    if "confidence" not in report:
+        return "none (before stop 38)"
+    c = report["confidence"]
+    if c is None:
+        return "off (`--no-confidence`)"
+    return f"added pieces need a peak of {c['add_peak']:g} or a support of {c['add_support']:g}"
 
 
 def _targets_table(targets: Sequence[dict]) -> list[str]:
@@ -1080,6 +1100,7 @@ def render_markdown(report: dict, command: str) -> str:
               "augmentation), then "
               "the do-no-harm guard, the cut-fragment rule and the appearance veto"
               + _thick_rule_note(report)
+              + "; " + _confidence_note(report)
               + "; what each took back is in the predictions' sidecars (docs/architecture.md).",
               "- Ablations (settings of the score mode's config; flags of `scorerefine train`): `--no-direction` drops every use of the "
               "over/under label; `--no-amount` drops every use of the score's size (the pseudo-label, "
@@ -1121,6 +1142,19 @@ def gpu_note(machine: dict) -> str:
         return f"this run used {machine['device']}."
     return ("none in this report: it ran on the CPU (no GPU was available to this run). On a GPU "
             "machine rerun the command with `--device cuda` and keep both reports.")
+
+
+def _confidence_note(report: dict) -> str:
+    """How the report's trained rows used the confidence rule (stop 38), in words."""
+    if "confidence" not in report:
+        return "without the confidence rule (this report predates it, stop 38)"
+    c = report["confidence"]
+    if c is None:
+        return "without the confidence rule (`--no-confidence`)"
+    return (f"before the guard, the confidence rule: an added piece of the proposal whose highest "
+            f"probability is below {c['add_peak']:g} and whose support (the mean probability of "
+            f"the initial mask within {c['support_voxels']} voxels of it) is below "
+            f"{c['add_support']:g} is taken back (the default; docs/score-loss.md stop 38)")
 
 
 def _thick_rule_note(report: dict) -> str:

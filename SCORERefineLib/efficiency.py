@@ -203,7 +203,8 @@ def noisy_rating_share(clean: Path, noisy: Path) -> dict[str, float]:
 def run_budgets(split, cfg, fractions: Sequence[float], device: str = "auto", progress: str = "none",
                 cancel=None, log: Callable[[str], None] = print, reuse: Optional[dict] = None,
                 initial_dice: float = float("nan"), workdir: Optional[Path] = None,
-                veto_thick_llr: Optional[float] = DEFAULT_THICK_LAYER_LLR) -> dict:
+                veto_thick_llr: Optional[float] = DEFAULT_THICK_LAYER_LLR,
+                confidence: bool = True) -> dict:
     """Train every :data:`METHODS` kind on each budget and evaluate it on the test split.
 
     Args:
@@ -261,7 +262,8 @@ def run_budgets(split, cfg, fractions: Sequence[float], device: str = "auto", pr
                 tr = train_model(dataset, workdir / "models" / f"{name}.pt",
                                  row_config(row, cfg, device, n_train=k), progress=progress, cancel=cancel)
                 res = evaluate_masks(split.test, name,
-                                     make_refiner(tr.model, device, veto_thick_llr=veto_thick_llr),
+                                     make_refiner(tr.model, device, veto_thick_llr=veto_thick_llr,
+                                                  confidence=confidence),
                                      cancel=cancel)
             stats = summarise(res.rows)
             gain = stats["dice"]["mean"] - initial_dice

@@ -15,7 +15,8 @@ Optional per-case context: a refiner with ``accepts_context = True`` is called a
 ``refiner(image, initial, context={"regions": Volume | None, "feedback": CaseFeedback | None})``
 by the prediction loop when the case has them; the plain ``refiner(image, initial)`` call keeps
 working. After a call, ``refiner.last_info`` (a dict, possibly empty) holds what the call wants in
-the prediction's sidecar (the model refiner's ``guard`` report).
+the prediction's sidecar (the model refiner's ``confidence``, ``guard``, ``fragments`` and
+``veto`` reports).
 
 :func:`make_refiner` takes a built-in name from ``catalog.BUILTIN_REFINERS`` or a checkpoint path.
 Reading and writing case folders is :mod:`SCORERefineLib.predictions`' job. This module does not
@@ -25,6 +26,7 @@ import torch at import time.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
@@ -105,6 +107,13 @@ class ModelRefiner:
             this (``VetoLimits.thick_layer_llr``; default
             :data:`~SCORERefineLib.catalog.DEFAULT_THICK_LAYER_LLR`, 0.8; None = off): a
             layer peeled more than two voxels deep otherwise passes as a cut protrusion.
+        confidence: the confidence rule, before the guard: added pieces of the proposal that
+            the network is nowhere sure of and that grow from a part of the initial mask it
+            doubts are taken back (:func:`~SCORERefineLib.refiner.confidence.take_back_unsure_additions`;
+            ``True``: :class:`~SCORERefineLib.refiner.confidence.ConfidenceLimits` defaults,
+            a ``ConfidenceLimits``: those, ``False``: off). Applies with ``guard=False`` too (it is
+            part of turning the probability into a proposal). Reported in
+            ``last_info["confidence"]``.
         tta: test-time augmentation: each sliding window's probability is the mean over its
             16 flipped and turned views
             (:func:`~SCORERefineLib.refiner.inference.view_mean_probability`; 16 network passes
@@ -137,7 +146,8 @@ class ModelRefiner:
                  fragment_share: float | None = None,
                  also: Sequence[str | os.PathLike] = (),
                  veto: bool = True, tta: bool = True,
-                 veto_thick_llr: float | None = DEFAULT_THICK_LAYER_LLR):
+                 veto_thick_llr: float | None = DEFAULT_THICK_LAYER_LLR,
+                 confidence: "ConfidenceLimits | bool | None" = True):
         from .refiner.inference import MeanProbability, load_model, resolve_device, tta_allowed
 
         self.path = Path(path)
@@ -154,12 +164,15 @@ class ModelRefiner:
             self.model = MeanProbability(members)
         self.cancel, self.progress = cancel, progress
         self.veto_limits = veto_limits_for(veto_thick_llr)
+        self.confidence = confidence_limits_for(confidence)
         self.settings = {"method": self.name, "model": str(self.path), "device": str(self.device),
                          "margin_mm": float(margin_mm), "threshold": float(threshold),
                          "overlap": float(overlap), "sw_batch_size": int(sw_batch_size),
                          "guard": bool(guard), "fragment_share": _fragment_share(fragment_share),
                          "veto": bool(veto),
                          "veto_thick_llr": self.veto_limits.thick_layer_llr,
+                         "confidence": (None if self.confidence is None
+                                        else asdict(self.confidence)),
                          "tta": bool(tta) and views_suit}
         if also:
             self.settings["ensemble"] = [str(self.path)] + [str(Path(p)) for p in also]
@@ -189,9 +202,13 @@ class ModelRefiner:
             raise InputError("a trained refiner needs the CT image (--image) besides the mask.")
         s = self.settings
         self.last_info = {}
+        stages: dict = {}
         proposed = refine_volume(self.model, self.metadata, image, initial, self.device,
                                  s["margin_mm"], s["threshold"], s["overlap"], s["sw_batch_size"],
-                                 progress=self.progress, cancel=self.cancel, tta=s["tta"])
+                                 progress=self.progress, cancel=self.cancel, tta=s["tta"],
+                                 timings=stages, confidence=self.confidence)
+        if "confidence" in stages:
+            self.last_info["confidence"] = stages["confidence"]
         if not s["guard"]:
             return proposed
         from .refiner.guard import guard_volume
@@ -205,7 +222,7 @@ class ModelRefiner:
         report["margin_source"] = source
         report["used_regions"] = regions is not None
         report["used_ratings"] = feedback is not None and regions is not None
-        self.last_info = {"guard": report}
+        self.last_info["guard"] = report
         if s["fragment_share"] > 0:
             kept, frag = drop_cut_fragments(initial.array, out.array, s["fragment_share"])
             out = initial.with_array(kept)
@@ -297,6 +314,25 @@ BUILTIN: dict[str, type] = {
 }
 
 
+def confidence_limits_for(setting) -> "ConfidenceLimits | None":
+    """The confidence rule's limits from a refiner setting: True (the defaults), False or None
+    (off) or a :class:`~.refiner.confidence.ConfidenceLimits`.
+
+    Raises:
+        InputError: anything else (named, with the fix).
+    """
+    from .refiner.confidence import ConfidenceLimits
+
+    if setting is True:
+        return ConfidenceLimits()
+    if setting is False or setting is None:
+        return None
+    if isinstance(setting, ConfidenceLimits):
+        return setting
+    raise InputError(f"the confidence rule takes True (on, the defaults), False (off) or a "
+                     f"ConfidenceLimits, got {setting!r}")
+
+
 def checkpoint_list(text: str) -> list[Path]:
     """The checkpoints of a ``;``-separated list (the panel's "Also average" field; blanks
     ignored), each checked to exist.
@@ -322,7 +358,7 @@ def make_refiner(name_or_path: str | os.PathLike, device: str = "auto", **settin
         device: device of a model refiner (ignored by the built-ins).
         **settings: the refiner's own settings (``closing_mm`` for classical; ``margin_mm``,
             ``threshold``, ``overlap``, ``sw_batch_size``, ``cancel``, ``progress``, ``guard``,
-            ``fragment_share``, ``veto``, ``veto_thick_llr``, ``tta`` and ``also`` (more
+            ``fragment_share``, ``veto``, ``veto_thick_llr``, ``confidence``, ``tta`` and ``also`` (more
             checkpoints to average with) for a model).
 
     Returns:

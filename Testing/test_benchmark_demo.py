@@ -237,25 +237,38 @@ def test_the_thick_layer_veto_is_a_benchmark_setting(tmp_path, capsys):
     work, out = tmp_path / "work", tmp_path / "docs" / "b.md"
     args = ["benchmark", "--preset", "smoke", "--rows", "score", "--workdir", str(work),
             "--out", str(out), "--device", "cpu", "--progress", "none"]
-    assert main(args + ["--veto-thick-llr", "1.0"]) == 0, capsys.readouterr().err
+    # (the confidence rule, stop 38, rides along: off here, on by default below)
+    assert main(args + ["--veto-thick-llr", "1.0", "--no-confidence"]) == 0, \
+        capsys.readouterr().err
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["veto_thick_llr"] == 1.0 and "--veto-thick-llr 1" in report["command"]
     assert "thick-layer rule at evidence 1" in out.read_text()
+    assert report["confidence"] is None and "--no-confidence" in report["command"]
+    assert "without the confidence rule (`--no-confidence`)" in out.read_text()
     tests = list_cases(work / "test")
     infos = [read_prediction_info(c, "score") for c in tests]
     assert all(i["veto_thick_llr"] == 1.0 and "vetoed_removed_thick" in i["veto"] for i in infos)
+    assert all(i["confidence"] is None for i in infos)
     assert main(args + ["--reuse-models"]) == 0, capsys.readouterr().err
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["veto_thick_llr"] == 0.8 and "--veto-thick-llr" not in report["command"]
     assert "thick-layer rule at evidence 0.8 (the default" in out.read_text()
     assert "its add rule at evidence 0.25" in out.read_text() and report["veto_add_min_llr"] == 0.25
     assert all(read_prediction_info(c, "score")["veto_thick_llr"] == 0.8 for c in tests)
-    # a report of stops 34-35 (no add rule recorded) ran at that time's default, 0.9
-    older = {k: v for k, v in report.items() if k != "veto_add_min_llr"}
+    limits = {"add_peak": 0.9, "add_support": 0.85, "support_voxels": 2}
+    assert report["confidence"] == limits and "--no-confidence" not in report["command"]
+    assert "the confidence rule: an added piece" in out.read_text()
+    infos = [read_prediction_info(c, "score") for c in tests]     # the sidecar: the report
+    assert all(i["confidence"]["limits"] == limits and i["confidence"]["taken_back_voxels"] >= 0
+               for i in infos)
+    # a report of stops 34-35 (no add rule recorded) ran at that time's default, 0.9, and
+    # without the confidence rule (none recorded: it did not exist)
+    older = {k: v for k, v in report.items() if k not in ("veto_add_min_llr", "confidence")}
     (tmp_path / "older.json").write_text(json.dumps(dict(older, veto_thick_llr=0.9)))
     assert main(["benchmark", "--render", str(tmp_path / "older.json")]) == 0
     text = (tmp_path / "older.md").read_text()
     assert "thick-layer rule at evidence 0.9 (the default" in text and "add rule" not in text
+    assert "without the confidence rule (this report predates it" in text
     assert main(args + ["--reuse-models", "--veto-thick-llr", "off"]) == 0, capsys.readouterr().err
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["veto_thick_llr"] is None and "--veto-thick-llr off" in report["command"]

@@ -50,6 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"trained rows refine with the appearance veto's thick-layer rule at this "
                         f"evidence threshold (as `scorerefine refine --veto-thick-llr`; default "
                         f"{DEFAULT_THICK_LAYER_LLR:g}, 'off' switches it off); the report says so")
+    p.add_argument("--no-confidence", dest="confidence", action="store_false",
+                   help="trained rows refine without the confidence rule (as `scorerefine refine "
+                        "--no-confidence`: every added piece of the proposal kept); the report "
+                        "says so")
     p.add_argument("--loss-weights", default=None, metavar="SPEC",
                    help="SCORE loss weights of the rows trained in the score mode, as `scorerefine "
                         "train --loss-weights` takes them (e.g. organs); default: the loss "
@@ -119,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
                            reuse_models=getattr(args, "reuse_models", False), seeds=seeds,
                            veto_thick_llr=getattr(args, "veto_thick_llr", DEFAULT_THICK_LAYER_LLR),
                            score_loss=getattr(args, "loss_weights", None),
+                           confidence=getattr(args, "confidence", True),
                            train_only=getattr(args, "train_only", False))
     if getattr(args, "train_only", False):
         for name, path in report["trained"].items():
@@ -153,6 +158,8 @@ def _command_of(args, rows, steps, efficiency) -> str:
         parts += ["--veto-thick-llr", "off" if thick is None else f"{thick:g}"]
     if getattr(args, "loss_weights", None):
         parts += ["--loss-weights", args.loss_weights]
+    if not getattr(args, "confidence", True):
+        parts += ["--no-confidence"]
     if efficiency:
         parts += ["--efficiency", *(f"{f:g}" for f in efficiency)]
     if args.rows:

@@ -89,6 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           f"switches the rule off): a layer peeled more than two voxels deep "
                           f"otherwise passes as a cut protrusion (docs/score-loss.md, stops "
                           f"32-34)")
+    net.add_argument("--no-confidence", dest="confidence", action="store_false",
+                     help="keep every added piece of the network's proposal (ablations). By "
+                          "default an added piece whose highest probability is below 0.9 and "
+                          "that grows from a part of the mask the network doubts (mean "
+                          "probability below 0.85 next to it) is taken back (reported in the "
+                          "sidecar's 'confidence'; docs/score-loss.md stop 38)")
     net.add_argument("--no-tta", dest="tta", action="store_false",
                      help="one network pass per window instead of the mean over its 16 flipped "
                           "and turned views (test-time augmentation, the default: 16 times the "
@@ -170,7 +176,8 @@ def _make(args: argparse.Namespace, classical: bool, mode: str, cancel):
                            also=getattr(args, "also_model", None) or (),
                            veto=getattr(args, "veto", True), tta=getattr(args, "tta", True),
                            veto_thick_llr=getattr(args, "veto_thick_llr",
-                                                  DEFAULT_THICK_LAYER_LLR))
+                                                  DEFAULT_THICK_LAYER_LLR),
+                           confidence=getattr(args, "confidence", True))
     return refiner, close
 
 

@@ -37,6 +37,7 @@ from ..errors import CheckpointError, InputError, SCORERefineError
 from ..imageio import Geometry, Volume, check_same_grid, read_image, read_mask, write_volume
 from ..progress import CancelToken, Progress
 from .device import memory_format, resolve_device, to_memory_format
+from .confidence import ConfidenceLimits, empty_report, merge_reports, take_back_unsure_additions
 from .inputs import make_input
 
 __all__ = ["resolve_device", "load_model", "roi_slices", "context_slices", "crop_geometry", "count_windows",
@@ -364,7 +365,8 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
                   per_component: bool = True, band_only: bool = True,
                   skip_far_windows: bool = True, resample: bool = True,
                   num_threads: Optional[int] = None, timings: Optional[dict] = None,
-                  tta: bool = True) -> Volume | tuple[Volume, Volume]:
+                  tta: bool = True, confidence: Optional[ConfidenceLimits] = None
+                  ) -> Volume | tuple[Volume, Volume]:
     """Refine ``initial`` (binary, on ``image``'s grid) with ``model``; a uint8 {0,1} Volume.
 
     ``image``: CT in HU, array (z, y, x). ``metadata``: the checkpoint metadata (``channels``,
@@ -393,7 +395,10 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
     ``os.sched_getaffinity``; 0 leaves torch's setting), restored afterwards. ``timings``: a dict
     filled with the stages' seconds (``input_s``, ``network_s``, ``paste_s``), ``windows_run`` /
     ``windows_total``, ``n_rois``, ``input_shapes`` (for :func:`forward_floor`) and
-    ``passes_per_window`` (16 with test-time augmentation, else 1).
+    ``passes_per_window`` (16 with test-time augmentation, else 1), and with ``confidence`` its
+    report (``confidence``). ``confidence``: :class:`~.confidence.ConfidenceLimits`: in each ROI,
+    the added pieces the network is unsure of are taken back after the threshold
+    (:func:`~.confidence.take_back_unsure_additions`; the returned probability is not changed).
     """
     t_start = time.perf_counter()
     check_same_grid(image.geometry, initial.geometry, "image", "initial mask")
@@ -428,6 +433,8 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
              "windows_total": 0, "n_rois": len(rois), "input_shapes": [],
              "resampled_to": list(train_sp) if train_sp else None,
              "passes_per_window": len(views)}
+    if confidence is not None:
+        stats["confidence"] = empty_report(confidence)
 
     threads_before = torch.get_num_threads()
     want = default_num_threads() if num_threads is None else int(num_threads)
@@ -468,6 +475,9 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
                 keep = ~stats.pop("_band")[inner]
                 new[keep] = mask0[roi][keep]
                 roi_prob = np.where(keep, mask0[roi].astype(np.float32), roi_prob)
+            if confidence is not None:
+                new, part = take_back_unsure_additions(mask0[roi], new, roi_prob, confidence)
+                merge_reports(stats["confidence"], part)
             refined[roi] = new
             if full is not None:
                 full[roi] = roi_prob
