@@ -46,7 +46,7 @@ import numpy as np
 from . import __version__
 from .atomicio import atomic_write_text
 from .case import list_cases
-from .catalog import DEFAULT_THICK_LAYER_LLR, TRAINING_MODES
+from .catalog import ADD_THRESHOLDS, DEFAULT_THICK_LAYER_LLR, TRAINING_MODES
 from .feedback import load_feedback
 from .metrics import compare
 from .pipeline import (EvalResult, Split, TrainResult, copy_with_noisy_ratings, evaluate_masks,
@@ -55,6 +55,7 @@ from .progress import CancelToken
 from .refiners import make_refiner, veto_limits_for
 from .refiner.veto import VetoLimits
 from .refiner.confidence import ConfidenceLimits
+from .refiner.decision import check_threshold
 from .regions import RegionParams
 from .scribbles import SECONDS_PER_SLICE, SECONDS_PER_STROKE
 
@@ -499,7 +500,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
                   efficiency: Sequence[float] | None = None, reuse_models: bool = False,
                   seeds: int = 1, veto_thick_llr: float | None = DEFAULT_THICK_LAYER_LLR,
                   score_loss: str | None = None, train_only: bool = False,
-                  confidence: bool = True) -> dict:
+                  confidence: bool = True, add_threshold: float | None = None) -> dict:
     """Run every row of ``preset``.
 
     Args:
@@ -532,6 +533,10 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         confidence: the trained rows (and the efficiency budgets) refine with the confidence
             rule (:mod:`~.refiner.confidence`, ``scorerefine refine --no-confidence`` when
             False); the report records its limits (``confidence``, None when off).
+        add_threshold: the trained rows (and the efficiency budgets) add voxels from this
+            probability (``scorerefine refine --add-threshold``); None: each model at its training
+            mode's default (:data:`~.catalog.ADD_THRESHOLDS`). Recorded in the report
+            (``add_threshold``).
         train_only: train (or, with ``reuse_models``, reuse) every row's models and stop: no
             evaluation and no report. A later run with ``reuse_models`` evaluates them, so a
             long benchmark can be trained in one sitting and reported in another.
@@ -567,10 +572,12 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
         raise ValueError(f"unknown benchmark rows {sorted(unknown)}; known: {list(ROW_TRAINING)}")
     workdir = Path(workdir)
     thick = veto_limits_for(veto_thick_llr).thick_layer_llr   # refused by name before any work
+    if add_threshold is not None:
+        add_threshold = check_threshold(add_threshold, "add threshold")
 
     def refiner_of(model: Path, **kw):
         return make_refiner(model, device, veto_thick_llr=thick, confidence=bool(confidence),
-                            **kw)
+                            add_threshold=add_threshold, **kw)
 
     params = RegionParams(method=cfg.region_method, n_regions=cfg.n_regions, band_mm=cfg.band_mm,
                           seed=cfg.seed)
@@ -727,6 +734,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
               "reused_models": reused, "veto_thick_llr": thick,
               "veto_add_min_llr": VetoLimits().add_min_llr, "left_out": left_out,
               "confidence": asdict(ConfidenceLimits()) if confidence else None,
+              "add_threshold": add_threshold_report(add_threshold),
               "seeds": {"n": int(seeds), "rows": {row: [
                   {"seed": r["seed"], "name": r["name"],
                    **seed_summary(results[0].rows, r["result"].rows)} for r in runs]
@@ -736,7 +744,7 @@ def run_benchmark(preset: str, workdir: Path, device: str = "auto", progress: st
             split, cfg, efficiency, device=device, progress=progress, cancel=cancel, log=log,
             reuse={r: (by_row[r], trainings[r]) for r in by_row}, workdir=workdir,
             initial_dice=by["initial"]["dice_mean"], veto_thick_llr=thick,
-            confidence=bool(confidence))
+            confidence=bool(confidence), add_threshold=add_threshold)
     return report
 
 
@@ -908,7 +916,27 @@ def report_settings(report: dict) -> str:
     thick = report.get("veto_thick_llr")
     return (f"SCORE loss: {('`' + cfg['score_loss'] + '`') if cfg['score_loss'] else 'the defaults'}"
             f"; thick-layer rule: {'off' if thick is None else f'{thick:g}'}"
-            f"; confidence rule: {_confidence_words(report)}")
+            f"; confidence rule: {_confidence_words(report)}"
+            f"; add threshold: {_add_threshold_words(report)}")
+
+
+def add_threshold_report(given: float | None) -> dict:
+    """What a report records of the add threshold: the one given to every trained row
+    (``given``, None when each model used its mode's default) and the defaults by mode (the
+    other modes add at the plain threshold, 0.5)."""
+    return {"given": None if given is None else float(given), "by_mode": dict(ADD_THRESHOLDS)}
+
+
+def _add_threshold_words(report: dict) -> str:
+    """The add threshold a report's trained rows refined at, in a few words (a report written
+    before stop 39 added at the plain 0.5 in every mode)."""
+    c = report.get("add_threshold")
+    if c is None:
+        return "0.5 in every mode (before stop 39)"
+    if c.get("given") is not None:
+        return f"{c['given']:g} in every mode (`--add-threshold {c['given']:g}`)"
+    modes = ", ".join(f"{m} {t:g}" for m, t in sorted((c.get("by_mode") or {}).items()))
+    return f"{modes + ', ' if modes else ''}the others 0.5"
 
 
 def _confidence_words(report: dict) -> str:
@@ -1101,6 +1129,9 @@ def render_markdown(report: dict, command: str) -> str:
               "the do-no-harm guard, the cut-fragment rule and the appearance veto"
               + _thick_rule_note(report)
               + "; " + _confidence_note(report)
+              + "; voxels outside the initial mask are added from a probability of "
+              + _add_threshold_words(report)
+              + " (removals at the plain 0.5; docs/score-loss.md stop 39)"
               + "; what each took back is in the predictions' sidecars (docs/architecture.md).",
               "- Ablations (settings of the score mode's config; flags of `scorerefine train`): `--no-direction` drops every use of the "
               "over/under label; `--no-amount` drops every use of the score's size (the pseudo-label, "

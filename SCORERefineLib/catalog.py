@@ -66,6 +66,23 @@ HYBRID_INDICATORS: dict[str, Entry] = _index(
 #: after a third unseen bone's peel at mean evidence +0.86 (docs/score-loss.md, stops 35-36)
 DEFAULT_THICK_LAYER_LLR = 0.8
 
+#: the add threshold a trained model refines at by default, by training mode
+#: (``refiner.decision.decide_change``; ``refine --add-threshold``): a voxel outside the initial
+#: mask is added where the network's probability is at least this (removals keep the plain
+#: threshold, 0.5). SCORE's targets keep most of the initial mask, so its right additions'
+#: probabilities fall short of 0.5: adding from 0.4 gained more on every development preset at
+#: both seeds without a case made worse (docs/score-loss.md, stop 39). Modes not listed add at
+#: the plain threshold.
+ADD_THRESHOLDS: dict[str, float] = {"score": 0.4}
+
+
+def add_threshold_for(mode: str | None) -> float | None:
+    """The default add threshold of a model trained in ``mode``; None: the plain threshold (a
+    mode not in :data:`ADD_THRESHOLDS`, or unknown)."""
+    value = ADD_THRESHOLDS.get(str(mode or ""))
+    return None if value is None else float(value)
+
+
 #: score mode: named loss-weight settings (``refiner.losses.ScoreLossWeights.PROFILES`` plus
 #: the defaults; ``--loss-weights NAME``)
 SCORE_PROFILES: dict[str, Entry] = _index(

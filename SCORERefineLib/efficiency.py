@@ -204,7 +204,7 @@ def run_budgets(split, cfg, fractions: Sequence[float], device: str = "auto", pr
                 cancel=None, log: Callable[[str], None] = print, reuse: Optional[dict] = None,
                 initial_dice: float = float("nan"), workdir: Optional[Path] = None,
                 veto_thick_llr: Optional[float] = DEFAULT_THICK_LAYER_LLR,
-                confidence: bool = True) -> dict:
+                confidence: bool = True, add_threshold: Optional[float] = None) -> dict:
     """Train every :data:`METHODS` kind on each budget and evaluate it on the test split.
 
     Args:
@@ -263,7 +263,8 @@ def run_budgets(split, cfg, fractions: Sequence[float], device: str = "auto", pr
                                  row_config(row, cfg, device, n_train=k), progress=progress, cancel=cancel)
                 res = evaluate_masks(split.test, name,
                                      make_refiner(tr.model, device, veto_thick_llr=veto_thick_llr,
-                                                  confidence=confidence),
+                                                  confidence=confidence,
+                                                  add_threshold=add_threshold),
                                      cancel=cancel)
             stats = summarise(res.rows)
             gain = stats["dice"]["mean"] - initial_dice

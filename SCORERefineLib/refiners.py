@@ -83,7 +83,13 @@ class ModelRefiner:
         path: checkpoint written by ``scorerefine train``.
         device: ``auto`` | ``cpu`` | ``cuda[:N]``.
         margin_mm, threshold, overlap, sw_batch_size: inference settings
-            (:func:`~SCORERefineLib.refiner.inference.refine_volume`).
+            (:func:`~SCORERefineLib.refiner.inference.refine_volume`; ``threshold``: a voxel of
+            the initial mask is kept where the probability is at least this).
+        add_threshold: a voxel outside the initial mask is added where the probability is at
+            least this (:func:`~SCORERefineLib.refiner.decision.decide_change`). None: the
+            default of the checkpoint's training mode
+            (:func:`~SCORERefineLib.catalog.add_threshold_for`: 0.4 for score), or ``threshold``
+            for the other modes. ``settings["add_threshold_source"]`` says which.
         cancel: checked between sliding windows.
         progress: ``progress(done, total)`` over sliding windows.
         guard: clip the network's proposal with the do-no-harm guard
@@ -147,7 +153,9 @@ class ModelRefiner:
                  also: Sequence[str | os.PathLike] = (),
                  veto: bool = True, tta: bool = True,
                  veto_thick_llr: float | None = DEFAULT_THICK_LAYER_LLR,
-                 confidence: "ConfidenceLimits | bool | None" = True):
+                 confidence: "ConfidenceLimits | bool | None" = True,
+                 add_threshold: float | None = None):
+        from .refiner.decision import check_threshold
         from .refiner.inference import MeanProbability, load_model, resolve_device, tta_allowed
 
         self.path = Path(path)
@@ -165,8 +173,11 @@ class ModelRefiner:
         self.cancel, self.progress = cancel, progress
         self.veto_limits = veto_limits_for(veto_thick_llr)
         self.confidence = confidence_limits_for(confidence)
+        threshold = check_threshold(threshold)
+        add_threshold, add_source = self._add_threshold(add_threshold, threshold)
         self.settings = {"method": self.name, "model": str(self.path), "device": str(self.device),
-                         "margin_mm": float(margin_mm), "threshold": float(threshold),
+                         "margin_mm": float(margin_mm), "threshold": threshold,
+                         "add_threshold": add_threshold, "add_threshold_source": add_source,
                          "overlap": float(overlap), "sw_batch_size": int(sw_batch_size),
                          "guard": bool(guard), "fragment_share": _fragment_share(fragment_share),
                          "veto": bool(veto),
@@ -181,6 +192,20 @@ class ModelRefiner:
             limits, source = self.guard_limits()
             self.settings.update(guard_margin_mm=float(limits.margin_mm),
                                  guard_margin_source=source)
+
+    def _add_threshold(self, given: float | None, threshold: float) -> tuple[float, str]:
+        """``(add threshold, where it came from)``: the one given, else the training mode's
+        default (``mode <name>``), else ``threshold`` (``threshold``)."""
+        from .catalog import add_threshold_for
+        from .refiner.decision import check_threshold
+
+        if given is not None:
+            return check_threshold(given, "add threshold"), "given"
+        mode = (self.metadata or {}).get("mode")
+        default = add_threshold_for(mode)
+        if default is None:
+            return threshold, "threshold"
+        return default, f"mode {mode}"
 
     def guard_limits(self):
         """``(GuardLimits, source)``: the training band from the checkpoint's metadata when it
@@ -206,7 +231,8 @@ class ModelRefiner:
         proposed = refine_volume(self.model, self.metadata, image, initial, self.device,
                                  s["margin_mm"], s["threshold"], s["overlap"], s["sw_batch_size"],
                                  progress=self.progress, cancel=self.cancel, tta=s["tta"],
-                                 timings=stages, confidence=self.confidence)
+                                 timings=stages, confidence=self.confidence,
+                                 add_threshold=s["add_threshold"])
         if "confidence" in stages:
             self.last_info["confidence"] = stages["confidence"]
         if not s["guard"]:
@@ -357,7 +383,7 @@ def make_refiner(name_or_path: str | os.PathLike, device: str = "auto", **settin
             of a checkpoint.
         device: device of a model refiner (ignored by the built-ins).
         **settings: the refiner's own settings (``closing_mm`` for classical; ``margin_mm``,
-            ``threshold``, ``overlap``, ``sw_batch_size``, ``cancel``, ``progress``, ``guard``,
+            ``threshold``, ``add_threshold``, ``overlap``, ``sw_batch_size``, ``cancel``, ``progress``, ``guard``,
             ``fragment_share``, ``veto``, ``veto_thick_llr``, ``confidence``, ``tta`` and ``also`` (more
             checkpoints to average with) for a model).
 

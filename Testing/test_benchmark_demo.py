@@ -237,8 +237,10 @@ def test_the_thick_layer_veto_is_a_benchmark_setting(tmp_path, capsys):
     work, out = tmp_path / "work", tmp_path / "docs" / "b.md"
     args = ["benchmark", "--preset", "smoke", "--rows", "score", "--workdir", str(work),
             "--out", str(out), "--device", "cpu", "--progress", "none"]
-    # (the confidence rule, stop 38, rides along: off here, on by default below)
-    assert main(args + ["--veto-thick-llr", "1.0", "--no-confidence"]) == 0, \
+    # (the confidence rule, stop 38, and the add threshold, stop 39, ride along: off and given
+    # here, on and by mode below)
+    assert main(args + ["--veto-thick-llr", "1.0", "--no-confidence", "--add-threshold", "0.45"]
+                ) == 0, \
         capsys.readouterr().err
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["veto_thick_llr"] == 1.0 and "--veto-thick-llr 1" in report["command"]
@@ -249,6 +251,10 @@ def test_the_thick_layer_veto_is_a_benchmark_setting(tmp_path, capsys):
     infos = [read_prediction_info(c, "score") for c in tests]
     assert all(i["veto_thick_llr"] == 1.0 and "vetoed_removed_thick" in i["veto"] for i in infos)
     assert all(i["confidence"] is None for i in infos)
+    assert report["add_threshold"]["given"] == 0.45 and "--add-threshold 0.45" in report["command"]
+    assert "added from a probability of 0.45 in every mode (`--add-threshold 0.45`)" in \
+        out.read_text()
+    assert all((i["add_threshold"], i["add_threshold_source"]) == (0.45, "given") for i in infos)
     assert main(args + ["--reuse-models"]) == 0, capsys.readouterr().err
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["veto_thick_llr"] == 0.8 and "--veto-thick-llr" not in report["command"]
@@ -261,14 +267,21 @@ def test_the_thick_layer_veto_is_a_benchmark_setting(tmp_path, capsys):
     infos = [read_prediction_info(c, "score") for c in tests]     # the sidecar: the report
     assert all(i["confidence"]["limits"] == limits and i["confidence"]["taken_back_voxels"] >= 0
                for i in infos)
+    assert report["add_threshold"] == {"given": None, "by_mode": {"score": 0.4}}
+    assert "--add-threshold" not in report["command"]
+    assert "added from a probability of score 0.4, the others 0.5" in out.read_text()
+    assert all((i["add_threshold"], i["add_threshold_source"]) == (0.4, "mode score")
+               for i in infos)
     # a report of stops 34-35 (no add rule recorded) ran at that time's default, 0.9, and
     # without the confidence rule (none recorded: it did not exist)
-    older = {k: v for k, v in report.items() if k not in ("veto_add_min_llr", "confidence")}
+    older = {k: v for k, v in report.items()
+             if k not in ("veto_add_min_llr", "confidence", "add_threshold")}
     (tmp_path / "older.json").write_text(json.dumps(dict(older, veto_thick_llr=0.9)))
     assert main(["benchmark", "--render", str(tmp_path / "older.json")]) == 0
     text = (tmp_path / "older.md").read_text()
     assert "thick-layer rule at evidence 0.9 (the default" in text and "add rule" not in text
     assert "without the confidence rule (this report predates it" in text
+    assert "added from a probability of 0.5 in every mode (before stop 39)" in text
     assert main(args + ["--reuse-models", "--veto-thick-llr", "off"]) == 0, capsys.readouterr().err
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["veto_thick_llr"] is None and "--veto-thick-llr off" in report["command"]

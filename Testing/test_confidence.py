@@ -9,12 +9,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from SCORERefineLib.case import get_case, write_case
 from SCORERefineLib.imageio import Geometry, Volume
 from SCORERefineLib.refiner.confidence import ConfidenceLimits, take_back_unsure_additions
+from toy_models import ProbabilityModel, hu_of
 
 SHAPE = (12, 24, 36)
 
@@ -69,25 +68,8 @@ def test_the_limits_decide_and_bad_limits_are_refused():
         take_back_unsure_additions(m0, proposal[:-1], prob)
 
 
-class _ProbabilityModel(nn.Module):
-    """Logits whose sigmoid is the windowed CT itself: the probability is set by the image (HU ->
-    (HU + 300) / 2000), the same in every flipped view."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv3d(3, 1, 1)
-
-    def forward(self, x):
-        p = x[:, :1].clamp(1e-4, 1 - 1e-4)
-        return torch.log(p) - torch.log1p(-p)
-
-
 GEOM = Geometry(size=(SHAPE[2], SHAPE[1], SHAPE[0]), spacing=(1.0, 1.0, 1.0),
                 origin=(0.0, 0.0, 0.0), direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-
-
-def _hu(prob):
-    return (prob * 2000.0 - 300.0).astype(np.float32)
 
 
 @pytest.fixture
@@ -105,8 +87,8 @@ def test_refine_volume_applies_the_rule_per_roi_and_reports_it():
     from SCORERefineLib.refiner.inference import refine_volume
 
     m0, prob, a, b, c, removed = _scene()
-    image, initial = Volume(_hu(prob), GEOM), Volume(m0, GEOM)
-    model = _ProbabilityModel()
+    image, initial = Volume(hu_of(prob), GEOM), Volume(m0, GEOM)
+    model = ProbabilityModel()
     meta = {"channels": ["ct", "initial", "edge"], "patch_size": [12, 16, 16]}
     plain = refine_volume(model, meta, image, initial, "cpu", margin_mm=4.0)
     assert plain.array[a].all() and plain.array[b].all() and plain.array[c].all()
@@ -127,10 +109,10 @@ def test_model_refiner_cli_and_sidecar(tmp_path, checkpoint, monkeypatch):
     from SCORERefineLib.refiner import inference
     from SCORERefineLib.refiners import make_refiner
 
-    monkeypatch.setattr(inference, "load_model", lambda path, device: (_ProbabilityModel(), {
+    monkeypatch.setattr(inference, "load_model", lambda path, device: (ProbabilityModel(), {
         "channels": ["ct", "initial", "edge"], "patch_size": [12, 16, 16]}))
     m0, prob, a, b, c, _ = _scene()
-    image, initial = Volume(_hu(prob), GEOM), Volume(m0, GEOM)
+    image, initial = Volume(hu_of(prob), GEOM), Volume(m0, GEOM)
     refiner = make_refiner(checkpoint, device="cpu", veto=False, margin_mm=4.0)
     assert refiner.settings["confidence"] == {"add_peak": 0.9, "add_support": 0.85,
                                               "support_voxels": 2}

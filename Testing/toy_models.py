@@ -3,6 +3,7 @@ refiner's channels: 0 windowed CT, 1 initial mask, 2 edge prior)."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -27,3 +28,21 @@ class CTThresholdModel(nn.Module):
 
     def forward(self, x):
         return 40.0 * (x[:, :1] - 0.5)
+
+
+class ProbabilityModel(nn.Module):
+    """Logits whose sigmoid is the windowed CT itself: the probability is set by the image (HU ->
+    (HU + 300) / 2000, :func:`hu_of`), the same in every flipped view."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(3, 1, 1)
+
+    def forward(self, x):
+        p = x[:, :1].clamp(1e-4, 1 - 1e-4)
+        return torch.log(p) - torch.log1p(-p)
+
+
+def hu_of(prob):
+    """The CT (float32 HU) on which :class:`ProbabilityModel` predicts ``prob``."""
+    return (prob * 2000.0 - 300.0).astype("float32")

@@ -54,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="trained rows refine without the confidence rule (as `scorerefine refine "
                         "--no-confidence`: every added piece of the proposal kept); the report "
                         "says so")
+    p.add_argument("--add-threshold", type=float, default=None, metavar="P",
+                   help="trained rows add voxels from this probability (as `scorerefine refine "
+                        "--add-threshold`; default: each model's training mode's, 0.4 for score, "
+                        "0.5 for the others); the report says so")
     p.add_argument("--loss-weights", default=None, metavar="SPEC",
                    help="SCORE loss weights of the rows trained in the score mode, as `scorerefine "
                         "train --loss-weights` takes them (e.g. organs); default: the loss "
@@ -124,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
                            veto_thick_llr=getattr(args, "veto_thick_llr", DEFAULT_THICK_LAYER_LLR),
                            score_loss=getattr(args, "loss_weights", None),
                            confidence=getattr(args, "confidence", True),
+                           add_threshold=getattr(args, "add_threshold", None),
                            train_only=getattr(args, "train_only", False))
     if getattr(args, "train_only", False):
         for name, path in report["trained"].items():
@@ -160,6 +165,8 @@ def _command_of(args, rows, steps, efficiency) -> str:
         parts += ["--loss-weights", args.loss_weights]
     if not getattr(args, "confidence", True):
         parts += ["--no-confidence"]
+    if getattr(args, "add_threshold", None) is not None:
+        parts += ["--add-threshold", f"{args.add_threshold:g}"]
     if efficiency:
         parts += ["--efficiency", *(f"{f:g}" for f in efficiency)]
     if args.rows:

@@ -62,7 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--margin-mm", type=float, default=10.0,
                      help="only voxels within this distance of the mask's bounding box may change "
                           "(default 10)")
-    net.add_argument("--threshold", type=float, default=0.5, help="probability threshold (0.5)")
+    net.add_argument("--threshold", type=float, default=0.5,
+                     help="probability threshold: a voxel of the initial mask is kept where the "
+                          "network's probability is at least this (0.5)")
+    net.add_argument("--add-threshold", type=float, default=None, metavar="P",
+                     help="a voxel outside the initial mask is added where the network's "
+                          "probability is at least this (default: the model's training mode's, "
+                          "0.4 for score; --threshold for the other modes)")
     net.add_argument("--overlap", type=float, default=0.25,
                      help="sliding-window overlap in [0, 1) (default 0.25)")
     net.add_argument("--sw-batch-size", type=int, default=4,
@@ -169,7 +175,9 @@ def _make(args: argparse.Namespace, classical: bool, mode: str, cancel):
     else:
         callback, close = None, (lambda: None)
     refiner = make_refiner(args.model, device=args.device, margin_mm=args.margin_mm,
-                           threshold=args.threshold, overlap=args.overlap,
+                           threshold=args.threshold,
+                           add_threshold=getattr(args, "add_threshold", None),
+                           overlap=args.overlap,
                            sw_batch_size=args.sw_batch_size, cancel=cancel, progress=callback,
                            guard=getattr(args, "guard", True),
                            fragment_share=getattr(args, "fragment_share", None),

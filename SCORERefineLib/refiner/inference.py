@@ -9,7 +9,7 @@ volume allows), resamples it to the training spacing when the checkpoint records
 (``metadata["spacing_mm"]``), runs MONAI sliding-window inference with the training
 ``patch_size`` (windows holding no voxel of the band that may change are not run), applies the
 sigmoid (with ``tta``, the mean over the window's 16 views, :func:`view_mean_probability`)
-and the threshold, and pastes the ROI back into a copy of the initial mask. Only voxels
+and the thresholds (:func:`~.decision.decide_change`), and pastes the ROI back into a copy of the initial mask. Only voxels
 within ``margin_mm`` of the initial mask's surface may change (``band_only``); everything else is
 exactly the initial mask; the result lies on exactly the image grid. :func:`forward_floor` times
 one network pass over each input crop, the floor the sliding-window time is compared with
@@ -38,6 +38,7 @@ from ..imageio import Geometry, Volume, check_same_grid, read_image, read_mask, 
 from ..progress import CancelToken, Progress
 from .device import memory_format, resolve_device, to_memory_format
 from .confidence import ConfidenceLimits, empty_report, merge_reports, take_back_unsure_additions
+from .decision import check_threshold, decide_change
 from .inputs import make_input
 
 __all__ = ["resolve_device", "load_model", "roi_slices", "context_slices", "crop_geometry", "count_windows",
@@ -365,8 +366,8 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
                   per_component: bool = True, band_only: bool = True,
                   skip_far_windows: bool = True, resample: bool = True,
                   num_threads: Optional[int] = None, timings: Optional[dict] = None,
-                  tta: bool = True, confidence: Optional[ConfidenceLimits] = None
-                  ) -> Volume | tuple[Volume, Volume]:
+                  tta: bool = True, confidence: Optional[ConfidenceLimits] = None,
+                  add_threshold: Optional[float] = None) -> Volume | tuple[Volume, Volume]:
     """Refine ``initial`` (binary, on ``image``'s grid) with ``model``; a uint8 {0,1} Volume.
 
     ``image``: CT in HU, array (z, y, x). ``metadata``: the checkpoint metadata (``channels``,
@@ -378,6 +379,10 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
     What may change: voxels within ``margin_mm`` of the initial mask's bounding box, and with
     ``band_only`` (default) only those within ``margin_mm`` of its surface (inside or outside);
     every other voxel is exactly the initial mask.
+
+    ``threshold``: a voxel of the initial mask is kept where the probability is at least this;
+    ``add_threshold``: a voxel outside it is added where the probability is at least this (None:
+    ``threshold``; :func:`~.decision.decide_change`).
 
     Speed at real sizes (issue 12): ``per_component``: one ROI per connected component
     (:func:`component_rois`; components whose ROIs overlap share one), so two distant humeri cost
@@ -402,8 +407,9 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
     """
     t_start = time.perf_counter()
     check_same_grid(image.geometry, initial.geometry, "image", "initial mask")
-    if not 0.0 < threshold < 1.0:
-        raise InputError(f"threshold must be in (0, 1), got {threshold}")
+    check_threshold(threshold)
+    if add_threshold is not None:
+        check_threshold(add_threshold, "add threshold")
     if not 0.0 <= overlap < 1.0:
         raise InputError(f"overlap must be in [0, 1), got {overlap}")
     if int(sw_batch_size) < 1:
@@ -467,9 +473,10 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
             roi_prob = _refine_roi(model, metadata, channels, patch, image, mask0, roi, ctx, dev,
                                    margin_mm, overlap, int(sw_batch_size), band_only,
                                    skip_far_windows, train_sp, progress, cancel, done, total, stats,
-                                   threshold=threshold, views=views)
+                                   threshold=threshold, add_threshold=add_threshold,
+                                   views=views)
             t1 = time.perf_counter()
-            new = (roi_prob >= threshold).astype(np.uint8)
+            new = decide_change(roi_prob, mask0[roi], threshold, add_threshold)
             if band_only:
                 inner = tuple(slice(r.start - c.start, r.stop - c.start) for r, c in zip(roi, ctx))
                 keep = ~stats.pop("_band")[inner]
@@ -497,12 +504,13 @@ def refine_volume(model: torch.nn.Module, metadata: dict, image: Volume, initial
 
 def _refine_roi(model, metadata, channels, patch, image, mask0, roi, ctx, dev, margin_mm, overlap,
                 sw_batch_size, band_only, skip_far_windows, train_sp, progress, cancel, done,
-                total, stats, threshold: float = 0.5,
+                total, stats, threshold: float = 0.5, add_threshold: Optional[float] = None,
                 views: Sequence[tuple[Sequence[int], int]] = (((), 0),)) -> np.ndarray:
     """The foreground probability on ``roi`` (float32 array of the ROI's shape).
 
     With ``train_sp`` only the network's *change* goes back to the image grid: the voxels it adds
-    to or removes from the resampled initial mask (at ``threshold``) are resampled back, and only
+    to or removes from the resampled initial mask (at ``threshold`` and ``add_threshold``) are
+    resampled back, and only
     there does the resampled probability replace the initial mask (0/1). A network that changes
     nothing therefore returns exactly the initial mask, not a resampling-blurred copy of it.
     """
@@ -583,9 +591,9 @@ def _refine_roi(model, metadata, channels, patch, image, mask0, roi, ctx, dev, m
     if train_sp is not None:
         t2 = time.perf_counter()
         size = [c.stop - c.start for c in ctx]
-        pred = prob_np >= threshold
         init = crop_mask != 0
-        changed = (pred != init).astype(np.float32)
+        changed = ((decide_change(prob_np, init, threshold, add_threshold) != 0)
+                   != init).astype(np.float32)
         changed_back = _resample_back(changed, train_sp, spacing, size) > 0.01
         prob_back = _resample_back(prob_np, train_sp, spacing, size)
         native = mask0[ctx].astype(np.float32)
