@@ -935,8 +935,8 @@ def _add_threshold_words(report: dict) -> str:
         return "0.5 in every mode (before stop 39)"
     if c.get("given") is not None:
         return f"{c['given']:g} in every mode (`--add-threshold {c['given']:g}`)"
-    modes = ", ".join(f"{m} {t:g}" for m, t in sorted((c.get("by_mode") or {}).items()))
-    return f"{modes + ', ' if modes else ''}the others 0.5"
+    modes = ", ".join(f"{t:g} for {m} models" for m, t in sorted((c.get("by_mode") or {}).items()))
+    return f"{modes}, 0.5 for the others" if modes else "0.5 in every mode"
 
 
 def _confidence_words(report: dict) -> str:

@@ -269,7 +269,8 @@ def test_the_thick_layer_veto_is_a_benchmark_setting(tmp_path, capsys):
                for i in infos)
     assert report["add_threshold"] == {"given": None, "by_mode": {"score": 0.4}}
     assert "--add-threshold" not in report["command"]
-    assert "added from a probability of score 0.4, the others 0.5" in out.read_text()
+    assert "added from a probability of 0.4 for score models, 0.5 for the others" in \
+        out.read_text()
     assert all((i["add_threshold"], i["add_threshold_source"]) == (0.4, "mode score")
                for i in infos)
     # a report of stops 34-35 (no add rule recorded) ran at that time's default, 0.9, and
