@@ -12,9 +12,9 @@ fall short of 0.5. On the development presets adding from 0.4 gained more for th
 at both seeds with no case made worse (docs/score-loss.md, stop 39); the additions it makes still
 pass the confidence rule (a piece needs a sure core or a sure base), the appearance veto (every
 added voxel needs evidence for the structure) and the guard. Removals keep the plain threshold:
-lowering it too gained as much on the organs, but the veto's layer rules judge a removed piece
-by its shape and evidence, and on the real-CT lumbar column the larger removed piece at 0.6
-merged a peel with right removals and passed them (-0.054 Dice at seed 0). The defaults by
+keeping only from 0.6 as well gained more on the organs, but the veto's layer rules judge a
+removed piece by its shape and evidence, and on the real-CT lumbar column the larger removed
+piece merged a peel with right removals and passed them (-0.054 Dice at seed 0). The defaults by
 training mode are :data:`SCORERefineLib.catalog.ADD_THRESHOLDS`. Pure numpy.
 """
 
