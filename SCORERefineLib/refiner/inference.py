@@ -9,7 +9,8 @@ volume allows), resamples it to the training spacing when the checkpoint records
 (``metadata["spacing_mm"]``), runs MONAI sliding-window inference with the training
 ``patch_size`` (windows holding no voxel of the band that may change are not run), applies the
 sigmoid (with ``tta``, the mean over the window's 16 views, :func:`view_mean_probability`)
-and the thresholds (:func:`~.decision.decide_change`), and pastes the ROI back into a copy of the initial mask. Only voxels
+and the thresholds (:func:`~.decision.decide_change`), and pastes the ROI back into a copy of
+the initial mask. Only voxels
 within ``margin_mm`` of the initial mask's surface may change (``band_only``); everything else is
 exactly the initial mask; the result lies on exactly the image grid. :func:`forward_floor` times
 one network pass over each input crop, the floor the sliding-window time is compared with
@@ -510,9 +511,9 @@ def _refine_roi(model, metadata, channels, patch, image, mask0, roi, ctx, dev, m
 
     With ``train_sp`` only the network's *change* goes back to the image grid: the voxels it adds
     to or removes from the resampled initial mask (at ``threshold`` and ``add_threshold``) are
-    resampled back, and only
-    there does the resampled probability replace the initial mask (0/1). A network that changes
-    nothing therefore returns exactly the initial mask, not a resampling-blurred copy of it.
+    resampled back, and only there does the resampled probability replace the initial mask
+    (0/1). A network that changes nothing therefore returns exactly the initial mask, not a
+    resampling-blurred copy of it.
     """
     from monai.inferers import sliding_window_inference
 
