@@ -30,10 +30,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
-from .catalog import BUILTIN_REFINERS, DEFAULT_THICK_LAYER_LLR
+from .catalog import BUILTIN_REFINERS, DEFAULT_THICK_LAYER_LLR, add_threshold_for
 from .errors import InputError
 from .imageio import Volume
 from .progress import CancelToken
+from .refiner.decision import check_threshold
 
 
 @runtime_checkable
@@ -155,7 +156,6 @@ class ModelRefiner:
                  veto_thick_llr: float | None = DEFAULT_THICK_LAYER_LLR,
                  confidence: "ConfidenceLimits | bool | None" = True,
                  add_threshold: float | None = None):
-        from .refiner.decision import check_threshold
         from .refiner.inference import MeanProbability, load_model, resolve_device, tta_allowed
 
         self.path = Path(path)
@@ -196,9 +196,6 @@ class ModelRefiner:
     def _add_threshold(self, given: float | None, threshold: float) -> tuple[float, str]:
         """``(add threshold, where it came from)``: the one given, else the training mode's
         default (``mode <name>``), else ``threshold`` (``threshold``)."""
-        from .catalog import add_threshold_for
-        from .refiner.decision import check_threshold
-
         if given is not None:
             return check_threshold(given, "add threshold"), "given"
         mode = (self.metadata or {}).get("mode")
